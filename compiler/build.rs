@@ -1,0 +1,34 @@
+//! Embeds the Nickel standard library (`modules/`) and the diagnostic pages
+//! (`docs/diagnostics/`) into the binary, so `stackc` works from any
+//! directory with no install step.
+use std::{env, fs, path::Path};
+
+fn embed(out: &mut String, konst: &str, dir: &Path, ext: &str) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    // Sorted, so the generated table (and the stdlib hash) is deterministic.
+    entries.sort();
+    out.push_str(&format!("pub const {konst}: &[(&str, &str)] = &[\n"));
+    for p in entries {
+        println!("cargo:rerun-if-changed={}", p.display());
+        let name = p.file_name().unwrap().to_str().expect("UTF-8 file name");
+        out.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            p.canonicalize().unwrap()
+        ));
+    }
+    out.push_str("];\n");
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut out = String::new();
+    embed(&mut out, "STDLIB", &root.join("modules"), "ncl");
+    embed(&mut out, "DIAGNOSTIC_PAGES", &root.join("docs/diagnostics"), "md");
+    let dest = Path::new(&env::var("OUT_DIR").unwrap()).join("embedded.rs");
+    fs::write(dest, out).unwrap();
+}

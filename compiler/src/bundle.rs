@@ -1,0 +1,267 @@
+//! `bundle`: the manifest, and the atomic write of the bundle directory.
+//!
+//! The bundle is written to a temporary sibling directory and swapped into
+//! place with one `renameat2(RENAME_EXCHANGE)`: a build that fails or is
+//! interrupted never leaves a half-written bundle and never destroys the
+//! previous one. Modes are set explicitly, never taken from the umask.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::diag::{Code, Diagnostic};
+use crate::load::hex;
+use crate::model::Stack;
+use crate::render::{MODE_FILE, Rendered};
+use crate::secrets::{self, Keying};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const MANIFEST_VERSION: u32 = 1;
+const MODE_DIR: u32 = 0o755;
+const MODE_SECRET_DIR: u32 = 0o700;
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    manifest_version: u32,
+    stackc_version: &'static str,
+    nickel_lang_core: &'static str,
+    stack: &'a str,
+    secrets: SecretsInfo,
+    inputs: Inputs,
+    machines: BTreeMap<&'a str, MachineInfo<'a>>,
+    files: Vec<FileEntry<'a>>,
+}
+
+#[derive(Serialize)]
+struct SecretsInfo {
+    scheme: &'static str,
+    placeholders: bool,
+}
+
+#[derive(Serialize)]
+struct Inputs {
+    stdlib_sha256: String,
+    files: Vec<InputEntry>,
+}
+
+#[derive(Serialize)]
+struct InputEntry {
+    path: String,
+    sha256: String,
+}
+
+#[derive(Serialize)]
+struct MachineInfo<'a> {
+    address: &'a str,
+    deploy_root: &'a str,
+    units: &'a [String],
+}
+
+#[derive(Serialize)]
+struct FileEntry<'a> {
+    path: &'a str,
+    size: usize,
+    mode: String,
+    secret: bool,
+    /// Plain sha256 for ordinary files, keyed `hmac_sha256` for secrets.
+    #[serde(flatten)]
+    digest: BTreeMap<String, String>,
+}
+
+/// Version of nickel-lang-core the stdlib is evaluated with (pinned in Cargo.toml).
+pub const NICKEL_LANG_CORE: &str = "0.19.0";
+
+/// `manifest.json`: every file with size, mode, secret flag and digest; the
+/// inputs' hashes; versions. Sorted, no timestamps, no absolute paths.
+pub fn manifest(
+    stack: &Stack,
+    files: &Rendered,
+    inputs: &BTreeMap<String, Vec<u8>>,
+    keying: &Keying,
+) -> Vec<u8> {
+    let m = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        stackc_version: env!("CARGO_PKG_VERSION"),
+        nickel_lang_core: NICKEL_LANG_CORE,
+        stack: &stack.name,
+        secrets: SecretsInfo { scheme: secrets::SCHEME, placeholders: matches!(keying, Keying::Placeholder) },
+        inputs: Inputs {
+            stdlib_sha256: crate::load::stdlib_digest(),
+            files: inputs
+                .iter()
+                .map(|(path, bytes)| InputEntry { path: path.clone(), sha256: hex(&Sha256::digest(bytes)) })
+                .collect(),
+        },
+        machines: stack
+            .machines
+            .iter()
+            .map(|(name, m)| {
+                (name.as_str(), MachineInfo { address: &m.address, deploy_root: &m.deploy_root, units: &m.units })
+            })
+            .collect(),
+        files: files
+            .iter()
+            .map(|(path, f)| {
+                let (algo, digest) = if f.secret {
+                    secrets::secret_file_digest(keying, &f.bytes)
+                } else {
+                    ("sha256".into(), hex(&Sha256::digest(&f.bytes)))
+                };
+                FileEntry {
+                    path,
+                    size: f.bytes.len(),
+                    mode: format!("{:04o}", f.mode),
+                    secret: f.secret,
+                    digest: BTreeMap::from([(algo, digest)]),
+                }
+            })
+            .collect(),
+    };
+    let mut out = serde_json::to_vec_pretty(&m).expect("the manifest always serialises");
+    out.push(b'\n');
+    out
+}
+
+fn io_error(what: String, e: std::io::Error) -> Diagnostic {
+    Diagnostic::error(Code::Io, format!("{what}: {e}")).with_help("nothing was changed in the output directory")
+}
+
+/// Writes `files` and the manifest as directory `out`, atomically.
+pub fn write(out: &Path, files: &Rendered, manifest: &[u8]) -> Result<(), Diagnostic> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| Diagnostic::error(Code::NotABundle, format!("`{}` cannot be an output directory", out.display())))?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let existing = match fs::symlink_metadata(out) {
+        Ok(meta) => {
+            let is_bundle = meta.is_dir() && out.join(MANIFEST).is_file();
+            let is_empty = meta.is_dir() && fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if !is_bundle && !is_empty {
+                return Err(Diagnostic::error(
+                    Code::NotABundle,
+                    format!("`{}` exists and is not a stackc bundle (it has no {MANIFEST})", out.display()),
+                )
+                .with_help("choose another directory with -o, or remove this one yourself"));
+            }
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_error(format!("cannot inspect `{}`", out.display()), e)),
+    };
+    fs::create_dir_all(&parent).map_err(|e| io_error(format!("cannot create `{}`", parent.display()), e))?;
+
+    let tmp = parent.join(format!(".{}.stackc-tmp-{}", name.to_string_lossy(), std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let result = fill(&tmp, files, manifest).and_then(|()| swap(&tmp, out, existing));
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn fill(tmp: &Path, files: &Rendered, manifest: &[u8]) -> Result<(), Diagnostic> {
+    let mkdir = |dir: &Path| -> Result<(), Diagnostic> {
+        fs::create_dir(dir).map_err(|e| io_error(format!("cannot create `{}`", dir.display()), e))?;
+        set_mode(dir, MODE_DIR)
+    };
+    mkdir(tmp)?;
+    // Directories are 0755, except one whose files are all secret (0700).
+    // Sorted, so a parent is created before its children.
+    let mut dirs: BTreeMap<&Path, Option<bool>> = BTreeMap::new();
+    for (path, f) in files {
+        let parent = Path::new(path).parent().unwrap_or(Path::new(""));
+        for dir in parent.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+            dirs.entry(dir).or_insert(None);
+        }
+        if let Some(only_secret) = dirs.get_mut(parent) {
+            *only_secret = Some(only_secret.unwrap_or(true) && f.secret);
+        }
+    }
+    for (dir, only_secret) in &dirs {
+        let full = tmp.join(dir);
+        mkdir(&full)?;
+        if *only_secret == Some(true) {
+            set_mode(&full, MODE_SECRET_DIR)?;
+        }
+    }
+    for (path, f) in files {
+        write_file(&tmp.join(path), &f.bytes, f.mode)?;
+    }
+    write_file(&tmp.join(MANIFEST), manifest, MODE_FILE)?;
+    fs::File::open(tmp)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(format!("cannot sync `{}`", tmp.display()), e))
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Diagnostic> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| io_error(format!("cannot create `{}`", path.display()), e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io_error(format!("cannot write `{}`", path.display()), e))?;
+    set_mode(path, mode)
+}
+
+/// Explicit mode, whatever the umask did at creation.
+fn set_mode(path: &Path, mode: u32) -> Result<(), Diagnostic> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| io_error(format!("cannot set the mode of `{}`", path.display()), e))
+}
+
+fn swap(tmp: &Path, out: &Path, existing: bool) -> Result<(), Diagnostic> {
+    if !existing {
+        return fs::rename(tmp, out).map_err(|e| io_error(format!("cannot move the bundle to `{}`", out.display()), e));
+    }
+    match exchange(tmp, out) {
+        Ok(()) => {
+            // `tmp` now holds the previous bundle.
+            fs::remove_dir_all(tmp).map_err(|e| io_error(format!("cannot remove the old bundle `{}`", tmp.display()), e))
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
+            // No atomic exchange on this file system: keep the old bundle
+            // aside until the new one is in place.
+            let old = tmp.with_extension("old");
+            let _ = fs::remove_dir_all(&old);
+            fs::rename(out, &old).map_err(|e| io_error(format!("cannot move `{}` aside", out.display()), e))?;
+            if let Err(e) = fs::rename(tmp, out) {
+                let _ = fs::rename(&old, out);
+                return Err(io_error(format!("cannot move the bundle to `{}`", out.display()), e));
+            }
+            let _ = fs::remove_dir_all(&old);
+            Ok(())
+        }
+        Err(e) => Err(io_error(format!("cannot replace `{}`", out.display()), e)),
+    }
+}
+
+/// Atomically exchanges two paths (Linux `renameat2` with `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both arguments are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}

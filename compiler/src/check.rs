@@ -1,0 +1,236 @@
+//! `check`: topology checks on the lowered stack — names, ports, binds,
+//! proxy routes. Every check runs; all findings come back together, each
+//! naming every party, pointing into the `.ncl` sources where it can.
+
+use std::collections::BTreeMap;
+
+use crate::diag::{Code, Diagnostic, Span};
+use crate::eval::{Locs, pointer_escape};
+use crate::load::STDLIB_DISPLAY;
+use crate::model::{Listen, Stack};
+
+/// Source positions by JSON pointer, preferring places in the user's files.
+pub struct Positions<'a>(pub &'a Locs);
+
+impl Positions<'_> {
+    /// Where the value at `ptr` was written. Values computed by the stdlib
+    /// point into it; the field name in the user's file is more useful then.
+    pub fn at(&self, ptr: &str) -> Option<Span> {
+        let loc = self.0.get(ptr)?;
+        let in_user = |s: &Span| !s.file.name.starts_with(STDLIB_DISPLAY);
+        match (&loc.value, &loc.key) {
+            (Some(v), _) if in_user(v) => Some(v.clone()),
+            (_, Some(k)) if in_user(k) => Some(k.clone()),
+            _ => loc.best(),
+        }
+    }
+}
+
+fn machine_ptr(machine: &str) -> String {
+    format!("/machines/{}", pointer_escape(machine))
+}
+
+/// Names become file names and unit names: keep them to a safe alphabet.
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+pub fn check(stack: &Stack, locs: &Locs) -> Vec<Diagnostic> {
+    let pos = Positions(locs);
+    let mut out = Vec::new();
+    names(stack, &pos, &mut out);
+    ports(stack, &pos, &mut out);
+    routes(stack, &pos, &mut out);
+    sites(stack, &pos, &mut out);
+    out
+}
+
+fn names(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
+    const HELP: &str = "use lower-case letters, digits, `-` and `_`, starting with a letter or digit (at most 63 characters)";
+    for (mname, m) in &stack.machines {
+        let mp = machine_ptr(mname);
+        if !valid_name(mname) {
+            out.push(
+                Diagnostic::error(Code::InvalidName, format!("machine name `{mname}` cannot be used in file names"))
+                    .with_label(pos.0.get(&mp).and_then(|l| l.key.clone()), "this machine")
+                    .with_help(HELP)
+                    .with_path(format!("machines.{mname}")),
+            );
+        }
+        let mut seen = Vec::new();
+        for (i, l) in m.listens.iter().enumerate() {
+            if !seen.contains(&&l.service) && !valid_name(&l.service) {
+                seen.push(&l.service);
+                out.push(
+                    Diagnostic::error(
+                        Code::InvalidName,
+                        format!("service name `{}` on machine `{mname}` cannot be used in file names", l.service),
+                    )
+                    .with_label(pos.at(&format!("{mp}/listens/{i}/service")), "this service")
+                    .with_help(HELP),
+                );
+            }
+        }
+    }
+}
+
+/// Two listeners clash when protocol and port are equal and their bind
+/// addresses overlap (equal, or either is a wildcard).
+fn overlaps(a: &Listen, b: &Listen) -> bool {
+    let wildcard = |s: &str| s == "0.0.0.0" || s == "::" || s == "*";
+    a.protocol == b.protocol && a.port == b.port && (a.bind == b.bind || wildcard(&a.bind) || wildcard(&b.bind))
+}
+
+fn ports(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
+    for (mname, m) in &stack.machines {
+        let mp = machine_ptr(mname);
+        for (j, b) in m.listens.iter().enumerate() {
+            // Report each clash once, at the later listener, naming the first.
+            if let Some((i, a)) = m.listens[..j].iter().enumerate().find(|(_, a)| overlaps(a, b)) {
+                out.push(
+                    Diagnostic::error(
+                        Code::PortConflict,
+                        format!(
+                            "port {}/{} on machine `{mname}` is used by both `{}.{}` and `{}.{}`",
+                            b.port,
+                            b.protocol.as_str(),
+                            a.service,
+                            a.name,
+                            b.service,
+                            b.name
+                        ),
+                    )
+                    .with_label(
+                        pos.at(&format!("{mp}/listens/{j}/port")),
+                        format!("`{}.{}` listens here", b.service, b.name),
+                    )
+                    .with_secondary(
+                        pos.at(&format!("{mp}/listens/{i}/port")),
+                        format!("`{}.{}` already listens on {}", a.service, a.name, a.port),
+                    )
+                    .with_help("give one of the services another port, or bind them to different addresses")
+                    .with_path(format!("machines.{mname}")),
+                );
+            }
+            if b.public && b.is_loopback() {
+                out.push(
+                    Diagnostic::error(
+                        Code::PublicOnLoopback,
+                        format!(
+                            "`{}.{}` on machine `{mname}` is public but bound to {}",
+                            b.service, b.name, b.bind
+                        ),
+                    )
+                    .with_label(pos.at(&format!("{mp}/listens/{j}/bind")), "loopback: unreachable from outside")
+                    .with_secondary(pos.at(&format!("{mp}/listens/{j}/public")), "marked public here")
+                    .with_help("bind a non-loopback address (such as `0.0.0.0`), or make the port not public"),
+                );
+            }
+        }
+    }
+}
+
+fn routes(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
+    for (mname, m) in &stack.machines {
+        let mp = machine_ptr(mname);
+        for (i, r) in m.routes.iter().enumerate() {
+            let rp = format!("{mp}/routes/{i}");
+            let Some(target) = stack.machines.get(&r.machine) else {
+                let known: Vec<_> = stack.machines.keys().map(|k| format!("`{k}`")).collect();
+                out.push(
+                    Diagnostic::error(
+                        Code::UnknownMachine,
+                        format!("site `{}` on machine `{mname}` points to machine `{}`, which is not declared", r.site, r.machine),
+                    )
+                    .with_label(pos.at(&format!("{rp}/machine")), "no machine of this name")
+                    .with_help(format!("declared machines: {}", known.join(", ")))
+                    .with_path(format!("machines.{mname}.proxy.sites.\"{}\".upstream.machine", r.site)),
+                );
+                continue;
+            };
+            let of_service: Vec<&Listen> = target.listens.iter().filter(|l| l.service == r.service).collect();
+            let Some(listen) = of_service.iter().find(|l| l.name == r.port) else {
+                let (what, label_at, help) = if of_service.is_empty() {
+                    let services: BTreeMap<&str, ()> = target.listens.iter().map(|l| (l.service.as_str(), ())).collect();
+                    let names: Vec<_> = services.keys().map(|k| format!("`{k}`")).collect();
+                    (
+                        format!("service `{}` does not exist on machine `{}`", r.service, r.machine),
+                        format!("{rp}/service"),
+                        format!("services with ports on `{}`: {}", r.machine, if names.is_empty() { "none".into() } else { names.join(", ") }),
+                    )
+                } else {
+                    let names: Vec<_> = of_service.iter().map(|l| format!("`{}`", l.name)).collect();
+                    (
+                        format!("service `{}` on machine `{}` has no port named `{}`", r.service, r.machine, r.port),
+                        format!("{rp}/port"),
+                        format!("ports of `{}`: {}", r.service, names.join(", ")),
+                    )
+                };
+                out.push(
+                    Diagnostic::error(Code::UnknownUpstream, format!("site `{}` points nowhere: {what}", r.site))
+                        .with_label(pos.at(&label_at), "not found")
+                        .with_help(help)
+                        .with_path(format!("machines.{mname}.proxy.sites.\"{}\".upstream", r.site)),
+                );
+                continue;
+            };
+            if r.machine != *mname && listen.is_loopback() {
+                out.push(
+                    Diagnostic::error(
+                        Code::UnreachableUpstream,
+                        format!(
+                            "site `{}` on machine `{mname}` proxies to `{}.{}` on machine `{}`, which only listens on {}",
+                            r.site, r.service, r.port, r.machine, listen.bind
+                        ),
+                    )
+                    .with_label(pos.at(&format!("{rp}/machine")), format!("another machine than `{mname}`"))
+                    .with_help(format!(
+                        "bind `{}.{}` to an address `{mname}` can reach, or run the proxy on `{}`",
+                        r.service, r.port, r.machine
+                    )),
+                );
+            }
+        }
+    }
+}
+
+fn sites(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
+    let mut by_host: BTreeMap<&str, Vec<(&str, usize)>> = BTreeMap::new();
+    for (mname, m) in &stack.machines {
+        for (i, r) in m.routes.iter().enumerate() {
+            by_host.entry(&r.site).or_default().push((mname, i));
+        }
+    }
+    for (host, users) in by_host {
+        if let [(m1, i1), (m2, i2), ..] = users[..] {
+            out.push(
+                Diagnostic::error(
+                    Code::DuplicateSite,
+                    format!("host `{host}` is served by the proxies of both `{m1}` and `{m2}`"),
+                )
+                .with_label(pos.at(&format!("{}/routes/{i2}/site", machine_ptr(m2))), format!("served on `{m2}`"))
+                .with_secondary(pos.at(&format!("{}/routes/{i1}/site", machine_ptr(m1))), format!("served on `{m1}`"))
+                .with_help("DNS can point a host name at one of them only: keep the site on one machine"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("lair-chat"));
+        assert!(valid_name("db_1"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("../etc"));
+        assert!(!valid_name("Chat"));
+        assert!(!valid_name("-x"));
+    }
+}

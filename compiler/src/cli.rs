@@ -1,0 +1,249 @@
+//! The command line: argument parsing, output formats, exit statuses. The
+//! only place that reads the environment (`NO_COLOR`, `STACKC_SECRETS_KEY`)
+//! or writes to the terminal.
+//!
+//! Exit statuses: 0 ok, 1 findings in the user's input, 2 usage, I/O or
+//! internal errors (docs/cli.md).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::diag::{self, Code, Diagnostic};
+use crate::secrets::{Keying, MasterKey};
+
+#[derive(Parser)]
+#[command(name = "stackc", version, about = "Compile a typed Nickel description of a self-hosted stack into per-machine config bundles")]
+pub struct Cli {
+    /// When to use colour in diagnostics. `auto` honours NO_COLOR and CLICOLOR_FORCE.
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    color: Color,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Evaluate, check and write the bundle: one folder per machine and manifest.json.
+    Build {
+        /// The stack file (for example prod.ncl).
+        file: PathBuf,
+        /// Output directory; replaced atomically if it holds a previous bundle.
+        #[arg(short, long, default_value = "out")]
+        output: PathBuf,
+        /// Master key file (base64, mode 0600) every secret is derived from.
+        #[arg(long, env = "STACKC_SECRETS_KEY", conflicts_with = "placeholder_secrets")]
+        secrets_key: Option<PathBuf>,
+        /// Emit obvious, invalid placeholders instead of secrets (for review and CI).
+        #[arg(long)]
+        placeholder_secrets: bool,
+        /// Project directory imports must stay in (default: the stack file's directory).
+        #[arg(long)]
+        project_root: Option<PathBuf>,
+        /// Print nothing on success.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Evaluate and check the stack; write nothing. Needs no key.
+    Check {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        #[arg(long)]
+        project_root: Option<PathBuf>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print the documentation page of a diagnostic code (for example SC0201).
+    Explain { code: String },
+    /// Master key management.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Write a new random master key (mode 0600). Refuses to overwrite a file.
+    Init {
+        #[arg(default_value = "stackc.key")]
+        path: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => {
+            let set = |v: &str| std::env::var_os(v).is_some_and(|s| !s.is_empty());
+            if set("NO_COLOR") {
+                false
+            } else {
+                set("CLICOLOR_FORCE") || std::io::stderr().is_terminal()
+            }
+        }
+    };
+    let status = match cli.command {
+        Command::Build { file, output, secrets_key, placeholder_secrets, project_root, quiet } => {
+            build(&file, &output, secrets_key.as_deref(), placeholder_secrets, project_root.as_deref(), quiet, color)
+        }
+        Command::Check { file, format, project_root, quiet } => {
+            check(&file, format, project_root.as_deref(), quiet, color)
+        }
+        Command::Explain { code } => explain(&code, color),
+        Command::Secrets(SecretsCommand::Init { path }) => secrets_init(&path, color),
+    };
+    ExitCode::from(status)
+}
+
+/// Prints findings to stderr, then a one-line summary; returns the status.
+fn report(diags: &[Diagnostic], color: bool, what_happened: &str) -> u8 {
+    let mut err = std::io::stderr().lock();
+    for d in diags {
+        let _ = write!(err, "{}", diag::render_human(d, color));
+        let _ = writeln!(err);
+    }
+    let n = diags.len();
+    let _ = writeln!(err, "error: {n} finding{}; {what_happened}", if n == 1 { "" } else { "s" });
+    diag::exit_status(diags).max(1)
+}
+
+fn build(
+    file: &Path,
+    output: &Path,
+    key: Option<&Path>,
+    placeholders: bool,
+    root: Option<&Path>,
+    quiet: bool,
+    color: bool,
+) -> u8 {
+    let keying = match (key, placeholders) {
+        (_, true) => Keying::Placeholder,
+        (Some(k), false) => match MasterKey::load(k) {
+            Ok(k) => Keying::Master(k),
+            Err(d) => return report(&[d], color, "nothing written"),
+        },
+        (None, false) => {
+            let d = Diagnostic::error(Code::NoSecretsKey, "no master key: secrets cannot be derived")
+                .with_help("pass --secrets-key FILE (or set STACKC_SECRETS_KEY), create one with `stackc secrets init`, or use --placeholder-secrets for a review build");
+            return report(&[d], color, "nothing written");
+        }
+    };
+    let compiled = match crate::compile(file, root, &keying) {
+        Ok(c) => c,
+        Err(diags) => return report(&diags, color, "nothing written"),
+    };
+    if let Err(d) = crate::bundle::write(output, &compiled.files, &compiled.manifest) {
+        return report(&[d], color, "the previous bundle, if any, is untouched");
+    }
+    if !quiet {
+        let machines = compiled.stack.machines.len();
+        eprintln!(
+            "wrote {} ({} file{} for {} machine{}{})",
+            output.display(),
+            compiled.files.len(),
+            if compiled.files.len() == 1 { "" } else { "s" },
+            machines,
+            if machines == 1 { "" } else { "s" },
+            if placeholders { ", placeholder secrets" } else { "" },
+        );
+    }
+    0
+}
+
+fn check(file: &Path, format: Format, root: Option<&Path>, quiet: bool, color: bool) -> u8 {
+    // Placeholders exercise the whole pipeline (resolve, render, verify)
+    // without a key; nothing is written.
+    let result = crate::compile(file, root, &Keying::Placeholder);
+    match (format, result) {
+        (Format::Json, r) => {
+            let diags = r.err().unwrap_or_default();
+            print!("{}", diag::render_json(&diags));
+            diag::exit_status(&diags)
+        }
+        (Format::Human, Ok(c)) => {
+            if !quiet {
+                let machines = c.stack.machines.len();
+                eprintln!(
+                    "ok: `{}`, {machines} machine{}, {} files",
+                    c.stack.name,
+                    if machines == 1 { "" } else { "s" },
+                    c.files.len()
+                );
+            }
+            0
+        }
+        (Format::Human, Err(diags)) => report(&diags, color, "the stack does not build"),
+    }
+}
+
+fn explain(code: &str, color: bool) -> u8 {
+    let Some(c) = Code::parse(code) else {
+        let d = Diagnostic::error(Code::Internal, format!("`{code}` is not a stackc diagnostic code"))
+            .with_help("codes look like SC0201; `stackc explain` lists them in docs/diagnostics/");
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "{}", diag::render_human(&d, color));
+        return 2;
+    };
+    let page = crate::load::DIAGNOSTIC_PAGES
+        .iter()
+        .find(|(name, _)| name.trim_end_matches(".md") == c.as_str())
+        .map(|(_, text)| *text);
+    match page {
+        Some(text) => {
+            print!("{text}");
+            0
+        }
+        None => {
+            eprintln!("error: no page for {c} ({}); this is a bug", c.title());
+            2
+        }
+    }
+}
+
+fn secrets_init(path: &Path, color: bool) -> u8 {
+    use base64::Engine as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |d: Diagnostic| {
+        let _ = write!(std::io::stderr(), "{}", diag::render_human(&d, color));
+        2
+    };
+    let mut key = [0u8; crate::secrets::KEY_LEN];
+    // The one place stackc uses OS randomness: a new master key.
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key)) {
+        return fail(Diagnostic::error(Code::Io, format!("cannot read /dev/urandom: {e}")));
+    }
+    let text = format!("{}\n", base64::engine::general_purpose::STANDARD.encode(key));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()));
+    match written {
+        Ok(()) => {
+            eprintln!("wrote master key {} (mode 0600): keep it out of git, and back it up", path.display());
+            0
+        }
+        Err(e) => fail(
+            Diagnostic::error(Code::Io, format!("cannot create `{}`: {e}", path.display()))
+                .with_help("secrets init never overwrites a key: every secret is derived from it"),
+        ),
+    }
+}

@@ -1,0 +1,301 @@
+//! `eval`: run the stack file through nickel-lang-core and hand back plain
+//! data (a `serde_json::Value`), the source positions of its fields, and
+//! every Nickel error converted into a stackc diagnostic.
+//!
+//! The value goes through `serde_json` on purpose: Nickel's own deserializer
+//! turns 8080 into 8080.0 and silently saturates out-of-range integers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use codespan_reporting::diagnostic::Severity as CsSeverity;
+use nickel_lang_core::{
+    cache::{InputFormat, SourcePath},
+    error::{Error as NickelError, EvalErrorKind, ImportErrorKind, IntoDiagnostics, LabelStyle},
+    eval::{
+        cache::CacheImpl,
+        value::{Container, NickelValue, ValueContentRef},
+    },
+    files::{FileId, Files},
+    position::{PosTable, RawSpan},
+    program::{Program, ProgramBuilder},
+};
+
+use crate::diag::{Code, Diagnostic, Label, Severity, SourceFile, Span};
+use crate::load::{self, Project};
+
+/// Where a field of the evaluated value was written.
+#[derive(Debug, Clone, Default)]
+pub struct Loc {
+    /// The field name in the record literal that defined it.
+    pub key: Option<Span>,
+    /// The value itself: exact for literals, the computing expression otherwise.
+    pub value: Option<Span>,
+}
+
+impl Loc {
+    /// Best single place to point at: the value, else the field name.
+    pub fn best(&self) -> Option<Span> {
+        self.value.clone().or_else(|| self.key.clone())
+    }
+}
+
+/// Field locations by JSON pointer (`/machines/chat/listens/0/port`).
+pub type Locs = BTreeMap<String, Loc>;
+
+pub struct Evaluated {
+    pub value: serde_json::Value,
+    pub locs: Locs,
+    /// Project files Nickel read, by display name (relative to the project).
+    pub inputs: BTreeMap<String, PathBuf>,
+}
+
+/// Evaluates on a thread with a large stack: Nickel recurses deeply on big
+/// records, and its values are `!Send`, so everything Nickel-typed stays on
+/// that thread and only plain data comes back.
+pub fn evaluate(project: &Project) -> Result<Evaluated, Vec<Diagnostic>> {
+    let root = project.root.clone();
+    let entry = project.entry.clone();
+    std::thread::Builder::new()
+        .name("nickel-eval".into())
+        .stack_size(256 << 20)
+        .spawn(move || evaluate_here(root, entry))
+        .expect("spawning the evaluation thread")
+        .join()
+        .unwrap_or_else(|_| {
+            Err(vec![
+                Diagnostic::error(Code::Internal, "the Nickel evaluator panicked")
+                    .with_help("this is a bug in stackc or Nickel: please report it with the stack file"),
+            ])
+        })
+}
+
+fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnostic>> {
+    let mut program: Program<CacheImpl> = ProgramBuilder::new()
+        .add_path(entry.clone())
+        .add_import_paths([PathBuf::from(load::STDLIB_ROOT)])
+        .build()
+        .map_err(|e| {
+            vec![Diagnostic::error(Code::InputUnreadable, format!("cannot load `{}`: {e}", entry.display()))]
+        })?;
+
+    let mut spans = SpanMaker::new(root.clone());
+    let fail = |err: NickelError, program: &Program<CacheImpl>, spans: &mut SpanMaker| {
+        let mut files = program.files();
+        vec![convert_error(err, &mut files, spans)]
+    };
+
+    // The stdlib is registered as in-memory sources under STDLIB_ROOT, which
+    // is also an import path: `import "stackc.ncl"` finds it there with no
+    // file on disk. This needs the main file parsed first (Nickel's cache
+    // hook), which also surfaces syntax errors early.
+    if let Err(e) = program.compile() {
+        return Err(fail(e, &program, &mut spans));
+    }
+    program
+        .custom_transform(0, |cache, _pos, value| {
+            for (name, text) in load::STDLIB {
+                let path = PathBuf::from(format!("{}/{name}", load::STDLIB_ROOT));
+                cache.sources.add_string(SourcePath::Path(path, InputFormat::Nickel), (*text).to_owned());
+            }
+            Ok::<_, std::convert::Infallible>(value)
+        })
+        .map_err(|_| vec![Diagnostic::error(Code::Internal, "could not register the stackc stdlib")])?;
+
+    let value = match program.eval_full_for_export() {
+        Ok(v) => v,
+        Err(e) => return Err(fail(e, &program, &mut spans)),
+    };
+    if let Err(e) = nickel_lang_core::serialize::validate(nickel_lang_core::serialize::ExportFormat::Json, &value) {
+        let err = NickelError::ExportError(Box::new(e.with_pos_table(program.pos_table().clone())));
+        return Err(fail(err, &program, &mut spans));
+    }
+    let json = serde_json::to_value(&value).map_err(|e| {
+        vec![Diagnostic::error(Code::NotExportable, format!("the stack cannot be exported as data: {e}"))]
+    })?;
+
+    spans.files = program.files();
+    let mut locs = Locs::new();
+    collect_locs(&value, &mut String::new(), program.pos_table(), &mut spans, &mut locs);
+
+    let mut inputs = BTreeMap::new();
+    for name in spans.files.filenames() {
+        let path = PathBuf::from(name);
+        if path.is_absolute() && path.starts_with(&root) {
+            inputs.insert(load::display_name(&root, &name.to_string_lossy()), path);
+        }
+    }
+    Ok(Evaluated { value: json, locs, inputs })
+}
+
+/// Turns Nickel file ids and byte spans into stackc spans, sharing one
+/// `SourceFile` per file.
+struct SpanMaker {
+    root: PathBuf,
+    files: Files,
+    cache: HashMap<FileId, Arc<SourceFile>>,
+}
+
+impl SpanMaker {
+    fn new(root: PathBuf) -> Self {
+        SpanMaker { root, files: Files::empty(), cache: HashMap::new() }
+    }
+
+    fn file(&mut self, id: FileId) -> Arc<SourceFile> {
+        let (root, files) = (&self.root, &self.files);
+        self.cache
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(SourceFile {
+                    name: load::display_name(root, &files.name(id).to_string_lossy()),
+                    text: files.clone_source(id),
+                })
+            })
+            .clone()
+    }
+
+    fn span(&mut self, raw: RawSpan) -> Span {
+        Span { file: self.file(raw.src_id), range: raw.to_range() }
+    }
+}
+
+/// JSON pointer escaping (RFC 6901), so keys with `/` or `.` stay unambiguous.
+pub fn pointer_escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn collect_locs(v: &NickelValue, path: &mut String, pos: &PosTable, spans: &mut SpanMaker, out: &mut Locs) {
+    match v.content_ref() {
+        ValueContentRef::Record(Container::Alloc(record)) => {
+            for (id, field) in record.fields.iter() {
+                if field.metadata.not_exported() {
+                    continue;
+                }
+                let Some(value) = &field.value else { continue };
+                let len = path.len();
+                path.push('/');
+                path.push_str(&pointer_escape(id.label()));
+                let loc = Loc {
+                    key: id.pos.into_opt().map(|s| spans.span(s)),
+                    value: value.pos(pos).into_opt().map(|s| spans.span(s)),
+                };
+                out.insert(path.clone(), loc);
+                collect_locs(value, path, pos, spans, out);
+                path.truncate(len);
+            }
+        }
+        ValueContentRef::Array(Container::Alloc(array)) => {
+            for (i, elt) in array.array.iter().enumerate() {
+                let len = path.len();
+                path.push('/');
+                path.push_str(&i.to_string());
+                let loc = Loc { key: None, value: elt.pos(pos).into_opt().map(|s| spans.span(s)) };
+                out.insert(path.clone(), loc);
+                collect_locs(elt, path, pos, spans, out);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Which stackc code a Nickel error gets.
+fn classify(err: &NickelError, message: &str) -> Code {
+    match err {
+        NickelError::ParseErrors(_) => Code::Syntax,
+        NickelError::TypecheckError(_) => Code::Type,
+        NickelError::ImportError(k) => match **k {
+            ImportErrorKind::ParseErrors(..) => Code::Syntax,
+            _ => Code::ImportNotFound,
+        },
+        NickelError::ExportError(_) => Code::NotExportable,
+        NickelError::IOError(_) => Code::InputUnreadable,
+        NickelError::EvalError(data) => match &data.error {
+            EvalErrorKind::ParseError(_) => Code::Syntax,
+            EvalErrorKind::MissingFieldDef { .. } => Code::MissingField,
+            EvalErrorKind::SerializationError(_) => Code::NotExportable,
+            EvalErrorKind::BlameError { .. } if message.contains("extra field") => Code::UnknownField,
+            EvalErrorKind::BlameError { .. } => Code::Contract,
+            _ => Code::Eval,
+        },
+        NickelError::ReplError(_) => Code::Internal,
+    }
+}
+
+fn default_help(code: Code) -> Option<&'static str> {
+    Some(match code {
+        Code::Syntax => "fix the Nickel syntax at the marked place",
+        Code::Contract => "change the value so it fits the option's type, shown as `expected type`",
+        Code::UnknownField => "check the option's spelling against `docs/modules.md`",
+        Code::MissingField => "give the option a value: it has no default",
+        Code::ImportNotFound => "check the path: imports are relative to the importing file; the stdlib is `stackc.ncl`",
+        Code::Type => "fix the expression so its type matches the annotation",
+        Code::NotExportable => "functions and other non-data values cannot be part of the stack's output",
+        _ => return None,
+    })
+}
+
+/// One Nickel error, as one stackc diagnostic: the first codespan diagnostic
+/// is the error, further ones (call-stack notes) become notes.
+fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> Diagnostic {
+    // The message for classification comes before conversion consumes `err`.
+    let cs = {
+        let probe = err.clone();
+        probe.into_diagnostics(files)
+    };
+    let first_message = cs.first().map(|d| d.message.clone()).unwrap_or_default();
+    let code = classify(&err, &first_message);
+    spans.files = files.clone();
+    spans.cache.clear();
+
+    let mut iter = cs.into_iter();
+    let Some(main) = iter.next() else {
+        return Diagnostic::error(code, "Nickel reported an error without a message");
+    };
+    // Codespan puts custom contract messages on an indented second line.
+    let message = main.message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(": ");
+    let mut d = Diagnostic::error(code, message);
+    d.severity = match main.severity {
+        CsSeverity::Warning | CsSeverity::Note | CsSeverity::Help => Severity::Warning,
+        _ => Severity::Error,
+    };
+    if code == Code::Internal {
+        d.severity = Severity::Error;
+    }
+    for l in main.labels {
+        d.labels.push(Label {
+            span: Span { file: spans.file(l.file_id), range: l.range },
+            message: l.message,
+            primary: l.style == LabelStyle::Primary,
+        });
+    }
+    if !d.labels.iter().any(|l| l.primary)
+        && let Some(first) = d.labels.first_mut()
+    {
+        first.primary = true;
+    }
+    let mut notes = main.notes;
+    // Nickel's own hints (did-you-mean, expected values) make the best help
+    // line; our per-code advice comes after.
+    d.help = if notes.is_empty() {
+        default_help(code).map(str::to_owned)
+    } else {
+        Some(notes.remove(0))
+    };
+    d.notes = notes;
+    for extra in iter {
+        let msg = extra.message.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+        if !msg.is_empty() {
+            d.notes.push(msg);
+        }
+        for l in extra.labels {
+            d.labels.push(Label {
+                span: Span { file: spans.file(l.file_id), range: l.range },
+                message: l.message,
+                primary: false,
+            });
+        }
+    }
+    d
+}

@@ -1,0 +1,65 @@
+//! stackc: a reproducible config compiler and validator for self-hosted
+//! stacks. One module per stage, a typed value crossing each boundary
+//! (docs/ARCHITECTURE.md):
+//!
+//! load → eval → model → check → secrets → render → verify → bundle
+
+pub mod bundle;
+pub mod check;
+pub mod cli;
+pub mod diag;
+pub mod eval;
+pub mod load;
+pub mod model;
+pub mod render;
+pub mod secrets;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use diag::Diagnostic;
+use render::Rendered;
+use secrets::Keying;
+
+/// Everything a build produces, before anything touches the disk.
+pub struct Compiled {
+    pub stack: model::Stack,
+    pub files: Rendered,
+    pub manifest: Vec<u8>,
+    pub secrets: secrets::Resolved,
+}
+
+/// The pure core: from a stack file to bundle bytes. Reads the project's
+/// files (through `load` and Nickel) and nothing else: no clock, no
+/// environment, no randomness. Returns every finding of the stage that
+/// failed, sorted.
+pub fn compile(entry: &Path, project_root: Option<&Path>, keying: &Keying) -> Result<Compiled, Vec<Diagnostic>> {
+    let sorted = |mut d: Vec<Diagnostic>| {
+        diag::sort(&mut d);
+        d
+    };
+    let project = load::load(entry, project_root).map_err(sorted)?;
+    let evaluated = eval::evaluate(&project).map_err(sorted)?;
+    let mut stack = model::from_value(&evaluated.value).map_err(sorted)?;
+    let pos = check::Positions(&evaluated.locs);
+    let findings = check::check(&stack, &evaluated.locs);
+    if !findings.is_empty() {
+        return Err(sorted(findings));
+    }
+    let resolved = secrets::resolve(&mut stack, keying, &pos).map_err(sorted)?;
+    let files = render::render(&stack, &pos).map_err(sorted)?;
+    let problems = verify::verify(&files, &resolved);
+    if !problems.is_empty() {
+        return Err(sorted(problems));
+    }
+    let mut inputs = BTreeMap::new();
+    for (name, path) in &evaluated.inputs {
+        let bytes = std::fs::read(path).map_err(|e| {
+            vec![Diagnostic::error(diag::Code::Io, format!("cannot re-read input `{name}`: {e}"))]
+        })?;
+        inputs.insert(name.clone(), bytes);
+    }
+    let manifest = bundle::manifest(&stack, &files, &inputs, keying);
+    Ok(Compiled { stack, files, manifest, secrets: resolved })
+}

@@ -1,0 +1,133 @@
+//! `model`: the typed Rust view of what the stdlib's `stackc.stack` lowers a
+//! stack to. Maps are `BTreeMap`, so every walk over them is sorted.
+//!
+//! The Nickel contracts already checked the user's options; this layer only
+//! fixes the shape the compiler relies on, so a stack that bypasses
+//! `stackc.stack` gets one clear diagnostic instead of a crash.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::diag::{Code, Diagnostic};
+
+/// Version of the lowered form this compiler reads (`stackc.output_version`).
+pub const OUTPUT_VERSION: u64 = 1;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stack {
+    pub stackc: Meta,
+    pub name: String,
+    pub machines: BTreeMap<String, Machine>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    pub output_version: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    pub address: String,
+    pub deploy_root: String,
+    #[serde(default)]
+    pub listens: Vec<Listen>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub units: Vec<String>,
+    pub files: BTreeMap<String, FileSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A port a service listens on: the fact behind port, bind and firewall checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub service: String,
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub bind: String,
+    pub public: bool,
+}
+
+impl Listen {
+    pub fn is_loopback(&self) -> bool {
+        is_loopback(&self.bind)
+    }
+}
+
+pub fn is_loopback(addr: &str) -> bool {
+    addr == "localhost" || addr == "::1" || addr.starts_with("127.")
+}
+
+/// A reverse-proxy site and the service port it forwards to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub site: String,
+    pub machine: String,
+    pub service: String,
+    pub port: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Systemd,
+    Env,
+    Caddyfile,
+    Nftables,
+    Lines,
+    Json,
+}
+
+/// One file to emit: structured content that `render` turns into bytes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub format: Format,
+    pub content: serde_json::Value,
+    /// Secret files get mode 0600 and a keyed digest in the manifest.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+pub fn from_value(value: &serde_json::Value) -> Result<Stack, Vec<Diagnostic>> {
+    let not_a_stack = |why: String| {
+        vec![
+            Diagnostic::error(Code::NotAStack, format!("the file does not evaluate to a stack: {why}"))
+                .with_help("end the file with `stackc.stack { name = …, machines = { … } }`, where `stackc = import \"stackc.ncl\"`"),
+        ]
+    };
+    let version = value.pointer("/stackc/output_version").and_then(|v| v.as_u64());
+    match version {
+        None => return Err(not_a_stack("it has no `stackc.output_version`".into())),
+        Some(v) if v != OUTPUT_VERSION => {
+            return Err(not_a_stack(format!(
+                "it was lowered for output version {v}, this stackc reads version {OUTPUT_VERSION}"
+            )));
+        }
+        Some(_) => {}
+    }
+    Stack::deserialize(value).map_err(|e| not_a_stack(e.to_string()))
+}

