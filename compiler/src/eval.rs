@@ -204,6 +204,9 @@ fn collect_locs(v: &NickelValue, path: &mut String, pos: &PosTable, spans: &mut 
 fn classify(err: &NickelError, message: &str) -> Code {
     match err {
         NickelError::ParseErrors(_) => Code::Syntax,
+        // Nickel reports a missing import wherever it resolves it, even
+        // during typechecking.
+        _ if message.starts_with("import of ") && message.contains("could not find import") => Code::ImportNotFound,
         NickelError::TypecheckError(_) => Code::Type,
         NickelError::ImportError(k) => match **k {
             ImportErrorKind::ParseErrors(..) => Code::Syntax,
@@ -236,6 +239,18 @@ fn default_help(code: Code) -> Option<&'static str> {
     })
 }
 
+/// Nickel messages name files by absolute path; diagnostics must not show
+/// the build machine's paths (they would also make output depend on where
+/// the project is checked out).
+fn sanitize(message: &str, root: &std::path::Path) -> String {
+    let mut m = message.to_owned();
+    if m.starts_with("import of ") && let Some(i) = m.find(" failed: could not find import") {
+        m = format!("cannot find the imported file `{}`", &m["import of ".len()..i]);
+    }
+    let root = root.to_string_lossy();
+    m.replace(&format!("{root}/"), "").replace(root.as_ref(), ".").replace(load::STDLIB_ROOT, load::STDLIB_DISPLAY)
+}
+
 /// One Nickel error, as one stackc diagnostic: the first codespan diagnostic
 /// is the error, further ones (call-stack notes) become notes.
 fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> Diagnostic {
@@ -255,7 +270,7 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
     };
     // Codespan puts custom contract messages on an indented second line.
     let message = main.message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(": ");
-    let mut d = Diagnostic::error(code, message);
+    let mut d = Diagnostic::error(code, sanitize(&message, &spans.root));
     d.severity = match main.severity {
         CsSeverity::Warning | CsSeverity::Note | CsSeverity::Help => Severity::Warning,
         _ => Severity::Error,
@@ -275,7 +290,14 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
     {
         first.primary = true;
     }
-    let mut notes = main.notes;
+    // Advice for contract authors ("append `, ..`") misleads users of the
+    // stdlib's closed contracts: a misspelt option is theirs to fix.
+    let mut notes: Vec<String> = main
+        .notes
+        .into_iter()
+        .filter(|n| !n.contains("record contract might also be too strict"))
+        .map(|n| sanitize(&n, &spans.root))
+        .collect();
     // Nickel's own hints (did-you-mean, expected values) make the best help
     // line; our per-code advice comes after.
     d.help = if notes.is_empty() {

@@ -160,6 +160,27 @@ impl Spec {
         }
     }
 
+    /// "hex, 32 bytes, generation 1": how diagnostics name a definition.
+    pub fn describe(&self) -> String {
+        let size = match self.kind {
+            Kind::Password => format!(
+                "{} characters, {}",
+                self.length.unwrap_or(32),
+                match self.charset.unwrap_or(Charset::Alphanumeric) {
+                    Charset::Alphanumeric => "alphanumeric",
+                    Charset::Unreserved => "unreserved",
+                }
+            ),
+            _ => format!("{} bytes", self.bytes.unwrap_or(32)),
+        };
+        let kind = match self.kind {
+            Kind::Base64 => "base64",
+            Kind::Hex => "hex",
+            Kind::Password => "password",
+        };
+        format!("{kind}, {size}, generation {}", self.generation)
+    }
+
     fn check_len(&self) -> Result<(), String> {
         let n = self.bytes.or(self.length).unwrap_or(32);
         if n == 0 || n > MAX_LEN {
@@ -204,10 +225,15 @@ pub fn resolve(stack: &mut Stack, keying: &Keying, pos: &Positions) -> Result<Re
                         diags.push(
                             Diagnostic::error(
                                 Code::SecretConflict,
-                                format!("secret `{}` is defined twice, differently", spec.name),
+                                format!(
+                                    "secret `{}` is defined twice, differently: {} and {}",
+                                    spec.name,
+                                    first.describe(),
+                                    spec.describe()
+                                ),
                             )
-                            .with_label(pos.at(ptr), format!("{:?} here", spec))
-                            .with_secondary(pos.at(first_ptr), format!("{:?} here", first))
+                            .with_label(pos.at(ptr), spec.describe())
+                            .with_secondary(pos.at(first_ptr), first.describe())
                             .with_help("use one definition (kind, size, generation) per name, or give the secrets different names"),
                         );
                         return;
@@ -311,5 +337,6 @@ mod tests {
         // secret, which must be a deliberate, versioned decision.
         assert_eq!(spec(Kind::Hex).value(&key()), KNOWN_HEX);
     }
-    const KNOWN_HEX: &str = "PENDING";
+    // Computed independently with Python's hmac module (RFC 5869 by hand).
+    const KNOWN_HEX: &str = "530320e49d0050e81d2ec67a8330d76ba80ac75e1b96556c2bfb406f7a198168";
 }

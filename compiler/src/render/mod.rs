@@ -35,6 +35,7 @@ pub type Rendered = BTreeMap<String, RenderedFile>;
 
 /// A content error inside one file: where (JSON pointer below `content`)
 /// and what.
+#[derive(Debug)]
 pub struct ContentError {
     pub ptr: String,
     pub message: String,

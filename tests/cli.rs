@@ -1,0 +1,230 @@
+//! End-to-end behaviour of the `stackc` binary: exit statuses, determinism,
+//! atomic bundles, file modes, secrets kept out of plain files and output,
+//! colour, and the diagnostic pages.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn lair() -> std::path::PathBuf {
+    repo().join("examples/lair-chat/prod.ncl")
+}
+
+fn build(out: &std::path::Path, key: &std::path::Path) -> std::process::Output {
+    stackc()
+        .args(["build", "--quiet", "-o"])
+        .arg(out)
+        .arg("--secrets-key")
+        .arg(key)
+        .arg(lair())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_accepts_the_example_and_writes_nothing() {
+    let tmp = TempDir::new("check");
+    let o = stackc().args(["check"]).arg(lair()).current_dir(tmp.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "check wrote files");
+}
+
+#[test]
+fn builds_are_byte_identical_across_dirs_umask_and_locale() {
+    let tmp = TempDir::new("determinism");
+    let key = test_key(tmp.path());
+    let a = tmp.path().join("a/out");
+    let o = build(&a, &key);
+    assert!(o.status.success(), "{}", text(&o).1);
+    // Another working directory, umask, time zone and locale.
+    let b = tmp.path().join("b/out");
+    std::fs::create_dir_all(tmp.path().join("b")).unwrap();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(r#"umask 077; exec "$0" build --quiet -o out --secrets-key "$1" "$2""#)
+        .arg(env!("CARGO_BIN_EXE_stackc"))
+        .arg(&key)
+        .arg(lair())
+        .current_dir(tmp.path().join("b"))
+        .env("TZ", "Pacific/Kiritimati")
+        .env("LANG", "tr_TR.UTF-8")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let (ta, tb) = (tree(&a), tree(&b));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    for (path, (bytes, mode)) in &ta {
+        assert_eq!(Some(bytes), tb.get(path).map(|(b, _)| b), "{path} differs");
+        assert_eq!(Some(mode), tb.get(path).map(|(_, m)| m), "{path} mode differs");
+    }
+}
+
+#[test]
+fn modes_are_explicit_and_secrets_are_closed() {
+    let tmp = TempDir::new("modes");
+    let key = test_key(tmp.path());
+    let out = tmp.path().join("out");
+    assert!(build(&out, &key).status.success());
+    let t = tree(&out);
+    assert_eq!(t["chat/secrets/lair-chat.env"].1, 0o600);
+    assert_eq!(t["chat/secrets/"].1, 0o700);
+    assert_eq!(t["chat/systemd/lair-chat.service"].1, 0o644);
+    assert_eq!(t["chat/"].1, 0o755);
+    assert_eq!(t["manifest.json"].1, 0o644);
+    let manifest: serde_json::Value = serde_json::from_slice(&t["manifest.json"].0).unwrap();
+    let files = manifest["files"].as_array().unwrap();
+    let secret = files.iter().find(|f| f["path"] == "chat/secrets/lair-chat.env").unwrap();
+    assert_eq!(secret["secret"], true);
+    assert_eq!(secret["mode"], "0600");
+    assert!(secret.get("sha256").is_none(), "a secret file must not carry a plain hash");
+    assert!(secret["hmac_sha256"].as_str().is_some_and(|h| h.len() == 64));
+    let listed: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+    let on_disk: Vec<&String> = t.keys().filter(|k| !k.ends_with('/') && *k != "manifest.json").collect();
+    assert_eq!(listed, on_disk, "the manifest lists every file, sorted");
+}
+
+#[test]
+fn the_secret_never_reaches_plain_files_or_output() {
+    let tmp = TempDir::new("leak");
+    let key = test_key(tmp.path());
+    let out = tmp.path().join("out");
+    let o = build(&out, &key);
+    let t = tree(&out);
+    let env = String::from_utf8(t["chat/secrets/lair-chat.env"].0.clone()).unwrap();
+    let value = env.lines().find_map(|l| l.strip_prefix("LAIR_JWT_SECRET=")).unwrap().to_owned();
+    assert_eq!(value.len(), 44, "32 bytes of base64");
+    let (stdout, stderr) = text(&o);
+    let check = stackc().args(["check", "--format", "json"]).arg(lair()).output().unwrap();
+    let mut haystacks = vec![stdout, stderr, text(&check).0, text(&check).1];
+    for (path, (bytes, _)) in &t {
+        if path != "chat/secrets/lair-chat.env" {
+            haystacks.push(String::from_utf8_lossy(bytes).into_owned());
+        }
+    }
+    for h in haystacks {
+        assert!(!h.contains(&value), "the secret leaked");
+    }
+}
+
+#[test]
+fn a_failing_build_leaves_the_previous_bundle_untouched() {
+    let tmp = TempDir::new("atomic");
+    let key = test_key(tmp.path());
+    let out = tmp.path().join("out");
+    assert!(build(&out, &key).status.success());
+    let before = tree(&out);
+    let broken = tmp.path().join("broken.ncl");
+    std::fs::write(&broken, "let stackc = import \"stackc.ncl\" in stackc.stack { name = 1, machines = {} }").unwrap();
+    let o = stackc().args(["build", "-o"]).arg(&out).arg("--secrets-key").arg(&key).arg(&broken).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(tree(&out), before);
+    // A rebuild replaces the bundle in place; no temporary directory remains.
+    assert!(build(&out, &key).status.success());
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("stackc-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn refuses_to_replace_a_directory_that_is_not_a_bundle() {
+    let tmp = TempDir::new("notbundle");
+    let key = test_key(tmp.path());
+    let out = tmp.path().join("home");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("thesis.tex"), "precious").unwrap();
+    let o = build(&out, &key);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("SC0901"));
+    assert_eq!(std::fs::read_to_string(out.join("thesis.tex")).unwrap(), "precious");
+}
+
+#[test]
+fn build_without_a_key_refuses_unless_placeholders() {
+    let tmp = TempDir::new("nokey");
+    let out = tmp.path().join("out");
+    let o = stackc().args(["build", "-o"]).arg(&out).arg(lair()).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("SC0301"));
+    assert!(!out.exists());
+    let o = stackc().args(["build", "--placeholder-secrets", "-o"]).arg(&out).arg(lair()).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let env = std::fs::read_to_string(out.join("chat/secrets/lair-chat.env")).unwrap();
+    assert!(env.contains("stackc-placeholder-lair-chat-jwt"));
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"placeholders\": true"));
+}
+
+#[test]
+fn check_json_is_versioned_and_complete() {
+    let tmp = TempDir::new("json");
+    let f = tmp.path().join("prod.ncl");
+    std::fs::write(
+        &f,
+        "let stackc = import \"stackc.ncl\" in\nstackc.stack { name = \"x\", machines.a = { address = \"192.0.2.1\",\n  native.one = { command = \"/bin/one\", ports.p = { port = 80 } },\n  native.two = { command = \"/bin/two\", ports.p = { port = 80 } } } }\n",
+    )
+    .unwrap();
+    let o = stackc().args(["check", "--format", "json"]).arg(&f).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["summary"]["errors"], 1);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["code"], "SC0201");
+    let labels = d["labels"].as_array().unwrap();
+    assert_eq!(labels.len(), 2, "both parties are labelled");
+    assert!(labels.iter().all(|l| l["file"] == "prod.ncl"));
+    assert!(d["rendered"].as_str().unwrap().contains("SC0201"));
+    // A clean stack gives an empty, still versioned, document and exit 0.
+    let o = stackc().args(["check", "--format", "json"]).arg(lair()).output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["diagnostics"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn colour_follows_the_flag_and_no_color() {
+    let broken = repo().join("tests/bad/port-conflict/prod.ncl");
+    let o = stackc().args(["check"]).arg(&broken).output().unwrap();
+    assert!(!text(&o).1.contains('\u{1b}'), "NO_COLOR is set: no escapes");
+    let o = stackc().args(["--color", "always", "check"]).arg(&broken).output().unwrap();
+    assert!(text(&o).1.contains('\u{1b}'));
+}
+
+#[test]
+fn explain_prints_pages_and_rejects_unknown_codes() {
+    let o = stackc().args(["explain", "sc0201"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o).0.starts_with("# SC0201"));
+    let o = stackc().args(["explain", "SC9876"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn every_code_has_a_page_and_every_page_a_code() {
+    use stackc::diag::Code;
+    let pages: Vec<&str> = stackc::load::DIAGNOSTIC_PAGES.iter().map(|(n, _)| n.trim_end_matches(".md")).collect();
+    for c in Code::ALL {
+        assert!(pages.contains(&c.as_str()), "{c} has no docs/diagnostics/{c}.md");
+    }
+    for (name, text) in stackc::load::DIAGNOSTIC_PAGES {
+        let code = name.trim_end_matches(".md");
+        let c = Code::parse(code).unwrap_or_else(|| panic!("docs/diagnostics/{name} documents no code"));
+        let heading = format!("# {}: {}", c.as_str(), c.title());
+        assert!(text.starts_with(&heading), "{name} must start with `{heading}`");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = stackc().args(["build"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = stackc().args(["check", "/nonexistent/prod.ncl"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("SC0100"));
+}
