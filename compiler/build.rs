@@ -24,6 +24,7 @@ fn embed(out: &mut String, konst: &str, dir: &Path, ext: &str) {
     out.push_str("];\n");
 }
 
+#[allow(clippy::disallowed_methods)] // cargo passes OUT_DIR through the environment
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut out = String::new();

@@ -22,7 +22,11 @@ fn bad_inputs_give_coded_diagnostics() {
         .filter(|p| p.is_dir() && p.file_name().unwrap() != "snapshots")
         .collect();
     cases.sort();
-    assert!(cases.len() >= 10, "the corpus should hold at least 10 cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 10,
+        "the corpus should hold at least 10 cases, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();

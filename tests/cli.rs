@@ -26,9 +26,17 @@ fn build(out: &std::path::Path, key: &std::path::Path) -> std::process::Output {
 #[test]
 fn check_accepts_the_example_and_writes_nothing() {
     let tmp = TempDir::new("check");
-    let o = stackc().args(["check"]).arg(lair()).current_dir(tmp.path()).output().unwrap();
+    let o = stackc()
+        .args(["check"])
+        .arg(lair())
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
-    assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "check wrote files");
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().next().is_none(),
+        "check wrote files"
+    );
 }
 
 #[test]
@@ -76,13 +84,22 @@ fn modes_are_explicit_and_secrets_are_closed() {
     assert_eq!(t["manifest.json"].1, 0o644);
     let manifest: serde_json::Value = serde_json::from_slice(&t["manifest.json"].0).unwrap();
     let files = manifest["files"].as_array().unwrap();
-    let secret = files.iter().find(|f| f["path"] == "chat/secrets/lair-chat.env").unwrap();
+    let secret = files
+        .iter()
+        .find(|f| f["path"] == "chat/secrets/lair-chat.env")
+        .unwrap();
     assert_eq!(secret["secret"], true);
     assert_eq!(secret["mode"], "0600");
-    assert!(secret.get("sha256").is_none(), "a secret file must not carry a plain hash");
+    assert!(
+        secret.get("sha256").is_none(),
+        "a secret file must not carry a plain hash"
+    );
     assert!(secret["hmac_sha256"].as_str().is_some_and(|h| h.len() == 64));
     let listed: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
-    let on_disk: Vec<&String> = t.keys().filter(|k| !k.ends_with('/') && *k != "manifest.json").collect();
+    let on_disk: Vec<&String> = t
+        .keys()
+        .filter(|k| !k.ends_with('/') && *k != "manifest.json")
+        .collect();
     assert_eq!(listed, on_disk, "the manifest lists every file, sorted");
 }
 
@@ -94,10 +111,18 @@ fn the_secret_never_reaches_plain_files_or_output() {
     let o = build(&out, &key);
     let t = tree(&out);
     let env = String::from_utf8(t["chat/secrets/lair-chat.env"].0.clone()).unwrap();
-    let value = env.lines().find_map(|l| l.strip_prefix("LAIR_JWT_SECRET=")).unwrap().to_owned();
+    let value = env
+        .lines()
+        .find_map(|l| l.strip_prefix("LAIR_JWT_SECRET="))
+        .unwrap()
+        .to_owned();
     assert_eq!(value.len(), 44, "32 bytes of base64");
     let (stdout, stderr) = text(&o);
-    let check = stackc().args(["check", "--format", "json"]).arg(lair()).output().unwrap();
+    let check = stackc()
+        .args(["check", "--format", "json"])
+        .arg(lair())
+        .output()
+        .unwrap();
     let mut haystacks = vec![stdout, stderr, text(&check).0, text(&check).1];
     for (path, (bytes, _)) in &t {
         if path != "chat/secrets/lair-chat.env" {
@@ -117,8 +142,19 @@ fn a_failing_build_leaves_the_previous_bundle_untouched() {
     assert!(build(&out, &key).status.success());
     let before = tree(&out);
     let broken = tmp.path().join("broken.ncl");
-    std::fs::write(&broken, "let stackc = import \"stackc.ncl\" in stackc.stack { name = 1, machines = {} }").unwrap();
-    let o = stackc().args(["build", "-o"]).arg(&out).arg("--secrets-key").arg(&key).arg(&broken).output().unwrap();
+    std::fs::write(
+        &broken,
+        "let stackc = import \"stackc.ncl\" in stackc.stack { name = 1, machines = {} }",
+    )
+    .unwrap();
+    let o = stackc()
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("--secrets-key")
+        .arg(&key)
+        .arg(&broken)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(tree(&out), before);
     // A rebuild replaces the bundle in place; no temporary directory remains.
@@ -152,7 +188,12 @@ fn build_without_a_key_refuses_unless_placeholders() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("SC0301"));
     assert!(!out.exists());
-    let o = stackc().args(["build", "--placeholder-secrets", "-o"]).arg(&out).arg(lair()).output().unwrap();
+    let o = stackc()
+        .args(["build", "--placeholder-secrets", "-o"])
+        .arg(&out)
+        .arg(lair())
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o).1);
     let env = std::fs::read_to_string(out.join("chat/secrets/lair-chat.env")).unwrap();
     assert!(env.contains("stackc-placeholder-lair-chat-jwt"));
@@ -181,7 +222,11 @@ fn check_json_is_versioned_and_complete() {
     assert!(labels.iter().all(|l| l["file"] == "prod.ncl"));
     assert!(d["rendered"].as_str().unwrap().contains("SC0201"));
     // A clean stack gives an empty, still versioned, document and exit 0.
-    let o = stackc().args(["check", "--format", "json"]).arg(lair()).output().unwrap();
+    let o = stackc()
+        .args(["check", "--format", "json"])
+        .arg(lair())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["diagnostics"].as_array().unwrap().len(), 0);
@@ -192,7 +237,11 @@ fn colour_follows_the_flag_and_no_color() {
     let broken = repo().join("tests/bad/port-conflict/prod.ncl");
     let o = stackc().args(["check"]).arg(&broken).output().unwrap();
     assert!(!text(&o).1.contains('\u{1b}'), "NO_COLOR is set: no escapes");
-    let o = stackc().args(["--color", "always", "check"]).arg(&broken).output().unwrap();
+    let o = stackc()
+        .args(["--color", "always", "check"])
+        .arg(&broken)
+        .output()
+        .unwrap();
     assert!(text(&o).1.contains('\u{1b}'));
 }
 
@@ -208,7 +257,10 @@ fn explain_prints_pages_and_rejects_unknown_codes() {
 #[test]
 fn every_code_has_a_page_and_every_page_a_code() {
     use stackc::diag::Code;
-    let pages: Vec<&str> = stackc::load::DIAGNOSTIC_PAGES.iter().map(|(n, _)| n.trim_end_matches(".md")).collect();
+    let pages: Vec<&str> = stackc::load::DIAGNOSTIC_PAGES
+        .iter()
+        .map(|(n, _)| n.trim_end_matches(".md"))
+        .collect();
     for c in Code::ALL {
         assert!(pages.contains(&c.as_str()), "{c} has no docs/diagnostics/{c}.md");
     }

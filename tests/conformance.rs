@@ -133,16 +133,10 @@ struct TempDir {
 impl TempDir {
     fn new(tag: &str) -> TempDir {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = env::temp_dir().join(format!(
-            "stackc-conformance-{}-{}-{}",
-            std::process::id(),
-            n,
-            tag
-        ));
+        let path = env::temp_dir().join(format!("stackc-conformance-{}-{}-{}", std::process::id(), n, tag));
         // A stale dir from a crashed run with a recycled pid: start clean.
         let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", path.display()));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", path.display()));
         TempDir { path }
     }
 
@@ -182,10 +176,9 @@ fn tool_timeout() -> Duration {
 /// `scratch` (no pipe deadlocks, order kept), killing it after the timeout.
 fn run(mut cmd: Command, scratch: &TempDir) -> Result<RunOutput, String> {
     let desc = format!("{cmd:?}");
-    let out_path = scratch.path.join(format!(
-        "output-{}.txt",
-        TEMP_COUNTER.fetch_add(1, Ordering::SeqCst)
-    ));
+    let out_path = scratch
+        .path
+        .join(format!("output-{}.txt", TEMP_COUNTER.fetch_add(1, Ordering::SeqCst)));
     let out = File::create(&out_path).map_err(|e| format!("cannot create {}: {e}", out_path.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
@@ -267,8 +260,7 @@ fn tools_prefix() -> PathBuf {
 }
 
 fn find_systemd_analyze() -> Result<PathBuf, String> {
-    find_on_path("systemd-analyze")
-        .ok_or_else(|| "systemd-analyze not found on PATH, /usr/sbin, /sbin".to_string())
+    find_on_path("systemd-analyze").ok_or_else(|| "systemd-analyze not found on PATH, /usr/sbin, /sbin".to_string())
 }
 
 fn find_caddy() -> Result<PathBuf, String> {
@@ -276,8 +268,7 @@ fn find_caddy() -> Result<PathBuf, String> {
     if is_executable(&venv) {
         return Ok(venv);
     }
-    find_on_path("caddy")
-        .ok_or_else(|| format!("caddy not found at {} nor on PATH", venv.display()))
+    find_on_path("caddy").ok_or_else(|| format!("caddy not found at {} nor on PATH", venv.display()))
 }
 
 struct NftTool {
@@ -476,7 +467,11 @@ fn check_caddy(tool: &Path, file: &Path) -> Outcome {
         .env("XDG_CONFIG_HOME", home.join("config"))
         .args(["validate", "--adapter", "caddyfile", "--config"])
         .arg(name)
-        .current_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir });
+        .current_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        });
     let out = match run(cmd, &scratch) {
         Ok(o) => o,
         Err(e) => return Outcome::Fail(e),
@@ -498,7 +493,11 @@ fn check_caddy(tool: &Path, file: &Path) -> Outcome {
     if out.code == Some(0) && !out.timed_out {
         Outcome::Pass(warnings.into_iter().map(|w| format!("caddy warning: {w}")).collect())
     } else {
-        let detail = if errors.is_empty() { one_line(&out.text) } else { errors.join("; ") };
+        let detail = if errors.is_empty() {
+            one_line(&out.text)
+        } else {
+            errors.join("; ")
+        };
         Outcome::Fail(format!("caddy validate ({}): {detail}", exit_desc(&out)))
     }
 }
@@ -516,7 +515,11 @@ fn check_nftables(tool: &NftTool, file: &Path) -> Outcome {
         .arg(&tool.nft)
         .args(["-c", "-f"])
         .arg(name)
-        .current_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir });
+        .current_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        });
     let out = match run(cmd, &scratch) {
         Ok(o) => o,
         Err(e) => return Outcome::Fail(e),
@@ -580,8 +583,7 @@ struct GoldenFile {
 fn collect_golden(golden: &Path) -> Result<(Vec<GoldenFile>, usize), String> {
     let mut files = Vec::new();
     let mut bundles = 0;
-    let entries =
-        sorted_entries(golden).map_err(|e| format!("cannot read {}: {e}", golden.display()))?;
+    let entries = sorted_entries(golden).map_err(|e| format!("cannot read {}: {e}", golden.display()))?;
     for bundle in entries.into_iter().filter(|p| p.is_dir() && !is_hidden(p)) {
         bundles += 1;
         let mut all = Vec::new();
@@ -783,7 +785,9 @@ fn assert_passes(outcome: Outcome, what: &str) {
 
 #[test]
 fn systemd_wrapper_accepts_good_units_with_siblings_and_stubs() {
-    let Some(tool) = require(Kind::Systemd, find_systemd_analyze()) else { return };
+    let Some(tool) = require(Kind::Systemd, find_systemd_analyze()) else {
+        return;
+    };
     let dir = TempDir::new("selftest-systemd-good");
     let service = dir.write("selftest.service", GOOD_SERVICE);
     let socket = dir.write("selftest.socket", GOOD_SOCKET);
@@ -803,7 +807,9 @@ fn systemd_wrapper_accepts_good_units_with_siblings_and_stubs() {
 
 #[test]
 fn systemd_wrapper_rejects_unknown_key() {
-    let Some(tool) = require(Kind::Systemd, find_systemd_analyze()) else { return };
+    let Some(tool) = require(Kind::Systemd, find_systemd_analyze()) else {
+        return;
+    };
     let dir = TempDir::new("selftest-systemd-key");
     let unit = dir.write(
         "unknown-key.service",
@@ -815,7 +821,9 @@ fn systemd_wrapper_rejects_unknown_key() {
 
 #[test]
 fn systemd_wrapper_rejects_bad_value() {
-    let Some(tool) = require(Kind::Systemd, find_systemd_analyze()) else { return };
+    let Some(tool) = require(Kind::Systemd, find_systemd_analyze()) else {
+        return;
+    };
     let dir = TempDir::new("selftest-systemd-value");
     let unit = dir.write(
         "bad-value.service",
@@ -826,26 +834,40 @@ fn systemd_wrapper_rejects_bad_value() {
 
 #[test]
 fn systemd_wrapper_rejects_missing_execstart() {
-    let Some(tool) = require(Kind::Systemd, find_systemd_analyze()) else { return };
+    let Some(tool) = require(Kind::Systemd, find_systemd_analyze()) else {
+        return;
+    };
     let dir = TempDir::new("selftest-systemd-noexec");
     let unit = dir.write("no-exec.service", "[Unit]\nDescription=x\n\n[Service]\nType=simple\n");
-    assert_fails(check_systemd(&tool, &unit), "no ExecStart", "service without ExecStart=");
+    assert_fails(
+        check_systemd(&tool, &unit),
+        "no ExecStart",
+        "service without ExecStart=",
+    );
 }
 
 #[test]
 fn systemd_wrapper_rejects_missing_dependency() {
-    let Some(tool) = require(Kind::Systemd, find_systemd_analyze()) else { return };
+    let Some(tool) = require(Kind::Systemd, find_systemd_analyze()) else {
+        return;
+    };
     let dir = TempDir::new("selftest-systemd-dep");
     let unit = dir.write(
         "needs-missing.service",
         "[Unit]\nRequires=stackc-selftest-nowhere.socket\n\n[Service]\nExecStart=/bin/true\n",
     );
-    assert_fails(check_systemd(&tool, &unit), "not found", "Requires= on a unit that exists nowhere");
+    assert_fails(
+        check_systemd(&tool, &unit),
+        "not found",
+        "Requires= on a unit that exists nowhere",
+    );
 }
 
 #[test]
 fn caddy_wrapper_accepts_good_caddyfile() {
-    let Some(tool) = require(Kind::Caddy, find_caddy()) else { return };
+    let Some(tool) = require(Kind::Caddy, find_caddy()) else {
+        return;
+    };
     let dir = TempDir::new("selftest-caddy-good");
     let file = dir.write("Caddyfile", "chat.example.com {\n\treverse_proxy 127.0.0.1:8082\n}\n");
     assert_passes(check_caddy(&tool, &file), "good Caddyfile");
@@ -853,7 +875,9 @@ fn caddy_wrapper_accepts_good_caddyfile() {
 
 #[test]
 fn caddy_wrapper_rejects_unclosed_brace() {
-    let Some(tool) = require(Kind::Caddy, find_caddy()) else { return };
+    let Some(tool) = require(Kind::Caddy, find_caddy()) else {
+        return;
+    };
     let dir = TempDir::new("selftest-caddy-brace");
     let file = dir.write(
         "Caddyfile",
@@ -864,15 +888,22 @@ fn caddy_wrapper_rejects_unclosed_brace() {
 
 #[test]
 fn caddy_wrapper_rejects_unknown_directive() {
-    let Some(tool) = require(Kind::Caddy, find_caddy()) else { return };
+    let Some(tool) = require(Kind::Caddy, find_caddy()) else {
+        return;
+    };
     let dir = TempDir::new("selftest-caddy-directive");
-    let file = dir.write("site.caddyfile", "chat.example.com {\n\treverse_prox 127.0.0.1:8082\n}\n");
+    let file = dir.write(
+        "site.caddyfile",
+        "chat.example.com {\n\treverse_prox 127.0.0.1:8082\n}\n",
+    );
     assert_fails(check_caddy(&tool, &file), "unrecognized directive", "unknown directive");
 }
 
 #[test]
 fn nftables_wrapper_accepts_good_ruleset() {
-    let Some(tool) = require(Kind::Nftables, find_nft()) else { return };
+    let Some(tool) = require(Kind::Nftables, find_nft()) else {
+        return;
+    };
     let dir = TempDir::new("selftest-nft-good");
     let file = dir.write(
         "rules.nft",
@@ -885,19 +916,27 @@ fn nftables_wrapper_accepts_good_ruleset() {
 
 #[test]
 fn nftables_wrapper_rejects_jump_to_missing_chain() {
-    let Some(tool) = require(Kind::Nftables, find_nft()) else { return };
+    let Some(tool) = require(Kind::Nftables, find_nft()) else {
+        return;
+    };
     let dir = TempDir::new("selftest-nft-jump");
     let file = dir.write(
         "rules.nft",
         "table inet stackc {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\
          \t\tjump stackc_missing_chain\n\t}\n}\n",
     );
-    assert_fails(check_nftables(&tool, &file), "Could not process rule", "jump to a missing chain");
+    assert_fails(
+        check_nftables(&tool, &file),
+        "Could not process rule",
+        "jump to a missing chain",
+    );
 }
 
 #[test]
 fn nftables_wrapper_rejects_syntax_error() {
-    let Some(tool) = require(Kind::Nftables, find_nft()) else { return };
+    let Some(tool) = require(Kind::Nftables, find_nft()) else {
+        return;
+    };
     let dir = TempDir::new("selftest-nft-syntax");
     let file = dir.write(
         "rules.nft",
@@ -908,8 +947,12 @@ fn nftables_wrapper_rejects_syntax_error() {
 
 #[test]
 fn file_line_messages_are_recognised() {
-    assert!(is_file_line_message("/tmp/x/a.service:6: Unknown key 'Foo' in section [Service], ignoring."));
-    assert!(!is_file_line_message("a.service: Command /x is not executable: No such file or directory"));
+    assert!(is_file_line_message(
+        "/tmp/x/a.service:6: Unknown key 'Foo' in section [Service], ignoring."
+    ));
+    assert!(!is_file_line_message(
+        "a.service: Command /x is not executable: No such file or directory"
+    ));
     assert!(!is_file_line_message("/tmp/x/a.service: something"));
     assert_eq!(
         json_str_field(r#"{"level":"error","msg":"a \"b\"\tc"}"#, "msg").as_deref(),

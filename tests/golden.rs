@@ -40,14 +40,21 @@ fn examples_match_golden_bundles() {
         }
         report.push_str(&compare(name, &out, &golden));
     }
-    assert!(report.is_empty(), "golden bundles differ (bless with STACKC_BLESS=1 after reading the diff):\n{report}");
+    assert!(
+        report.is_empty(),
+        "golden bundles differ (bless with STACKC_BLESS=1 after reading the diff):\n{report}"
+    );
 }
 
 fn files(root: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     if !root.exists() {
         return Default::default();
     }
-    tree(root).into_iter().filter(|(k, _)| !k.ends_with('/')).map(|(k, (b, _))| (k, b)).collect()
+    tree(root)
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with('/'))
+        .map(|(k, (b, _))| (k, b))
+        .collect()
 }
 
 fn compare(name: &str, built: &std::path::Path, golden: &std::path::Path) -> String {

@@ -78,30 +78,38 @@ pub const NICKEL_LANG_CORE: &str = "0.19.0";
 
 /// `manifest.json`: every file with size, mode, secret flag and digest; the
 /// inputs' hashes; versions. Sorted, no timestamps, no absolute paths.
-pub fn manifest(
-    stack: &Stack,
-    files: &Rendered,
-    inputs: &BTreeMap<String, Vec<u8>>,
-    keying: &Keying,
-) -> Vec<u8> {
+pub fn manifest(stack: &Stack, files: &Rendered, inputs: &BTreeMap<String, Vec<u8>>, keying: &Keying) -> Vec<u8> {
     let m = Manifest {
         manifest_version: MANIFEST_VERSION,
         stackc_version: env!("CARGO_PKG_VERSION"),
         nickel_lang_core: NICKEL_LANG_CORE,
         stack: &stack.name,
-        secrets: SecretsInfo { scheme: secrets::SCHEME, placeholders: matches!(keying, Keying::Placeholder) },
+        secrets: SecretsInfo {
+            scheme: secrets::SCHEME,
+            placeholders: matches!(keying, Keying::Placeholder),
+        },
         inputs: Inputs {
             stdlib_sha256: crate::load::stdlib_digest(),
             files: inputs
                 .iter()
-                .map(|(path, bytes)| InputEntry { path: path.clone(), sha256: hex(&Sha256::digest(bytes)) })
+                .map(|(path, bytes)| InputEntry {
+                    path: path.clone(),
+                    sha256: hex(&Sha256::digest(bytes)),
+                })
                 .collect(),
         },
         machines: stack
             .machines
             .iter()
             .map(|(name, m)| {
-                (name.as_str(), MachineInfo { address: &m.address, deploy_root: &m.deploy_root, units: &m.units })
+                (
+                    name.as_str(),
+                    MachineInfo {
+                        address: &m.address,
+                        deploy_root: &m.deploy_root,
+                        units: &m.units,
+                    },
+                )
             })
             .collect(),
         files: files
@@ -133,9 +141,12 @@ fn io_error(what: String, e: std::io::Error) -> Diagnostic {
 
 /// Writes `files` and the manifest as directory `out`, atomically.
 pub fn write(out: &Path, files: &Rendered, manifest: &[u8]) -> Result<(), Diagnostic> {
-    let name = out
-        .file_name()
-        .ok_or_else(|| Diagnostic::error(Code::NotABundle, format!("`{}` cannot be an output directory", out.display())))?;
+    let name = out.file_name().ok_or_else(|| {
+        Diagnostic::error(
+            Code::NotABundle,
+            format!("`{}` cannot be an output directory", out.display()),
+        )
+    })?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -147,7 +158,10 @@ pub fn write(out: &Path, files: &Rendered, manifest: &[u8]) -> Result<(), Diagno
             if !is_bundle && !is_empty {
                 return Err(Diagnostic::error(
                     Code::NotABundle,
-                    format!("`{}` exists and is not a stackc bundle (it has no {MANIFEST})", out.display()),
+                    format!(
+                        "`{}` exists and is not a stackc bundle (it has no {MANIFEST})",
+                        out.display()
+                    ),
                 )
                 .with_help("choose another directory with -o, or remove this one yourself"));
             }
@@ -227,7 +241,8 @@ fn swap(tmp: &Path, out: &Path, existing: bool) -> Result<(), Diagnostic> {
     match exchange(tmp, out) {
         Ok(()) => {
             // `tmp` now holds the previous bundle.
-            fs::remove_dir_all(tmp).map_err(|e| io_error(format!("cannot remove the old bundle `{}`", tmp.display()), e))
+            fs::remove_dir_all(tmp)
+                .map_err(|e| io_error(format!("cannot remove the old bundle `{}`", tmp.display()), e))
         }
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
             // No atomic exchange on this file system: keep the old bundle
@@ -263,5 +278,9 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
             libc::RENAME_EXCHANGE,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

@@ -36,7 +36,8 @@ pub fn valid_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
 pub fn check(stack: &Stack, locs: &Locs) -> Vec<Diagnostic> {
@@ -50,15 +51,19 @@ pub fn check(stack: &Stack, locs: &Locs) -> Vec<Diagnostic> {
 }
 
 fn names(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
-    const HELP: &str = "use lower-case letters, digits, `-` and `_`, starting with a letter or digit (at most 63 characters)";
+    const HELP: &str =
+        "use lower-case letters, digits, `-` and `_`, starting with a letter or digit (at most 63 characters)";
     for (mname, m) in &stack.machines {
         let mp = machine_ptr(mname);
         if !valid_name(mname) {
             out.push(
-                Diagnostic::error(Code::InvalidName, format!("machine name `{mname}` cannot be used in file names"))
-                    .with_label(pos.0.get(&mp).and_then(|l| l.key.clone()), "this machine")
-                    .with_help(HELP)
-                    .with_path(format!("machines.{mname}")),
+                Diagnostic::error(
+                    Code::InvalidName,
+                    format!("machine name `{mname}` cannot be used in file names"),
+                )
+                .with_label(pos.0.get(&mp).and_then(|l| l.key.clone()), "this machine")
+                .with_help(HELP)
+                .with_path(format!("machines.{mname}")),
             );
         }
         let mut seen = Vec::new();
@@ -68,7 +73,10 @@ fn names(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                 out.push(
                     Diagnostic::error(
                         Code::InvalidName,
-                        format!("service name `{}` on machine `{mname}` cannot be used in file names", l.service),
+                        format!(
+                            "service name `{}` on machine `{mname}` cannot be used in file names",
+                            l.service
+                        ),
                     )
                     .with_label(pos.at(&format!("{mp}/listens/{i}/service")), "this service")
                     .with_help(HELP),
@@ -125,7 +133,10 @@ fn ports(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                             b.service, b.name, b.bind
                         ),
                     )
-                    .with_label(pos.at(&format!("{mp}/listens/{j}/bind")), "loopback: unreachable from outside")
+                    .with_label(
+                        pos.at(&format!("{mp}/listens/{j}/bind")),
+                        "loopback: unreachable from outside",
+                    )
                     .with_secondary(pos.at(&format!("{mp}/listens/{j}/public")), "marked public here")
                     .with_help("bind a non-loopback address (such as `0.0.0.0`), or make the port not public"),
                 );
@@ -144,7 +155,10 @@ fn routes(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                 out.push(
                     Diagnostic::error(
                         Code::UnknownMachine,
-                        format!("site `{}` on machine `{mname}` points to machine `{}`, which is not declared", r.site, r.machine),
+                        format!(
+                            "site `{}` on machine `{mname}` points to machine `{}`, which is not declared",
+                            r.site, r.machine
+                        ),
                     )
                     .with_label(pos.at(&format!("{rp}/machine")), "no machine of this name")
                     .with_help(format!("declared machines: {}", known.join(", ")))
@@ -155,26 +169,41 @@ fn routes(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
             let of_service: Vec<&Listen> = target.listens.iter().filter(|l| l.service == r.service).collect();
             let Some(listen) = of_service.iter().find(|l| l.name == r.port) else {
                 let (what, label_at, help) = if of_service.is_empty() {
-                    let services: BTreeMap<&str, ()> = target.listens.iter().map(|l| (l.service.as_str(), ())).collect();
+                    let services: BTreeMap<&str, ()> =
+                        target.listens.iter().map(|l| (l.service.as_str(), ())).collect();
                     let names: Vec<_> = services.keys().map(|k| format!("`{k}`")).collect();
                     (
                         format!("service `{}` does not exist on machine `{}`", r.service, r.machine),
                         format!("{rp}/service"),
-                        format!("services with ports on `{}`: {}", r.machine, if names.is_empty() { "none".into() } else { names.join(", ") }),
+                        format!(
+                            "services with ports on `{}`: {}",
+                            r.machine,
+                            if names.is_empty() {
+                                "none".into()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
                     )
                 } else {
                     let names: Vec<_> = of_service.iter().map(|l| format!("`{}`", l.name)).collect();
                     (
-                        format!("service `{}` on machine `{}` has no port named `{}`", r.service, r.machine, r.port),
+                        format!(
+                            "service `{}` on machine `{}` has no port named `{}`",
+                            r.service, r.machine, r.port
+                        ),
                         format!("{rp}/port"),
                         format!("ports of `{}`: {}", r.service, names.join(", ")),
                     )
                 };
                 out.push(
-                    Diagnostic::error(Code::UnknownUpstream, format!("site `{}` points nowhere: {what}", r.site))
-                        .with_label(pos.at(&label_at), "not found")
-                        .with_help(help)
-                        .with_path(format!("machines.{mname}.proxy.sites.\"{}\".upstream", r.site)),
+                    Diagnostic::error(
+                        Code::UnknownUpstream,
+                        format!("site `{}` points nowhere: {what}", r.site),
+                    )
+                    .with_label(pos.at(&label_at), "not found")
+                    .with_help(help)
+                    .with_path(format!("machines.{mname}.proxy.sites.\"{}\".upstream", r.site)),
                 );
                 continue;
             };
@@ -212,8 +241,14 @@ fn sites(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                     Code::DuplicateSite,
                     format!("host `{host}` is served by the proxies of both `{m1}` and `{m2}`"),
                 )
-                .with_label(pos.at(&format!("{}/routes/{i2}/site", machine_ptr(m2))), format!("served on `{m2}`"))
-                .with_secondary(pos.at(&format!("{}/routes/{i1}/site", machine_ptr(m1))), format!("served on `{m1}`"))
+                .with_label(
+                    pos.at(&format!("{}/routes/{i2}/site", machine_ptr(m2))),
+                    format!("served on `{m2}`"),
+                )
+                .with_secondary(
+                    pos.at(&format!("{}/routes/{i1}/site", machine_ptr(m1))),
+                    format!("served on `{m1}`"),
+                )
                 .with_help("DNS can point a host name at one of them only: keep the site on one machine"),
             );
         }

@@ -5,6 +5,9 @@
 //! Exit statuses: 0 ok, 1 findings in the user's input, 2 usage, I/O or
 //! internal errors (docs/cli.md).
 
+// The CLI is where the environment is read (NO_COLOR, CLICOLOR_FORCE).
+#![allow(clippy::disallowed_methods)]
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,7 +18,11 @@ use crate::diag::{self, Code, Diagnostic};
 use crate::secrets::{Keying, MasterKey};
 
 #[derive(Parser)]
-#[command(name = "stackc", version, about = "Compile a typed Nickel description of a self-hosted stack into per-machine config bundles")]
+#[command(
+    name = "stackc",
+    version,
+    about = "Compile a typed Nickel description of a self-hosted stack into per-machine config bundles"
+)]
 pub struct Cli {
     /// When to use colour in diagnostics. `auto` honours NO_COLOR and CLICOLOR_FORCE.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
@@ -100,12 +107,28 @@ pub fn main() -> ExitCode {
         }
     };
     let status = match cli.command {
-        Command::Build { file, output, secrets_key, placeholder_secrets, project_root, quiet } => {
-            build(&file, &output, secrets_key.as_deref(), placeholder_secrets, project_root.as_deref(), quiet, color)
-        }
-        Command::Check { file, format, project_root, quiet } => {
-            check(&file, format, project_root.as_deref(), quiet, color)
-        }
+        Command::Build {
+            file,
+            output,
+            secrets_key,
+            placeholder_secrets,
+            project_root,
+            quiet,
+        } => build(
+            &file,
+            &output,
+            secrets_key.as_deref(),
+            placeholder_secrets,
+            project_root.as_deref(),
+            quiet,
+            color,
+        ),
+        Command::Check {
+            file,
+            format,
+            project_root,
+            quiet,
+        } => check(&file, format, project_root.as_deref(), quiet, color),
         Command::Explain { code } => explain(&code, color),
         Command::Secrets(SecretsCommand::Init { path }) => secrets_init(&path, color),
     };
@@ -120,7 +143,11 @@ fn report(diags: &[Diagnostic], color: bool, what_happened: &str) -> u8 {
         let _ = writeln!(err);
     }
     let n = diags.len();
-    let _ = writeln!(err, "error: {n} finding{}; {what_happened}", if n == 1 { "" } else { "s" });
+    let _ = writeln!(
+        err,
+        "error: {n} finding{}; {what_happened}",
+        if n == 1 { "" } else { "s" }
+    );
     diag::exit_status(diags).max(1)
 }
 
@@ -238,7 +265,10 @@ fn secrets_init(path: &Path, color: bool) -> u8 {
         .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()));
     match written {
         Ok(()) => {
-            eprintln!("wrote master key {} (mode 0600): keep it out of git, and back it up", path.display());
+            eprintln!(
+                "wrote master key {} (mode 0600): keep it out of git, and back it up",
+                path.display()
+            );
             0
         }
         Err(e) => fail(

@@ -170,21 +170,31 @@ impl Diagnostic {
     pub fn with_label(mut self, span: Option<Span>, message: impl Into<String>) -> Self {
         if let Some(span) = span {
             let primary = self.labels.iter().all(|l| !l.primary);
-            self.labels.push(Label { span, message: message.into(), primary });
+            self.labels.push(Label {
+                span,
+                message: message.into(),
+                primary,
+            });
         }
         self
     }
 
     pub fn with_secondary(mut self, span: Option<Span>, message: impl Into<String>) -> Self {
         if let Some(span) = span {
-            self.labels.push(Label { span, message: message.into(), primary: false });
+            self.labels.push(Label {
+                span,
+                message: message.into(),
+                primary: false,
+            });
         }
         self
     }
 
     /// The help line: the diagnostic's own, or the code's page title.
     pub fn help_line(&self) -> String {
-        self.help.clone().unwrap_or_else(|| format!("run `stackc explain {}` for details", self.code))
+        self.help
+            .clone()
+            .unwrap_or_else(|| format!("run `stackc explain {}` for details", self.code))
     }
 
     fn primary(&self) -> Option<&Label> {
@@ -257,8 +267,7 @@ impl miette::Diagnostic for MietteView {
         (!self.labels.is_empty()).then(|| Box::new(self.labels.iter().cloned()) as _)
     }
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {
-        (!self.related.is_empty())
-            .then(|| Box::new(self.related.iter().map(|d| d as &dyn miette::Diagnostic)) as _)
+        (!self.related.is_empty()).then(|| Box::new(self.related.iter().map(|d| d as &dyn miette::Diagnostic)) as _)
     }
 }
 
@@ -282,7 +291,10 @@ fn miette_view(d: &Diagnostic) -> MietteView {
     // Other files, in order of first appearance.
     let mut others: Vec<(Arc<SourceFile>, Vec<miette::LabeledSpan>)> = Vec::new();
     for l in &d.labels {
-        if main.as_ref().is_some_and(|m| Arc::ptr_eq(m, &l.span.file) || m.name == l.span.file.name) {
+        if main
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, &l.span.file) || m.name == l.span.file.name)
+        {
             labels.push(miette_label(l));
         } else if let Some((_, v)) = others.iter_mut().find(|(f, _)| f.name == l.span.file.name) {
             v.push(miette_label(l));
@@ -403,7 +415,11 @@ struct JsonReport<'a> {
 pub fn render_json(diags: &[Diagnostic]) -> String {
     let pos = |s: &Span, off: usize| {
         let (line, column) = s.line_col(off);
-        JsonPos { line, column, offset: off }
+        JsonPos {
+            line,
+            column,
+            offset: off,
+        }
     };
     let report = JsonReport {
         version: JSON_VERSION,

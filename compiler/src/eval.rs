@@ -5,7 +5,7 @@
 //! The value goes through `serde_json` on purpose: Nickel's own deserializer
 //! turns 8080 into 8080.0 and silently saturates out-of-range integers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -77,7 +77,10 @@ fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnos
         .add_import_paths([PathBuf::from(load::STDLIB_ROOT)])
         .build()
         .map_err(|e| {
-            vec![Diagnostic::error(Code::InputUnreadable, format!("cannot load `{}`: {e}", entry.display()))]
+            vec![Diagnostic::error(
+                Code::InputUnreadable,
+                format!("cannot load `{}`: {e}", entry.display()),
+            )]
         })?;
 
     let mut spans = SpanMaker::new(root.clone());
@@ -97,11 +100,18 @@ fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnos
         .custom_transform(0, |cache, _pos, value| {
             for (name, text) in load::STDLIB {
                 let path = PathBuf::from(format!("{}/{name}", load::STDLIB_ROOT));
-                cache.sources.add_string(SourcePath::Path(path, InputFormat::Nickel), (*text).to_owned());
+                cache
+                    .sources
+                    .add_string(SourcePath::Path(path, InputFormat::Nickel), (*text).to_owned());
             }
             Ok::<_, std::convert::Infallible>(value)
         })
-        .map_err(|_| vec![Diagnostic::error(Code::Internal, "could not register the stackc stdlib")])?;
+        .map_err(|_| {
+            vec![Diagnostic::error(
+                Code::Internal,
+                "could not register the stackc stdlib",
+            )]
+        })?;
 
     let value = match program.eval_full_for_export() {
         Ok(v) => v,
@@ -112,7 +122,10 @@ fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnos
         return Err(fail(err, &program, &mut spans));
     }
     let json = serde_json::to_value(&value).map_err(|e| {
-        vec![Diagnostic::error(Code::NotExportable, format!("the stack cannot be exported as data: {e}"))]
+        vec![Diagnostic::error(
+            Code::NotExportable,
+            format!("the stack cannot be exported as data: {e}"),
+        )]
     })?;
 
     spans.files = program.files();
@@ -126,7 +139,11 @@ fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnos
             inputs.insert(load::display_name(&root, &name.to_string_lossy()), path);
         }
     }
-    Ok(Evaluated { value: json, locs, inputs })
+    Ok(Evaluated {
+        value: json,
+        locs,
+        inputs,
+    })
 }
 
 /// Turns Nickel file ids and byte spans into stackc spans, sharing one
@@ -134,12 +151,16 @@ fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnos
 struct SpanMaker {
     root: PathBuf,
     files: Files,
-    cache: HashMap<FileId, Arc<SourceFile>>,
+    cache: BTreeMap<FileId, Arc<SourceFile>>,
 }
 
 impl SpanMaker {
     fn new(root: PathBuf) -> Self {
-        SpanMaker { root, files: Files::empty(), cache: HashMap::new() }
+        SpanMaker {
+            root,
+            files: Files::empty(),
+            cache: BTreeMap::new(),
+        }
     }
 
     fn file(&mut self, id: FileId) -> Arc<SourceFile> {
@@ -156,7 +177,10 @@ impl SpanMaker {
     }
 
     fn span(&mut self, raw: RawSpan) -> Span {
-        Span { file: self.file(raw.src_id), range: raw.to_range() }
+        Span {
+            file: self.file(raw.src_id),
+            range: raw.to_range(),
+        }
     }
 }
 
@@ -190,7 +214,10 @@ fn collect_locs(v: &NickelValue, path: &mut String, pos: &PosTable, spans: &mut 
                 let len = path.len();
                 path.push('/');
                 path.push_str(&i.to_string());
-                let loc = Loc { key: None, value: elt.pos(pos).into_opt().map(|s| spans.span(s)) };
+                let loc = Loc {
+                    key: None,
+                    value: elt.pos(pos).into_opt().map(|s| spans.span(s)),
+                };
                 out.insert(path.clone(), loc);
                 collect_locs(elt, path, pos, spans, out);
                 path.truncate(len);
@@ -232,7 +259,9 @@ fn default_help(code: Code) -> Option<&'static str> {
         Code::Contract => "change the value so it fits the option's type, shown as `expected type`",
         Code::UnknownField => "check the option's spelling against `docs/modules.md`",
         Code::MissingField => "give the option a value: it has no default",
-        Code::ImportNotFound => "check the path: imports are relative to the importing file; the stdlib is `stackc.ncl`",
+        Code::ImportNotFound => {
+            "check the path: imports are relative to the importing file; the stdlib is `stackc.ncl`"
+        }
         Code::Type => "fix the expression so its type matches the annotation",
         Code::NotExportable => "functions and other non-data values cannot be part of the stack's output",
         _ => return None,
@@ -244,11 +273,15 @@ fn default_help(code: Code) -> Option<&'static str> {
 /// the project is checked out).
 fn sanitize(message: &str, root: &std::path::Path) -> String {
     let mut m = message.to_owned();
-    if m.starts_with("import of ") && let Some(i) = m.find(" failed: could not find import") {
+    if m.starts_with("import of ")
+        && let Some(i) = m.find(" failed: could not find import")
+    {
         m = format!("cannot find the imported file `{}`", &m["import of ".len()..i]);
     }
     let root = root.to_string_lossy();
-    m.replace(&format!("{root}/"), "").replace(root.as_ref(), ".").replace(load::STDLIB_ROOT, load::STDLIB_DISPLAY)
+    m.replace(&format!("{root}/"), "")
+        .replace(root.as_ref(), ".")
+        .replace(load::STDLIB_ROOT, load::STDLIB_DISPLAY)
 }
 
 /// One Nickel error, as one stackc diagnostic: the first codespan diagnostic
@@ -269,7 +302,13 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
         return Diagnostic::error(code, "Nickel reported an error without a message");
     };
     // Codespan puts custom contract messages on an indented second line.
-    let message = main.message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(": ");
+    let message = main
+        .message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
     let mut d = Diagnostic::error(code, sanitize(&message, &spans.root));
     d.severity = match main.severity {
         CsSeverity::Warning | CsSeverity::Note | CsSeverity::Help => Severity::Warning,
@@ -280,7 +319,10 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
     }
     for l in main.labels {
         d.labels.push(Label {
-            span: Span { file: spans.file(l.file_id), range: l.range },
+            span: Span {
+                file: spans.file(l.file_id),
+                range: l.range,
+            },
             message: l.message,
             primary: l.style == LabelStyle::Primary,
         });
@@ -313,7 +355,10 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
         }
         for l in extra.labels {
             d.labels.push(Label {
-                span: Span { file: spans.file(l.file_id), range: l.range },
+                span: Span {
+                    file: spans.file(l.file_id),
+                    range: l.range,
+                },
                 message: l.message,
                 primary: false,
             });

@@ -4,6 +4,10 @@
 //!
 //! load → eval → model → check → secrets → render → verify → bundle
 
+// Diagnostics are the error type everywhere; they are built once per
+// finding, so their size on the error path does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod bundle;
 pub mod check;
 pub mod cli;
@@ -56,10 +60,18 @@ pub fn compile(entry: &Path, project_root: Option<&Path>, keying: &Keying) -> Re
     let mut inputs = BTreeMap::new();
     for (name, path) in &evaluated.inputs {
         let bytes = std::fs::read(path).map_err(|e| {
-            vec![Diagnostic::error(diag::Code::Io, format!("cannot re-read input `{name}`: {e}"))]
+            vec![Diagnostic::error(
+                diag::Code::Io,
+                format!("cannot re-read input `{name}`: {e}"),
+            )]
         })?;
         inputs.insert(name.clone(), bytes);
     }
     let manifest = bundle::manifest(&stack, &files, &inputs, keying);
-    Ok(Compiled { stack, files, manifest, secrets: resolved })
+    Ok(Compiled {
+        stack,
+        files,
+        manifest,
+        secrets: resolved,
+    })
 }

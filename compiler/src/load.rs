@@ -255,6 +255,9 @@ mod tests {
     fn display_names_are_relative() {
         let root = Path::new("/p/proj");
         assert_eq!(display_name(root, "/p/proj/prod.ncl"), "prod.ncl");
-        assert_eq!(display_name(root, &format!("{STDLIB_ROOT}/caddy.ncl")), "<stackc>/caddy.ncl");
+        assert_eq!(
+            display_name(root, &format!("{STDLIB_ROOT}/caddy.ncl")),
+            "<stackc>/caddy.ncl"
+        );
     }
 }

@@ -49,8 +49,11 @@ impl MasterKey {
     pub fn load(path: &Path) -> Result<MasterKey, Diagnostic> {
         let shown = path.display();
         let meta = std::fs::metadata(path).map_err(|e| {
-            Diagnostic::error(Code::KeyUnreadable, format!("cannot read the master key `{shown}`: {e}"))
-                .with_help("create one with `stackc secrets init KEYFILE`, or pass --placeholder-secrets")
+            Diagnostic::error(
+                Code::KeyUnreadable,
+                format!("cannot read the master key `{shown}`: {e}"),
+            )
+            .with_help("create one with `stackc secrets init KEYFILE`, or pass --placeholder-secrets")
         })?;
         #[cfg(unix)]
         {
@@ -61,20 +64,30 @@ impl MasterKey {
                     Code::KeyPermissions,
                     format!("the master key `{shown}` has mode {mode:04o}: it is readable by other users"),
                 )
-                .with_help(format!("run `chmod 600 {shown}`: every secret of the stack is derived from this key")));
+                .with_help(format!(
+                    "run `chmod 600 {shown}`: every secret of the stack is derived from this key"
+                )));
             }
         }
         if !meta.is_file() {
-            return Err(Diagnostic::error(Code::KeyMalformed, format!("the master key `{shown}` is not a file")));
+            return Err(Diagnostic::error(
+                Code::KeyMalformed,
+                format!("the master key `{shown}` is not a file"),
+            ));
         }
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostic::error(Code::KeyUnreadable, format!("cannot read the master key `{shown}`: {e}"))
+            Diagnostic::error(
+                Code::KeyUnreadable,
+                format!("cannot read the master key `{shown}`: {e}"),
+            )
         })?;
         let malformed = || {
             Diagnostic::error(Code::KeyMalformed, format!("`{shown}` is not a stackc master key"))
                 .with_help(format!("a key file holds {KEY_LEN} random bytes in base64 on one line"))
         };
-        let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| malformed())?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| malformed())?;
         let key: [u8; KEY_LEN] = bytes.try_into().map_err(|_| malformed())?;
         Ok(MasterKey(key))
     }
@@ -82,7 +95,8 @@ impl MasterKey {
     fn okm(&self, info: &str, len: usize) -> Vec<u8> {
         let hk = Hkdf::<Sha256>::new(Some(SALT), &self.0);
         let mut out = vec![0u8; len];
-        hk.expand(info.as_bytes(), &mut out).expect("secret lengths are bounded by the contract check");
+        hk.expand(info.as_bytes(), &mut out)
+            .expect("secret lengths are bounded by the contract check");
         out
     }
 }
@@ -138,9 +152,8 @@ impl Spec {
             Keying::Master(k) => k,
         };
         match self.kind {
-            Kind::Base64 => {
-                base64::engine::general_purpose::STANDARD.encode(key.okm(&self.info(), self.bytes.unwrap_or(32) as usize))
-            }
+            Kind::Base64 => base64::engine::general_purpose::STANDARD
+                .encode(key.okm(&self.info(), self.bytes.unwrap_or(32) as usize)),
             Kind::Hex => crate::load::hex(&key.okm(&self.info(), self.bytes.unwrap_or(32) as usize)),
             Kind::Password => {
                 let alphabet = self.charset.unwrap_or(Charset::Alphanumeric).alphabet();
@@ -184,7 +197,10 @@ impl Spec {
     fn check_len(&self) -> Result<(), String> {
         let n = self.bytes.or(self.length).unwrap_or(32);
         if n == 0 || n > MAX_LEN {
-            return Err(format!("secret `{}` asks for {n} bytes or characters; the limit is {MAX_LEN}", self.name));
+            return Err(format!(
+                "secret `{}` asks for {n} bytes or characters; the limit is {MAX_LEN}",
+                self.name
+            ));
         }
         Ok(())
     }
@@ -204,15 +220,21 @@ pub fn resolve(stack: &mut Stack, keying: &Keying, pos: &Positions) -> Result<Re
     let mut resolved = Resolved::default();
     for (mname, m) in stack.machines.iter_mut() {
         for (path, file) in m.files.iter_mut() {
-            let base = format!("/machines/{}/files/{}/content", pointer_escape(mname), pointer_escape(path));
+            let base = format!(
+                "/machines/{}/files/{}/content",
+                pointer_escape(mname),
+                pointer_escape(path)
+            );
             let mut found = false;
             walk(&mut file.content, &mut base.clone(), &mut |value, ptr| {
                 let spec = match Spec::deserialize(&value[MARKER]) {
                     Ok(s) => s,
                     Err(e) => {
-                        diags.push(Diagnostic::error(Code::NotAStack, format!("malformed secret reference: {e}"))
-                            .with_label(pos.at(ptr), "this secret")
-                            .with_help("build secret references with `stackc.secret.*`"));
+                        diags.push(
+                            Diagnostic::error(Code::NotAStack, format!("malformed secret reference: {e}"))
+                                .with_label(pos.at(ptr), "this secret")
+                                .with_help("build secret references with `stackc.secret.*`"),
+                        );
                         return;
                     }
                 };
@@ -305,7 +327,14 @@ mod tests {
     }
 
     fn spec(kind: Kind) -> Spec {
-        Spec { name: "jwt".into(), kind, bytes: Some(32), length: Some(40), charset: None, generation: 1 }
+        Spec {
+            name: "jwt".into(),
+            kind,
+            bytes: Some(32),
+            length: Some(40),
+            charset: None,
+            generation: 1,
+        }
     }
 
     #[test]

@@ -12,11 +12,19 @@ pub fn verify(files: &Rendered, secrets: &Resolved) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (path, f) in files.iter().filter(|(_, f)| !f.secret) {
         let text = String::from_utf8_lossy(&f.bytes);
-        for name in secrets.values.iter().filter(|(_, v)| text.contains(v.as_str())).map(|(n, _)| n) {
+        for name in secrets
+            .values
+            .iter()
+            .filter(|(_, v)| text.contains(v.as_str()))
+            .map(|(n, _)| n)
+        {
             // The name only: a diagnostic never carries a secret value.
             out.push(
-                Diagnostic::error(Code::Internal, format!("secret `{name}` would be written to `{path}`, which is not a secret file"))
-                    .with_help("this is a bug in stackc: please report it; nothing was written"),
+                Diagnostic::error(
+                    Code::Internal,
+                    format!("secret `{name}` would be written to `{path}`, which is not a secret file"),
+                )
+                .with_help("this is a bug in stackc: please report it; nothing was written"),
             );
         }
     }

@@ -12,7 +12,9 @@ pub fn repo() -> PathBuf {
 pub fn stackc() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stackc"));
     // Tests see what a user without a terminal sees.
-    c.env_remove("STACKC_SECRETS_KEY").env_remove("CLICOLOR_FORCE").env("NO_COLOR", "1");
+    c.env_remove("STACKC_SECRETS_KEY")
+        .env_remove("CLICOLOR_FORCE")
+        .env("NO_COLOR", "1");
     c
 }
 
@@ -52,7 +54,10 @@ pub fn test_key(dir: &Path) -> PathBuf {
 }
 
 pub fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// Every file below `root`, relative path → (bytes, mode), sorted.

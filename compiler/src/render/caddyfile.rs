@@ -26,7 +26,8 @@ struct Caddyfile {
 }
 
 pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
-    let file = Caddyfile::deserialize(content).map_err(|e| vec![ContentError::new("", format!("not a Caddyfile: {e}"))])?;
+    let file =
+        Caddyfile::deserialize(content).map_err(|e| vec![ContentError::new("", format!("not a Caddyfile: {e}"))])?;
     let mut errors = Vec::new();
     let mut out = format!("{HEADER}\n");
     if !file.global.is_empty() {
@@ -36,7 +37,10 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
     }
     for (addr, directives) in &file.sites {
         if !token_ok(addr) || addr.contains(char::is_whitespace) {
-            errors.push(ContentError::new(format!("/sites/{addr}"), format!("`{addr}` is not a site address")));
+            errors.push(ContentError::new(
+                format!("/sites/{addr}"),
+                format!("`{addr}` is not a site address"),
+            ));
             continue;
         }
         out.push_str(&format!("\n{addr} {{\n"));
@@ -51,13 +55,19 @@ fn block(ds: &[Directive], depth: usize, ptr: &str, out: &mut String, errors: &m
     for (i, d) in ds.iter().enumerate() {
         let here = format!("{ptr}/{i}");
         if d.name.is_empty() || !d.name.bytes().all(|b| b.is_ascii_graphic() && !b"{}\"#".contains(&b)) {
-            errors.push(ContentError::new(&here, format!("`{}` is not a directive name", d.name)));
+            errors.push(ContentError::new(
+                &here,
+                format!("`{}` is not a directive name", d.name),
+            ));
             continue;
         }
         let mut line = format!("{indent}{}", d.name);
         for a in &d.args {
             if !token_ok(a) {
-                errors.push(ContentError::new(&here, format!("argument `{a}` cannot be written in a Caddyfile")));
+                errors.push(ContentError::new(
+                    &here,
+                    format!("argument `{a}` cannot be written in a Caddyfile"),
+                ));
             }
             line.push(' ');
             line.push_str(&quote(a));
@@ -109,7 +119,9 @@ mod tests {
         });
         assert_eq!(
             render(&c).unwrap(),
-            format!("{HEADER}\n\n{{\n\temail a@b.c\n}}\n\nx.example.com {{\n\theader /x X-Frame-Options DENY\n\treverse_proxy 127.0.0.1:1 {{\n\t\theader_up Host {{host}}\n\t}}\n}}\n")
+            format!(
+                "{HEADER}\n\n{{\n\temail a@b.c\n}}\n\nx.example.com {{\n\theader /x X-Frame-Options DENY\n\treverse_proxy 127.0.0.1:1 {{\n\t\theader_up Host {{host}}\n\t}}\n}}\n"
+            )
         );
     }
 

@@ -12,12 +12,18 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
     let mut errors = Vec::new();
     for (k, v) in vars {
         if !valid_name(k) {
-            errors.push(ContentError::new(format!("/{k}"), format!("`{k}` is not a valid environment variable name")));
+            errors.push(ContentError::new(
+                format!("/{k}"),
+                format!("`{k}` is not a valid environment variable name"),
+            ));
             continue;
         }
         match scalar(v, "true", "false") {
             Some(s) if !s.contains('\n') && !s.contains('\0') => out.push_str(&format!("{k}={}\n", quote(&s))),
-            _ => errors.push(ContentError::new(format!("/{k}"), format!("`{k}` must be a one-line scalar"))),
+            _ => errors.push(ContentError::new(
+                format!("/{k}"),
+                format!("`{k}` must be a one-line scalar"),
+            )),
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
@@ -31,7 +37,10 @@ fn valid_name(k: &str) -> bool {
 /// Bare when every character is plainly safe, else double-quoted with
 /// `\`, `"`, `` ` `` and `$` escaped (systemd's env-file rules).
 fn quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=._-:@,".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=._-:@,".contains(&b))
+    {
         return s.to_owned();
     }
     let mut out = String::from("\"");

@@ -43,7 +43,10 @@ pub struct ContentError {
 
 impl ContentError {
     pub fn new(ptr: impl Into<String>, message: impl Into<String>) -> Self {
-        ContentError { ptr: ptr.into(), message: message.into() }
+        ContentError {
+            ptr: ptr.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -55,9 +58,12 @@ pub fn render(stack: &Stack, pos: &Positions) -> Result<Rendered, Vec<Diagnostic
             let file_ptr = format!("/machines/{}/files/{}", pointer_escape(mname), pointer_escape(path));
             if let Err(why) = safe_relative_path(path) {
                 diags.push(
-                    Diagnostic::error(Code::UnsafePath, format!("file path `{path}` on machine `{mname}` {why}"))
-                        .with_label(pos.at(&file_ptr), "this file")
-                        .with_help("emitted paths are relative to the machine's folder: plain names separated by `/`"),
+                    Diagnostic::error(
+                        Code::UnsafePath,
+                        format!("file path `{path}` on machine `{mname}` {why}"),
+                    )
+                    .with_label(pos.at(&file_ptr), "this file")
+                    .with_help("emitted paths are relative to the machine's folder: plain names separated by `/`"),
                 );
                 continue;
             }
@@ -75,7 +81,11 @@ pub fn render(stack: &Stack, pos: &Positions) -> Result<Rendered, Vec<Diagnostic
                     let mode = if file.secret { MODE_SECRET } else { MODE_FILE };
                     out.insert(
                         format!("{mname}/{path}"),
-                        RenderedFile { bytes: text.into_bytes(), mode, secret: file.secret },
+                        RenderedFile {
+                            bytes: text.into_bytes(),
+                            mode,
+                            secret: file.secret,
+                        },
                     );
                 }
                 Err(errors) => {
@@ -129,7 +139,10 @@ fn lines(content: &serde_json::Value) -> Result<String, Vec<ContentError>> {
                 out.push_str(s);
                 out.push('\n');
             }
-            _ => errors.push(ContentError::new(format!("/{i}"), "each line must be a string without newlines")),
+            _ => errors.push(ContentError::new(
+                format!("/{i}"),
+                "each line must be a string without newlines",
+            )),
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }

@@ -52,7 +52,10 @@ table inet {{ table }} {
 pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
     let fw = Firewall::deserialize(content).map_err(|e| vec![ContentError::new("", format!("not a firewall: {e}"))])?;
     if fw.table.is_empty() || !fw.table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(vec![ContentError::new("/table", "the table name must be letters, digits and `_`")]);
+        return Err(vec![ContentError::new(
+            "/table",
+            "the table name must be letters, digits and `_`",
+        )]);
     }
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
@@ -80,7 +83,8 @@ mod tests {
 
     #[test]
     fn opens_exactly_the_ports_given() {
-        let text = render(&json!({ "table": "stackc", "tcp_ports": [80, 443], "udp_ports": [], "allow_ping": false })).unwrap();
+        let text = render(&json!({ "table": "stackc", "tcp_ports": [80, 443], "udp_ports": [], "allow_ping": false }))
+            .unwrap();
         assert!(text.contains("tcp dport { 80, 443 } accept\n"));
         assert!(!text.contains("udp dport"));
         assert!(!text.contains("echo-request"));

@@ -16,13 +16,21 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         .as_object()
         .ok_or_else(|| vec![ContentError::new("", "a unit needs a record of sections")])?;
     let mut names: Vec<&String> = sections.keys().collect();
-    names.sort_by_key(|n| (SECTION_ORDER.iter().position(|s| s == n).unwrap_or(SECTION_ORDER.len()), n.as_str()));
+    names.sort_by_key(|n| {
+        (
+            SECTION_ORDER.iter().position(|s| s == n).unwrap_or(SECTION_ORDER.len()),
+            n.as_str(),
+        )
+    });
 
     let mut out = format!("{HEADER}\n");
     let mut errors = Vec::new();
     for name in names {
         let Some(keys) = sections[name].as_object() else {
-            errors.push(ContentError::new(format!("/{name}"), format!("section [{name}] must be a record")));
+            errors.push(ContentError::new(
+                format!("/{name}"),
+                format!("section [{name}] must be a record"),
+            ));
             continue;
         };
         if keys.is_empty() {
@@ -54,7 +62,10 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
                                 out.push_str(&format!("{key}={}\n", w.join(" ")));
                             }
                         }
-                        _ => errors.push(ContentError::new(&ptr, format!("`{key}` must be a list of one-line scalars"))),
+                        _ => errors.push(ContentError::new(
+                            &ptr,
+                            format!("`{key}` must be a list of one-line scalars"),
+                        )),
                     }
                 }
                 v => match scalar(v, "yes", "no") {
