@@ -280,3 +280,40 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("SC0100"));
 }
+
+#[test]
+fn project_relative_imports_work_and_symlinks_out_are_refused() {
+    let tmp = TempDir::new("imports");
+    let project = tmp.path().join("project");
+    std::fs::create_dir_all(project.join("machines")).unwrap();
+    std::fs::write(
+        project.join("machines/web.ncl"),
+        "{ address = \"192.0.2.1\", native.app = { command = \"/usr/bin/app\", ports.http = { port = 8080 } } }\n",
+    )
+    .unwrap();
+    let prod = project.join("prod.ncl");
+    std::fs::write(
+        &prod,
+        "let stackc = import \"stackc.ncl\" in\nstackc.stack { name = \"x\", machines.web = import \"machines/web.ncl\" }\n",
+    )
+    .unwrap();
+    let o = stackc()
+        .arg("check")
+        .arg(&prod)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+
+    // A symlink inside the project that points outside it is an escape too.
+    std::fs::write(tmp.path().join("outside.ncl"), "{ address = \"192.0.2.9\" }\n").unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("outside.ncl"), project.join("machines/db.ncl")).unwrap();
+    std::fs::write(
+        &prod,
+        "let stackc = import \"stackc.ncl\" in\nstackc.stack { name = \"x\", machines.db = import \"machines/db.ncl\" }\n",
+    )
+    .unwrap();
+    let o = stackc().arg("check").arg(&prod).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("SC0106"), "{}", text(&o).1);
+}

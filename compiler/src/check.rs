@@ -66,9 +66,28 @@ fn names(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                 .with_path(format!("machines.{mname}")),
             );
         }
-        let mut seen = Vec::new();
+        // Every service has a unit; ports and routes name services too.
+        for (i, unit) in m.units.iter().enumerate() {
+            let name = unit.rsplit_once('.').map_or(unit.as_str(), |(n, _)| n);
+            if !valid_name(name) {
+                out.push(
+                    Diagnostic::error(
+                        Code::InvalidName,
+                        format!("service name `{name}` on machine `{mname}` cannot be used in file names"),
+                    )
+                    .with_label(pos.at(&format!("{mp}/units/{i}")), "this service")
+                    .with_help(HELP),
+                );
+            }
+        }
+        let mut seen: Vec<&String> = m.units.iter().collect();
         for (i, l) in m.listens.iter().enumerate() {
-            if !seen.contains(&&l.service) && !valid_name(&l.service) {
+            if !seen
+                .iter()
+                .any(|u| u.strip_suffix(".service") == Some(l.service.as_str()))
+                && !seen.contains(&&l.service)
+                && !valid_name(&l.service)
+            {
                 seen.push(&l.service);
                 out.push(
                     Diagnostic::error(
@@ -227,7 +246,38 @@ fn routes(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
     }
 }
 
+/// A DNS name Caddy can get a certificate for: lower-case labels of
+/// letters, digits and inner hyphens, at least two labels.
+pub fn valid_host(host: &str) -> bool {
+    let labels: Vec<&str> = host.split('.').collect();
+    host.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
+}
+
 fn sites(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
+    for (mname, m) in &stack.machines {
+        for (i, r) in m.routes.iter().enumerate() {
+            if !valid_host(&r.site) {
+                out.push(
+                    Diagnostic::error(
+                        Code::InvalidHost,
+                        format!("site `{}` on machine `{mname}` is not a valid host name", r.site),
+                    )
+                    .with_label(pos.at(&format!("{}/routes/{i}/site", machine_ptr(mname))), "this site")
+                    .with_help("name sites by their fully qualified, lower-case DNS name, such as `chat.example.com`"),
+                );
+            }
+        }
+    }
     let mut by_host: BTreeMap<&str, Vec<(&str, usize)>> = BTreeMap::new();
     for (mname, m) in &stack.machines {
         for (i, r) in m.routes.iter().enumerate() {
@@ -267,5 +317,22 @@ mod tests {
         assert!(!valid_name("../etc"));
         assert!(!valid_name("Chat"));
         assert!(!valid_name("-x"));
+    }
+
+    #[test]
+    fn hosts() {
+        assert!(valid_host("chat.example.com"));
+        assert!(valid_host("xn--bcher-kva.example"));
+        for bad in [
+            "localhost",
+            "Chat.example.com",
+            "a..b",
+            "-a.b",
+            "a b.c",
+            "*.example.com",
+            "a.b/c",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
     }
 }

@@ -54,9 +54,10 @@ enum Command {
         #[arg(short, long, default_value = "out")]
         output: PathBuf,
         /// Master key file (base64, mode 0600) every secret is derived from.
-        #[arg(long, env = "STACKC_SECRETS_KEY", conflicts_with = "placeholder_secrets")]
+        #[arg(long, env = "STACKC_SECRETS_KEY")]
         secrets_key: Option<PathBuf>,
-        /// Emit obvious, invalid placeholders instead of secrets (for review and CI).
+        /// Emit obvious, invalid placeholders instead of secrets (for review and CI);
+        /// wins over a key given by STACKC_SECRETS_KEY.
         #[arg(long)]
         placeholder_secrets: bool,
         /// Project directory imports must stay in (default: the stack file's directory).
@@ -76,8 +77,8 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Print the documentation page of a diagnostic code (for example SC0201).
-    Explain { code: String },
+    /// Print the documentation page of a diagnostic code (for example SC0201); list all codes without one.
+    Explain { code: Option<String> },
     /// Master key management.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -129,7 +130,13 @@ pub fn main() -> ExitCode {
             project_root,
             quiet,
         } => check(&file, format, project_root.as_deref(), quiet, color),
-        Command::Explain { code } => explain(&code, color),
+        Command::Explain { code: Some(code) } => explain(&code),
+        Command::Explain { code: None } => {
+            for c in Code::ALL {
+                println!("{c}  {}", c.title());
+            }
+            0
+        }
         Command::Secrets(SecretsCommand::Init { path }) => secrets_init(&path, color),
     };
     ExitCode::from(status)
@@ -200,18 +207,20 @@ fn check(file: &Path, format: Format, root: Option<&Path>, quiet: bool, color: b
     let result = crate::compile(file, root, &Keying::Placeholder);
     match (format, result) {
         (Format::Json, r) => {
+            let failed = r.is_err();
             let diags = r.err().unwrap_or_default();
             print!("{}", diag::render_json(&diags));
-            diag::exit_status(&diags)
+            if failed { diag::exit_status(&diags).max(1) } else { 0 }
         }
         (Format::Human, Ok(c)) => {
             if !quiet {
                 let machines = c.stack.machines.len();
                 eprintln!(
-                    "ok: `{}`, {machines} machine{}, {} files",
+                    "ok: `{}`, {machines} machine{}, {} file{}",
                     c.stack.name,
                     if machines == 1 { "" } else { "s" },
-                    c.files.len()
+                    c.files.len(),
+                    if c.files.len() == 1 { "" } else { "s" }
                 );
             }
             0
@@ -220,12 +229,10 @@ fn check(file: &Path, format: Format, root: Option<&Path>, quiet: bool, color: b
     }
 }
 
-fn explain(code: &str, color: bool) -> u8 {
+fn explain(code: &str) -> u8 {
     let Some(c) = Code::parse(code) else {
-        let d = Diagnostic::error(Code::Internal, format!("`{code}` is not a stackc diagnostic code"))
-            .with_help("codes look like SC0201; `stackc explain` lists them in docs/diagnostics/");
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "{}", diag::render_human(&d, color));
+        eprintln!("error: `{code}` is not a stackc diagnostic code");
+        eprintln!("help: codes look like SC0201; run `stackc explain` to list them");
         return 2;
     };
     let page = crate::load::DIAGNOSTIC_PAGES

@@ -62,6 +62,7 @@ codes! {
     UnreachableUpstream = "SC0205", 1, "a proxy site points to a port the proxy cannot reach";
     InvalidName = "SC0206", 1, "a machine or service name is not usable in file names";
     DuplicateSite = "SC0207", 1, "two proxy sites serve the same host name";
+    InvalidHost = "SC0208", 1, "a proxy site is not a valid host name";
     NoSecretsKey = "SC0301", 2, "build needs a master key or --placeholder-secrets";
     KeyPermissions = "SC0302", 1, "the master key file is readable by others";
     KeyMalformed = "SC0303", 1, "the master key file is not a stackc key";
@@ -190,7 +191,7 @@ impl Diagnostic {
         self
     }
 
-    /// The help line: the diagnostic's own, or the code's page title.
+    /// The help line: the diagnostic's own, or a pointer to the code's page.
     pub fn help_line(&self) -> String {
         self.help
             .clone()

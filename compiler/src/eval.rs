@@ -12,7 +12,7 @@ use std::sync::Arc;
 use codespan_reporting::diagnostic::Severity as CsSeverity;
 use nickel_lang_core::{
     cache::{InputFormat, SourcePath},
-    error::{Error as NickelError, EvalErrorKind, ImportErrorKind, IntoDiagnostics, LabelStyle},
+    error::{Error as NickelError, EvalErrorKind, ImportErrorKind, IntoDiagnostics, LabelStyle, TypecheckErrorKind},
     eval::{
         cache::CacheImpl,
         value::{Container, NickelValue, ValueContentRef},
@@ -234,7 +234,12 @@ fn classify(err: &NickelError, message: &str) -> Code {
         // Nickel reports a missing import wherever it resolves it, even
         // during typechecking.
         _ if message.starts_with("import of ") && message.contains("could not find import") => Code::ImportNotFound,
-        NickelError::TypecheckError(_) => Code::Type,
+        // Imports are resolved while typechecking: their errors arrive here.
+        NickelError::TypecheckError(t) => match t.borrow_error() {
+            TypecheckErrorKind::ImportError(ImportErrorKind::ParseErrors(..)) => Code::Syntax,
+            TypecheckErrorKind::ImportError(_) => Code::ImportNotFound,
+            _ => Code::Type,
+        },
         NickelError::ImportError(k) => match **k {
             ImportErrorKind::ParseErrors(..) => Code::Syntax,
             _ => Code::ImportNotFound,
@@ -326,6 +331,20 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
             message: l.message,
             primary: l.style == LabelStyle::Primary,
         });
+    }
+    // Point first at the user's own file: "in this record" at the use site
+    // says more than "required here" inside the stdlib.
+    let in_stdlib = |l: &Label| l.span.file.name.starts_with(load::STDLIB_DISPLAY);
+    if d.labels.iter().any(|l| l.primary && in_stdlib(l))
+        && let Some(user) = d
+            .labels
+            .iter()
+            .position(|l| !in_stdlib(l) && !l.span.file.name.starts_with('<'))
+    {
+        for l in d.labels.iter_mut() {
+            l.primary = false;
+        }
+        d.labels[user].primary = true;
     }
     if !d.labels.iter().any(|l| l.primary)
         && let Some(first) = d.labels.first_mut()

@@ -19,7 +19,6 @@ pub mod render;
 pub mod secrets;
 pub mod verify;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use diag::Diagnostic;
@@ -57,16 +56,7 @@ pub fn compile(entry: &Path, project_root: Option<&Path>, keying: &Keying) -> Re
     if !problems.is_empty() {
         return Err(sorted(problems));
     }
-    let mut inputs = BTreeMap::new();
-    for (name, path) in &evaluated.inputs {
-        let bytes = std::fs::read(path).map_err(|e| {
-            vec![Diagnostic::error(
-                diag::Code::Io,
-                format!("cannot re-read input `{name}`: {e}"),
-            )]
-        })?;
-        inputs.insert(name.clone(), bytes);
-    }
+    let inputs = load::read_inputs(&evaluated.inputs).map_err(sorted)?;
     let manifest = bundle::manifest(&stack, &files, &inputs, keying);
     Ok(Compiled {
         stack,

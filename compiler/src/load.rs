@@ -89,10 +89,13 @@ pub fn load(entry: &Path, root: Option<&Path>) -> Result<Project, Vec<Diagnostic
         ]);
     }
     let project = Project { root, entry };
-    if text.trim().is_empty() {
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         let name = display_name(&project.root, &project.entry.to_string_lossy());
         return Err(vec![
-            Diagnostic::error(Code::EmptyFile, format!("`{name}` is empty"))
+            Diagnostic::error(Code::EmptyFile, format!("`{name}` is empty (or only comments)"))
                 .with_help("a stack file starts with `let stackc = import \"stackc.ncl\" in stackc.stack { … }`"),
         ]);
     }
@@ -148,6 +151,23 @@ fn check_imports(project: &Project, file: &Path, text: String, seen: &mut Vec<Pa
             check_imports(project, &resolved, t, seen, diags);
         }
     }
+}
+
+/// The bytes of the project files Nickel evaluated, for the manifest.
+pub fn read_inputs(
+    inputs: &std::collections::BTreeMap<String, PathBuf>,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Vec<Diagnostic>> {
+    inputs
+        .iter()
+        .map(|(name, path)| {
+            fs::read(path).map(|b| (name.clone(), b)).map_err(|e| {
+                vec![Diagnostic::error(
+                    Code::InputUnreadable,
+                    format!("cannot re-read input `{name}`: {e}"),
+                )]
+            })
+        })
+        .collect()
 }
 
 fn is_stdlib_name(target: &str) -> bool {

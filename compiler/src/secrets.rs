@@ -195,7 +195,10 @@ impl Spec {
     }
 
     fn check_len(&self) -> Result<(), String> {
-        let n = self.bytes.or(self.length).unwrap_or(32);
+        let n = match self.kind {
+            Kind::Password => self.length.unwrap_or(32),
+            Kind::Base64 | Kind::Hex => self.bytes.unwrap_or(32),
+        };
         if n == 0 || n > MAX_LEN {
             return Err(format!(
                 "secret `{}` asks for {n} bytes or characters; the limit is {MAX_LEN}",

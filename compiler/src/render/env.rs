@@ -29,7 +29,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
-fn valid_name(k: &str) -> bool {
+pub(super) fn valid_name(k: &str) -> bool {
     let mut b = k.bytes();
     b.next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_') && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }

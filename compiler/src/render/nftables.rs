@@ -14,6 +14,17 @@ struct Firewall {
     tcp_ports: Vec<u16>,
     udp_ports: Vec<u16>,
     allow_ping: bool,
+    #[serde(default)]
+    allow_from: Vec<Allow>,
+}
+
+/// A port opened to one source address (another machine's proxy).
+#[derive(Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+struct Allow {
+    source: String,
+    protocol: String,
+    port: u16,
 }
 
 const TEMPLATE: &str = r#"#!/usr/sbin/nft -f
@@ -45,6 +56,13 @@ table inet {{ table }} {
 {% if udp_ports %}
 		udp dport { {{ udp_ports | join(", ") }} } accept
 {% endif %}
+{% if allow_from %}
+
+		# Ports other machines' proxies forward to, open to them only.
+{% for a in allow_from %}
+		{{ a.family }} saddr {{ a.source }} {{ a.protocol }} dport {{ a.port }} accept
+{% endfor %}
+{% endif %}
 	}
 }
 "#;
@@ -57,6 +75,32 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
             "the table name must be letters, digits and `_`",
         )]);
     }
+    let mut allow = fw.allow_from;
+    allow.sort();
+    allow.dedup();
+    let mut errors = Vec::new();
+    for (i, a) in allow.iter().enumerate() {
+        let ok_source = !a.source.is_empty()
+            && a.source
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".:-".contains(&b));
+        if !ok_source || !["tcp", "udp"].contains(&a.protocol.as_str()) {
+            errors.push(ContentError::new(
+                format!("/allow_from/{i}"),
+                format!("cannot open {} {} to `{}`", a.protocol, a.port, a.source),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let allow_from: Vec<_> = allow
+        .iter()
+        .map(|a| {
+            let family = if a.source.contains(':') { "ip6" } else { "ip" };
+            minijinja::context! { family, source => a.source, protocol => a.protocol, port => a.port }
+        })
+        .collect();
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_trim_blocks(true);
@@ -68,6 +112,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         tcp_ports => fw.tcp_ports,
         udp_ports => fw.udp_ports,
         allow_ping => fw.allow_ping,
+        allow_from,
     };
     let text = env
         .get_template("rules.nft")

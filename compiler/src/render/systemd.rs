@@ -44,7 +44,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
                 Value::Object(entries) => {
                     for (k, v) in entries {
                         match scalar(v, "yes", "no") {
-                            Some(v) if !v.contains('\n') && !k.contains('=') && !k.is_empty() => {
+                            Some(v) if !v.contains('\n') && name_ok(key, k) => {
                                 out.push_str(&format!("{key}={}\n", quote(&format!("{k}={v}"))));
                             }
                             _ => errors.push(ContentError::new(
@@ -76,6 +76,16 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// Entry names of a record-valued setting: no `=`; for `Environment=` a
+/// proper variable name.
+fn name_ok(key: &str, name: &str) -> bool {
+    if key == "Environment" {
+        super::env::valid_name(name)
+    } else {
+        !name.is_empty() && !name.contains('=')
+    }
 }
 
 /// Double-quoted systemd string: `\` and `"` escaped, `%` doubled.
