@@ -63,6 +63,13 @@ enum Command {
         /// Project directory imports must stay in (default: the stack file's directory).
         #[arg(long)]
         project_root: Option<PathBuf>,
+        /// Cache for slow-to-derive secrets (RSA keys, digests); default
+        /// $XDG_CACHE_HOME/stackc or ~/.cache/stackc. `--no-cache` disables it.
+        #[arg(long, env = "STACKC_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Derive everything afresh; use no key cache (also STACKC_NO_CACHE=1).
+        #[arg(long, env = "STACKC_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new(), conflicts_with = "cache_dir")]
+        no_cache: bool,
         /// Print nothing on success.
         #[arg(short, long)]
         quiet: bool,
@@ -114,16 +121,26 @@ pub fn main() -> ExitCode {
             secrets_key,
             placeholder_secrets,
             project_root,
+            cache_dir,
+            no_cache,
             quiet,
-        } => build(
-            &file,
-            &output,
-            secrets_key.as_deref(),
-            placeholder_secrets,
-            project_root.as_deref(),
-            quiet,
-            color,
-        ),
+        } => {
+            let cache = if no_cache { None } else { open_cache(cache_dir) };
+            let cache: &dyn crate::secrets::Cache = match &cache {
+                Some(c) => c,
+                None => &crate::secrets::NoCache,
+            };
+            build(
+                &file,
+                &output,
+                secrets_key.as_deref(),
+                placeholder_secrets,
+                project_root.as_deref(),
+                cache,
+                quiet,
+                color,
+            )
+        }
         Command::Check {
             file,
             format,
@@ -158,12 +175,28 @@ fn report(diags: &[Diagnostic], color: bool, what_happened: &str) -> u8 {
     diag::exit_status(diags).max(1)
 }
 
+/// The key cache directory: the flag, else the XDG cache, else none.
+fn open_cache(dir: Option<PathBuf>) -> Option<crate::cache::DirCache> {
+    let dir = dir.or_else(|| {
+        let xdg = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let home = std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(|h| PathBuf::from(h).join(".cache"));
+        xdg.or(home).map(|d| d.join("stackc").join("keys"))
+    })?;
+    crate::cache::DirCache::open(dir)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn build(
     file: &Path,
     output: &Path,
     key: Option<&Path>,
     placeholders: bool,
     root: Option<&Path>,
+    cache: &dyn crate::secrets::Cache,
     quiet: bool,
     color: bool,
 ) -> u8 {
@@ -179,7 +212,7 @@ fn build(
             return report(&[d], color, "nothing written");
         }
     };
-    let compiled = match crate::compile(file, root, &keying) {
+    let compiled = match crate::compile(file, root, &keying, cache) {
         Ok(c) => c,
         Err(diags) => return report(&diags, color, "nothing written"),
     };
@@ -204,7 +237,7 @@ fn build(
 fn check(file: &Path, format: Format, root: Option<&Path>, quiet: bool, color: bool) -> u8 {
     // Placeholders exercise the whole pipeline (resolve, render, verify)
     // without a key; nothing is written.
-    let result = crate::compile(file, root, &Keying::Placeholder);
+    let result = crate::compile(file, root, &Keying::Placeholder, &crate::secrets::NoCache);
     match (format, result) {
         (Format::Json, r) => {
             let failed = r.is_err();

@@ -168,10 +168,14 @@ impl SpanMaker {
         self.cache
             .entry(id)
             .or_insert_with(|| {
-                Arc::new(SourceFile {
-                    name: load::display_name(root, &files.name(id).to_string_lossy()),
-                    text: files.clone_source(id),
-                })
+                let name = load::display_name(root, &files.name(id).to_string_lossy());
+                let mut text = files.clone_source(id);
+                // Snippets Nickel generates print closures with their memory
+                // address: mask it (same length, so spans stay valid).
+                if name.starts_with('<') && text.contains("@0x") {
+                    text = Arc::from(mask_addresses(&text));
+                }
+                Arc::new(SourceFile { name, text })
             })
             .clone()
     }
@@ -182,6 +186,20 @@ impl SpanMaker {
             range: raw.to_range(),
         }
     }
+}
+
+fn mask_addresses(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("@0x") {
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        let n = rest.bytes().take_while(u8::is_ascii_hexdigit).count();
+        out.extend(std::iter::repeat_n('_', n));
+        rest = &rest[n..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// JSON pointer escaping (RFC 6901), so keys with `/` or `.` stay unambiguous.

@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod bundle;
+pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod diag;
@@ -34,10 +35,15 @@ pub struct Compiled {
 }
 
 /// The pure core: from a stack file to bundle bytes. Reads the project's
-/// files (through `load` and Nickel) and nothing else: no clock, no
-/// environment, no randomness. Returns every finding of the stage that
+/// files (through `load` and Nickel) and the key cache it is given, nothing
+/// else: no clock, no environment, no randomness. Returns every finding of the stage that
 /// failed, sorted.
-pub fn compile(entry: &Path, project_root: Option<&Path>, keying: &Keying) -> Result<Compiled, Vec<Diagnostic>> {
+pub fn compile(
+    entry: &Path,
+    project_root: Option<&Path>,
+    keying: &Keying,
+    cache: &dyn secrets::Cache,
+) -> Result<Compiled, Vec<Diagnostic>> {
     let sorted = |mut d: Vec<Diagnostic>| {
         diag::sort(&mut d);
         d
@@ -50,7 +56,7 @@ pub fn compile(entry: &Path, project_root: Option<&Path>, keying: &Keying) -> Re
     if !findings.is_empty() {
         return Err(sorted(findings));
     }
-    let resolved = secrets::resolve(&mut stack, keying, &pos).map_err(sorted)?;
+    let resolved = secrets::resolve(&mut stack, keying, cache, &pos).map_err(sorted)?;
     let files = render::render(&stack, &pos).map_err(sorted)?;
     let problems = verify::verify(&files, &resolved);
     if !problems.is_empty() {

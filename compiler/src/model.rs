@@ -99,6 +99,8 @@ pub enum Format {
     Nftables,
     Lines,
     Json,
+    /// A string written exactly as it is (secret files: no newline added).
+    Raw,
 }
 
 /// One file to emit: structured content that `render` turns into bytes.

@@ -92,3 +92,41 @@ pub fn examples() -> Vec<String> {
     names.sort();
     names
 }
+
+/// The tools venv (`tests/tools/install.sh`).
+pub fn tools_prefix() -> PathBuf {
+    std::env::var_os("STACKC_TOOLS_PREFIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/stackc-tools"))
+}
+
+/// A tool the test needs: `Some(path)` if present; if missing, a failure
+/// (always under CI; elsewhere unless STACKC_SKIP_MISSING_TOOLS=1, which
+/// returns `None` after saying so). Never a silent pass.
+pub fn require_tool(path: PathBuf, what: &str) -> Option<PathBuf> {
+    if path.exists() {
+        return Some(path);
+    }
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    let skip = std::env::var("STACKC_SKIP_MISSING_TOOLS").is_ok_and(|v| v == "1");
+    let msg = format!(
+        "{what} is missing ({}): run `sudo tests/tools/install.sh`",
+        path.display()
+    );
+    if ci || !skip {
+        panic!("{msg}");
+    }
+    eprintln!("NOT CHECKED (STACKC_SKIP_MISSING_TOOLS=1): {msg}");
+    None
+}
+
+/// `which`, for tools from the distribution.
+pub fn on_path(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(format!("/usr/bin/{name}"))
+}

@@ -3,7 +3,7 @@
 #
 #   sudo tests/tools/install.sh
 #
-# apt (only what is missing): nftables (nft), util-linux (unshare),
+# apt (only what is missing): nftables (nft), util-linux (unshare), openssl,
 #      systemd (systemd-analyze), python3-venv (only if `python3 -m venv`
 #      does not already work, e.g. with a pyenv/python.org interpreter).
 # venv ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools} with the exact pins of
@@ -42,7 +42,7 @@ venv_works() {
 
 # ---------------------------------------------------------------- apt
 missing=()
-for p in nftables util-linux systemd; do
+for p in nftables util-linux systemd openssl; do
   installed "$p" || missing+=("$p")
 done
 if [ ! -x "$PREFIX/bin/python" ] && ! venv_works; then
@@ -69,7 +69,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   cleanup
   created_policy=0
 else
-  log "apt packages present (nftables util-linux systemd)"
+  log "apt packages present (nftables util-linux systemd openssl)"
 fi
 
 # ---------------------------------------------------------------- venv

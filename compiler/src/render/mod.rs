@@ -74,10 +74,15 @@ pub fn render(stack: &Stack, pos: &Positions) -> Result<Rendered, Vec<Diagnostic
                 Format::Nftables => nftables::render(&file.content),
                 Format::Lines => lines(&file.content),
                 Format::Json => Ok(json(&file.content)),
+                Format::Raw => file
+                    .content
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| vec![ContentError::new("", "a raw file needs a string")]),
             };
             match result {
                 Ok(text) => {
-                    debug_assert!(text.ends_with('\n'));
+                    debug_assert!(file.format == Format::Raw || text.ends_with('\n'));
                     let mode = if file.secret { MODE_SECRET } else { MODE_FILE };
                     out.insert(
                         format!("{mname}/{path}"),
