@@ -29,10 +29,15 @@ def run(cmd):
 
 def tools(path, label):
     out = os.path.join(tmp, f"out-{label}")
+    cache = os.path.join(tmp, f"cache-{label}")
+    build = [stackc, "build", "--quiet", "-o", out, "--secrets-key", key]
     return {
         "nickel export": [nickel, "export", "-I", modules, path],
         "stackc check": [stackc, "check", "--quiet", path],
-        "stackc build": [stackc, "build", "--quiet", "-o", out, "--secrets-key", key, path],
+        # Warm: the key cache holds the RSA keys and digests (filled by the
+        # warm-up run); cold: nothing cached, every key derived.
+        "stackc build": build + ["--cache-dir", cache, path],
+        "stackc build (cold)": build + ["--no-cache", path],
     }
 
 
@@ -74,17 +79,19 @@ md = [
     f"Machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, "
     f"{stackc_version} (release build), {nickel_version} (`cargo install nickel-lang-cli`, same Nickel as embedded).",
     "",
-    "`stackc build` is a warm build: the output directory holds the previous bundle, which is replaced atomically.",
+    "`stackc build` is a warm build: the key cache holds the derived RSA keys and digests, and the output",
+    "directory holds the previous bundle, which is replaced atomically. `build (cold)` derives every",
+    "secret afresh (`--no-cache`): that is what RSA key generation costs.",
     "Inputs: the examples, and generated stacks of N native services (`bench/gen.py`: 10 per machine,",
     "each with two ports, a proxy site and a secret).",
     "",
-    "| input | nickel export (ms) | stackc check (ms) | check / export | stackc build (ms) | build / export | peak RSS export / check / build (MiB) |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    "| input | nickel export (ms) | stackc check (ms) | check / export | stackc build (ms) | build / export | build cold (ms) | peak RSS export / check / build (MiB) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
 ]
 for label, r in results.items():
-    e, c, b = r["nickel export"], r["stackc check"], r["stackc build"]
+    e, c, b, cold = r["nickel export"], r["stackc check"], r["stackc build"], r["stackc build (cold)"]
     md.append(
-        f"| {label} | {ms(e[0])} | {ms(c[0])} | {c[0] / e[0]:.2f} | {ms(b[0])} | {b[0] / e[0]:.2f} | "
+        f"| {label} | {ms(e[0])} | {ms(c[0])} | {c[0] / e[0]:.2f} | {ms(b[0])} | {b[0] / e[0]:.2f} | {ms(cold[0])} | "
         f"{e[1]:.0f} / {c[1]:.0f} / {b[1]:.0f} |"
     )
 
@@ -94,7 +101,11 @@ md += ["", "## Targets", ""]
 targets = []
 for label, r in results.items():
     e, c, b = r["nickel export"][0], r["stackc check"][0], r["stackc build"][0]
-    targets.append(f"- `{label}`: check {c / e:.2f}x export (target ≤ 1.2), warm build {b / e:.2f}x (target ≤ 1.5)")
+    cold = r["stackc build (cold)"][0]
+    targets.append(
+        f"- `{label}`: check {c / e:.2f}x export (target ≤ 1.2), warm build {b / e:.2f}x (target ≤ 1.5), "
+        f"cold build {ms(cold)} ms (target with RSA keys ≤ 2000 ms)"
+    )
 by = dict(sizes)
 if 100 in by and 1000 in by:
     for t in ("stackc check", "stackc build"):
@@ -113,7 +124,7 @@ if sizes:
     y0, y1 = math.floor(min(ys)), math.ceil(max(ys))
     X = lambda v: P + (v - x0) / (x1 - x0) * (W - 2 * P)
     Y = lambda v: H - P - (v - y0) / (y1 - y0) * (H - 2 * P)
-    colours = {"nickel export": "#555", "stackc check": "#1f77b4", "stackc build": "#d62728"}
+    colours = {"nickel export": "#555", "stackc check": "#1f77b4", "stackc build": "#d62728", "stackc build (cold)": "#ff9896"}
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
            f'<line x1="{P}" y1="{H - P}" x2="{W - P}" y2="{H - P}" stroke="black"/>',

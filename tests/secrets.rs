@@ -147,8 +147,14 @@ fn no_secret_leaks_into_plain_files_output_or_the_manifest() {
     let cache_dir = tmp.path().join("cache");
     let cache = stackc::cache::DirCache::open(cache_dir.clone()).unwrap();
     for entry in entries {
-        let compiled = stackc::compile(&entry, None, &keying, &cache)
-            .unwrap_or_else(|d| panic!("{}: {}", entry.display(), d[0].message));
+        let opts = stackc::Options {
+            project_root: None,
+            keying: &keying,
+            cache: &cache,
+            machine: None,
+        };
+        let compiled =
+            stackc::compile(&entry, &opts).unwrap_or_else(|d| panic!("{}: {}", entry.display(), d[0].message));
         let secrets: Vec<String> = compiled.secrets.values.values().flat_map(|v| forms(v)).collect();
         assert!(
             !secrets.is_empty(),

@@ -187,8 +187,24 @@ fn fill(tmp: &Path, files: &Rendered, manifest: &[u8]) -> Result<(), Diagnostic>
         set_mode(dir, MODE_DIR)
     };
     mkdir(tmp)?;
-    // Directories are 0755, except one whose files are all secret (0700).
-    // Sorted, so a parent is created before its children.
+    for (dir, mode) in dir_modes(files) {
+        let full = tmp.join(dir);
+        mkdir(&full)?;
+        set_mode(&full, mode)?;
+    }
+    for (path, f) in files {
+        write_file(&tmp.join(path), &f.bytes, f.mode)?;
+    }
+    write_file(&tmp.join(MANIFEST), manifest, MODE_FILE)?;
+    fs::File::open(tmp)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(format!("cannot sync `{}`", tmp.display()), e))
+}
+
+/// Every directory of the bundle with its mode: 0755, except a directory
+/// whose files are all secret, which is 0700. Sorted, so a parent comes
+/// before its children.
+pub fn dir_modes(files: &Rendered) -> BTreeMap<&Path, u32> {
     let mut dirs: BTreeMap<&Path, Option<bool>> = BTreeMap::new();
     for (path, f) in files {
         let parent = Path::new(path).parent().unwrap_or(Path::new(""));
@@ -199,20 +215,18 @@ fn fill(tmp: &Path, files: &Rendered, manifest: &[u8]) -> Result<(), Diagnostic>
             *only_secret = Some(only_secret.unwrap_or(true) && f.secret);
         }
     }
-    for (dir, only_secret) in &dirs {
-        let full = tmp.join(dir);
-        mkdir(&full)?;
-        if *only_secret == Some(true) {
-            set_mode(&full, MODE_SECRET_DIR)?;
-        }
-    }
-    for (path, f) in files {
-        write_file(&tmp.join(path), &f.bytes, f.mode)?;
-    }
-    write_file(&tmp.join(MANIFEST), manifest, MODE_FILE)?;
-    fs::File::open(tmp)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(format!("cannot sync `{}`", tmp.display()), e))
+    dirs.into_iter()
+        .map(|(d, only_secret)| {
+            (
+                d,
+                if only_secret == Some(true) {
+                    MODE_SECRET_DIR
+                } else {
+                    MODE_DIR
+                },
+            )
+        })
+        .collect()
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Diagnostic> {
@@ -283,4 +297,59 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Reads a bundle directory back (for `build --check` and `diff`): every
+/// file but the manifest, with its mode, and the secret flags the manifest
+/// records.
+pub fn read(dir: &Path) -> Result<Rendered, Diagnostic> {
+    let not_a_bundle = |why: String| {
+        Diagnostic::error(
+            Code::NotABundle,
+            format!("`{}` is not a stackc bundle: {why}", dir.display()),
+        )
+        .with_help("give a directory written by `stackc build`")
+    };
+    let manifest = fs::read(dir.join(MANIFEST)).map_err(|e| not_a_bundle(format!("no readable {MANIFEST} ({e})")))?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&manifest).map_err(|e| not_a_bundle(format!("{MANIFEST} is not JSON ({e})")))?;
+    let secret: std::collections::BTreeSet<&str> = manifest["files"]
+        .as_array()
+        .ok_or_else(|| not_a_bundle(format!("{MANIFEST} lists no files")))?
+        .iter()
+        .filter(|f| f["secret"] == true)
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    let mut out = Rendered::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = fs::read_dir(&d).map_err(|e| io_error(format!("cannot read `{}`", d.display()), e))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| io_error(format!("cannot read `{}`", d.display()), e))?
+                .path();
+            let meta =
+                fs::symlink_metadata(&path).map_err(|e| io_error(format!("cannot read `{}`", path.display()), e))?;
+            let rel = path
+                .strip_prefix(dir)
+                .expect("below dir")
+                .to_string_lossy()
+                .into_owned();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if rel != MANIFEST {
+                let bytes = fs::read(&path).map_err(|e| io_error(format!("cannot read `{}`", path.display()), e))?;
+                let secret = secret.contains(rel.as_str());
+                out.insert(
+                    rel,
+                    crate::render::RenderedFile {
+                        bytes,
+                        mode: meta.permissions().mode() & 0o7777,
+                        secret,
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
 }

@@ -38,6 +38,13 @@ enum Color {
     Never,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Dir,
+    Tar,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Human,
@@ -50,9 +57,20 @@ enum Command {
     Build {
         /// The stack file (for example prod.ncl).
         file: PathBuf,
-        /// Output directory; replaced atomically if it holds a previous bundle.
-        #[arg(short, long, default_value = "out")]
-        output: PathBuf,
+        /// Output: the bundle directory (default `out`), replaced atomically if it holds a
+        /// previous bundle; for `--format tar|json`, a file (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// `dir`: a directory; `tar`: a deterministic tar; `json`: one JSON document.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Dir)]
+        format: OutputFormat,
+        /// Only this machine: its folder's files (a tar of just that folder, paths relative to it).
+        #[arg(long)]
+        machine: Option<String>,
+        /// Write nothing: exit 1 if the bundle in the output directory is not what this
+        /// build would write (for pre-commit hooks and CI).
+        #[arg(long, conflicts_with = "format")]
+        check: bool,
         /// Master key file (base64, mode 0600) every secret is derived from.
         #[arg(long, env = "STACKC_SECRETS_KEY")]
         secrets_key: Option<PathBuf>,
@@ -64,7 +82,7 @@ enum Command {
         #[arg(long)]
         project_root: Option<PathBuf>,
         /// Cache for slow-to-derive secrets (RSA keys, digests); default
-        /// $XDG_CACHE_HOME/stackc or ~/.cache/stackc. `--no-cache` disables it.
+        /// $XDG_CACHE_HOME/stackc/keys or ~/.cache/stackc/keys.
         #[arg(long, env = "STACKC_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
         /// Derive everything afresh; use no key cache (also STACKC_NO_CACHE=1).
@@ -118,6 +136,9 @@ pub fn main() -> ExitCode {
         Command::Build {
             file,
             output,
+            format,
+            machine,
+            check,
             secrets_key,
             placeholder_secrets,
             project_root,
@@ -130,16 +151,18 @@ pub fn main() -> ExitCode {
                 Some(c) => c,
                 None => &crate::secrets::NoCache,
             };
-            build(
-                &file,
-                &output,
-                secrets_key.as_deref(),
-                placeholder_secrets,
-                project_root.as_deref(),
-                cache,
+            let req = BuildRequest {
+                file: &file,
+                output: output.as_deref(),
+                format,
+                machine: machine.as_deref(),
+                check,
+                key: secrets_key.as_deref(),
+                placeholders: placeholder_secrets,
+                root: project_root.as_deref(),
                 quiet,
-                color,
-            )
+            };
+            build(&req, cache, color)
         }
         Command::Check {
             file,
@@ -189,18 +212,20 @@ fn open_cache(dir: Option<PathBuf>) -> Option<crate::cache::DirCache> {
     crate::cache::DirCache::open(dir)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build(
-    file: &Path,
-    output: &Path,
-    key: Option<&Path>,
+struct BuildRequest<'a> {
+    file: &'a Path,
+    output: Option<&'a Path>,
+    format: OutputFormat,
+    machine: Option<&'a str>,
+    check: bool,
+    key: Option<&'a Path>,
     placeholders: bool,
-    root: Option<&Path>,
-    cache: &dyn crate::secrets::Cache,
+    root: Option<&'a Path>,
     quiet: bool,
-    color: bool,
-) -> u8 {
-    let keying = match (key, placeholders) {
+}
+
+fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> u8 {
+    let keying = match (req.key, req.placeholders) {
         (_, true) => Keying::Placeholder,
         (Some(k), false) => match MasterKey::load(k) {
             Ok(k) => Keying::Master(k),
@@ -212,32 +237,162 @@ fn build(
             return report(&[d], color, "nothing written");
         }
     };
-    let compiled = match crate::compile(file, root, &keying, cache) {
+    let opts = crate::Options {
+        project_root: req.root,
+        keying: &keying,
+        cache,
+        machine: req.machine,
+    };
+    let compiled = match crate::compile(req.file, &opts) {
         Ok(c) => c,
         Err(diags) => return report(&diags, color, "nothing written"),
     };
-    if let Err(d) = crate::bundle::write(output, &compiled.files, &compiled.manifest) {
-        return report(&[d], color, "the previous bundle, if any, is untouched");
-    }
-    if !quiet {
-        let machines = compiled.stack.machines.len();
-        eprintln!(
-            "wrote {} ({} file{} for {} machine{}{})",
-            output.display(),
-            compiled.files.len(),
-            if compiled.files.len() == 1 { "" } else { "s" },
-            machines,
-            if machines == 1 { "" } else { "s" },
-            if placeholders { ", placeholder secrets" } else { "" },
+    let default_dir = PathBuf::from("out");
+    if req.check {
+        return check_bundle(
+            req.output.unwrap_or(&default_dir),
+            &compiled,
+            req.placeholders,
+            req.quiet,
+            color,
         );
     }
+    // A tar of one machine holds its folder's contents, ready to unpack at
+    // the machine's deploy_root; otherwise the whole bundle with its manifest.
+    let (files, manifest) = match req.machine {
+        Some(m) if req.format != OutputFormat::Dir => {
+            let prefix = format!("{m}/");
+            let files: crate::render::Rendered = compiled
+                .files
+                .iter()
+                .filter_map(|(p, f)| p.strip_prefix(&prefix).map(|rel| (rel.to_owned(), f.clone())))
+                .collect();
+            (files, None)
+        }
+        _ => (compiled.files.clone(), Some(compiled.manifest.as_slice())),
+    };
+    let stream = match req.format {
+        OutputFormat::Dir => None,
+        OutputFormat::Json => Some(crate::archive::json(&files, manifest).into_bytes()),
+        OutputFormat::Tar => {
+            let mtime = match source_date_epoch() {
+                Ok(t) => t,
+                Err(d) => return report(&[d], color, "nothing written"),
+            };
+            match crate::archive::tar(&files, manifest, mtime) {
+                Ok(t) => Some(t),
+                Err(e) => return report(&[Diagnostic::error(Code::UnsafePath, e)], color, "nothing written"),
+            }
+        }
+    };
+    match stream {
+        Some(bytes) => {
+            let written = match req.output {
+                Some(path) => std::fs::write(path, &bytes),
+                None if req.format == OutputFormat::Tar && std::io::stdout().is_terminal() => {
+                    let d = Diagnostic::error(Code::Io, "refusing to write a tar archive to a terminal")
+                        .with_help("redirect standard output, or pass -o FILE");
+                    return report(&[d], color, "nothing written");
+                }
+                None => std::io::stdout().lock().write_all(&bytes),
+            };
+            if let Err(e) = written {
+                return report(
+                    &[Diagnostic::error(Code::Io, format!("cannot write the bundle: {e}"))],
+                    color,
+                    "the output may be incomplete",
+                );
+            }
+        }
+        None => {
+            let out = req.output.unwrap_or(&default_dir);
+            if let Err(d) = crate::bundle::write(out, &compiled.files, &compiled.manifest) {
+                return report(&[d], color, "the previous bundle, if any, is untouched");
+            }
+            if !req.quiet {
+                let machines = compiled.stack.machines.len();
+                eprintln!(
+                    "wrote {} ({} file{} for {} machine{}{})",
+                    out.display(),
+                    compiled.files.len(),
+                    if compiled.files.len() == 1 { "" } else { "s" },
+                    machines,
+                    if machines == 1 { "" } else { "s" },
+                    if req.placeholders { ", placeholder secrets" } else { "" },
+                );
+            }
+        }
+    }
     0
+}
+
+/// SOURCE_DATE_EPOCH (reproducible-builds.org) for tar mtimes; 0 if unset.
+fn source_date_epoch() -> Result<u64, Diagnostic> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Err(_) => Ok(0),
+        Ok(v) => v.trim().parse().map_err(|_| {
+            Diagnostic::error(Code::Io, format!("SOURCE_DATE_EPOCH is `{v}`, not a number of seconds"))
+                .with_help("set it to a Unix timestamp, such as `git log -1 --format=%ct`, or unset it")
+        }),
+    }
+}
+
+/// `build --check`: is the bundle on disk what this build would write?
+/// With placeholder secrets, secret files are compared by presence only.
+fn check_bundle(dir: &Path, compiled: &crate::Compiled, placeholders: bool, quiet: bool, color: bool) -> u8 {
+    let on_disk = match crate::bundle::read(dir) {
+        Ok(b) => b,
+        Err(d) => return report(&[d], color, "nothing compared"),
+    };
+    let mut stale = Vec::new();
+    for (path, f) in &compiled.files {
+        match on_disk.get(path) {
+            None => stale.push(format!("missing: {path}")),
+            Some(old) if f.secret && placeholders => {
+                if !old.secret {
+                    stale.push(format!("not marked secret: {path}"));
+                }
+            }
+            Some(old) if old.bytes != f.bytes || old.mode != f.mode => stale.push(format!("differs: {path}")),
+            Some(_) => {}
+        }
+    }
+    for path in on_disk.keys().filter(|p| !compiled.files.contains_key(*p)) {
+        stale.push(format!("not built any more: {path}"));
+    }
+    if !placeholders
+        && std::fs::read(dir.join(crate::bundle::MANIFEST)).ok().as_deref() != Some(compiled.manifest.as_slice())
+    {
+        stale.push(format!("differs: {}", crate::bundle::MANIFEST));
+    }
+    if stale.is_empty() {
+        if !quiet {
+            eprintln!("ok: {} is up to date", dir.display());
+        }
+        return 0;
+    }
+    for s in &stale {
+        eprintln!("{s}");
+    }
+    eprintln!(
+        "error: {} is out of date ({} file{}); run `stackc build` to update it",
+        dir.display(),
+        stale.len(),
+        if stale.len() == 1 { "" } else { "s" }
+    );
+    1
 }
 
 fn check(file: &Path, format: Format, root: Option<&Path>, quiet: bool, color: bool) -> u8 {
     // Placeholders exercise the whole pipeline (resolve, render, verify)
     // without a key; nothing is written.
-    let result = crate::compile(file, root, &Keying::Placeholder, &crate::secrets::NoCache);
+    let opts = crate::Options {
+        project_root: root,
+        keying: &Keying::Placeholder,
+        cache: &crate::secrets::NoCache,
+        machine: None,
+    };
+    let result = crate::compile(file, &opts);
     match (format, result) {
         (Format::Json, r) => {
             let failed = r.is_err();

@@ -8,6 +8,7 @@
 // finding, so their size on the error path does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod archive;
 pub mod bundle;
 pub mod cache;
 pub mod check;
@@ -34,21 +35,26 @@ pub struct Compiled {
     pub secrets: secrets::Resolved,
 }
 
+/// What to compile, and with which secrets.
+pub struct Options<'a> {
+    /// Directory imports must stay in (default: the stack file's).
+    pub project_root: Option<&'a Path>,
+    pub keying: &'a Keying,
+    pub cache: &'a dyn secrets::Cache,
+    /// Only this machine's files (and manifest entries).
+    pub machine: Option<&'a str>,
+}
+
 /// The pure core: from a stack file to bundle bytes. Reads the project's
 /// files (through `load` and Nickel) and the key cache it is given, nothing
-/// else: no clock, no environment, no randomness. Returns every finding of the stage that
-/// failed, sorted.
-pub fn compile(
-    entry: &Path,
-    project_root: Option<&Path>,
-    keying: &Keying,
-    cache: &dyn secrets::Cache,
-) -> Result<Compiled, Vec<Diagnostic>> {
+/// else: no clock, no environment, no randomness. Returns every finding of
+/// the stage that failed, sorted.
+pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>> {
     let sorted = |mut d: Vec<Diagnostic>| {
         diag::sort(&mut d);
         d
     };
-    let project = load::load(entry, project_root).map_err(sorted)?;
+    let project = load::load(entry, opts.project_root).map_err(sorted)?;
     let evaluated = eval::evaluate(&project).map_err(sorted)?;
     let mut stack = model::from_value(&evaluated.value).map_err(sorted)?;
     let pos = check::Positions(&evaluated.locs);
@@ -56,14 +62,27 @@ pub fn compile(
     if !findings.is_empty() {
         return Err(sorted(findings));
     }
-    let resolved = secrets::resolve(&mut stack, keying, cache, &pos).map_err(sorted)?;
+    if let Some(name) = opts.machine {
+        if !stack.machines.contains_key(name) {
+            let known: Vec<String> = stack.machines.keys().map(|k| format!("`{k}`")).collect();
+            return Err(vec![
+                Diagnostic::error(
+                    diag::Code::UnknownMachine,
+                    format!("there is no machine `{name}` in the stack"),
+                )
+                .with_help(format!("machines: {}", known.join(", "))),
+            ]);
+        }
+        stack.machines.retain(|k, _| k == name);
+    }
+    let resolved = secrets::resolve(&mut stack, opts.keying, opts.cache, &pos).map_err(sorted)?;
     let files = render::render(&stack, &pos).map_err(sorted)?;
     let problems = verify::verify(&files, &resolved);
     if !problems.is_empty() {
         return Err(sorted(problems));
     }
     let inputs = load::read_inputs(&evaluated.inputs).map_err(sorted)?;
-    let manifest = bundle::manifest(&stack, &files, &inputs, keying);
+    let manifest = bundle::manifest(&stack, &files, &inputs, opts.keying);
     Ok(Compiled {
         stack,
         files,

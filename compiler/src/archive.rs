@@ -1,0 +1,197 @@
+//! Bundles as one stream, for deploy tools: a deterministic tar (sorted
+//! entries, fixed mtime, uid/gid 0, modes kept) or a JSON document.
+
+use serde::Serialize;
+
+use crate::render::Rendered;
+
+/// POSIX ustar archive of `files` (and `manifest`, if given): sorted
+/// entries, mtime `mtime`, owner 0:0, modes as on disk (directories by
+/// `bundle::dir_modes`). The same bundle gives the same bytes.
+pub fn tar(files: &Rendered, manifest: Option<&[u8]>, mtime: u64) -> Result<Vec<u8>, String> {
+    let mut entries: Vec<(String, u32, Option<&[u8]>)> = Vec::new();
+    for (dir, mode) in crate::bundle::dir_modes(files) {
+        entries.push((format!("{}/", dir.display()), mode, None));
+    }
+    for (path, f) in files {
+        entries.push((path.clone(), f.mode, Some(&f.bytes)));
+    }
+    if let Some(m) = manifest {
+        entries.push((crate::bundle::MANIFEST.to_owned(), crate::render::MODE_FILE, Some(m)));
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::new();
+    for (path, mode, data) in entries {
+        out.extend_from_slice(&header(
+            &path,
+            mode,
+            data.map_or(0, <[u8]>::len),
+            mtime,
+            data.is_none(),
+        )?);
+        if let Some(d) = data {
+            out.extend_from_slice(d);
+            out.resize(out.len().next_multiple_of(512), 0);
+        }
+    }
+    // End of archive: two zero blocks.
+    out.resize(out.len() + 1024, 0);
+    Ok(out)
+}
+
+fn header(path: &str, mode: u32, size: usize, mtime: u64, dir: bool) -> Result<[u8; 512], String> {
+    let mut h = [0u8; 512];
+    // ustar splits long names into prefix (155) and name (100) at a `/`.
+    let (prefix, name) = if path.len() <= 100 {
+        ("", path)
+    } else {
+        // A directory's own trailing `/` cannot be the split point.
+        let cut = path
+            .trim_end_matches('/')
+            .rmatch_indices('/')
+            .map(|(i, _)| i)
+            .find(|&i| i <= 155 && path.len() - i - 1 <= 100)
+            .ok_or_else(|| format!("path too long for a tar archive: {path}"))?;
+        (&path[..cut], &path[cut + 1..])
+    };
+    let put = |h: &mut [u8; 512], at: usize, bytes: &[u8]| h[at..at + bytes.len()].copy_from_slice(bytes);
+    let octal = |h: &mut [u8; 512], at: usize, width: usize, v: u64| {
+        let s = format!("{v:0w$o}\0", w = width - 1);
+        h[at..at + width].copy_from_slice(s.as_bytes());
+    };
+    put(&mut h, 0, name.as_bytes());
+    octal(&mut h, 100, 8, u64::from(mode & 0o7777));
+    octal(&mut h, 108, 8, 0); // uid
+    octal(&mut h, 116, 8, 0); // gid
+    octal(&mut h, 124, 12, size as u64);
+    octal(&mut h, 136, 12, mtime);
+    h[156] = if dir { b'5' } else { b'0' };
+    put(&mut h, 257, b"ustar\0");
+    put(&mut h, 263, b"00");
+    put(&mut h, 265, b"root");
+    put(&mut h, 297, b"root");
+    put(&mut h, 345, prefix.as_bytes());
+    // The checksum is computed with its own field as spaces.
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    Ok(h)
+}
+
+#[derive(Serialize)]
+struct JsonBundle<'a> {
+    version: u32,
+    files: Vec<JsonFile<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonFile<'a> {
+    path: &'a str,
+    mode: String,
+    secret: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_base64: Option<String>,
+}
+
+/// The bundle as one JSON document: paths, modes, secret flags, contents
+/// (text as is, anything else in base64). Secrets are included: this is the
+/// bundle itself, for a deploy tool reading stdout.
+pub fn json(files: &Rendered, manifest: Option<&[u8]>) -> String {
+    let mut list: Vec<JsonFile> = files
+        .iter()
+        .map(|(path, f)| {
+            let text = std::str::from_utf8(&f.bytes).ok();
+            JsonFile {
+                path,
+                mode: format!("{:04o}", f.mode),
+                secret: f.secret,
+                content: text,
+                content_base64: text.is_none().then(|| crate::secrets::b64(&f.bytes)),
+            }
+        })
+        .collect();
+    if let Some(m) = manifest {
+        list.push(JsonFile {
+            path: crate::bundle::MANIFEST,
+            mode: "0644".into(),
+            secret: false,
+            content: std::str::from_utf8(m).ok(),
+            content_base64: None,
+        });
+    }
+    let mut s = serde_json::to_string_pretty(&JsonBundle {
+        version: 1,
+        files: list,
+    })
+    .expect("serialisable");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::RenderedFile;
+
+    fn files() -> Rendered {
+        let mut r = Rendered::new();
+        r.insert(
+            "m/a.txt".into(),
+            RenderedFile {
+                bytes: b"hello\n".to_vec(),
+                mode: 0o644,
+                secret: false,
+            },
+        );
+        r.insert(
+            "m/secrets/k".into(),
+            RenderedFile {
+                bytes: b"s3cret".to_vec(),
+                mode: 0o600,
+                secret: true,
+            },
+        );
+        r
+    }
+
+    #[test]
+    fn tar_is_deterministic_and_well_formed() {
+        let a = tar(&files(), Some(b"{}\n"), 0).unwrap();
+        assert_eq!(a, tar(&files(), Some(b"{}\n"), 0).unwrap());
+        assert_eq!(a.len() % 512, 0);
+        // First entry: the directory `m/`, a ustar header with a valid checksum.
+        assert_eq!(&a[0..2], b"m/");
+        assert_eq!(a[156], b'5');
+        assert_eq!(&a[257..263], b"ustar\0");
+        let stored = u32::from_str_radix(std::str::from_utf8(&a[148..154]).unwrap(), 8).unwrap();
+        let mut h = a[..512].to_vec();
+        h[148..156].fill(b' ');
+        assert_eq!(stored, h.iter().map(|&b| u32::from(b)).sum::<u32>());
+        assert_ne!(a, tar(&files(), Some(b"{}\n"), 1).unwrap(), "mtime is recorded");
+    }
+
+    #[test]
+    fn long_paths_use_the_prefix_field() {
+        let mut r = Rendered::new();
+        let long = format!("{}/{}/{}", "d".repeat(60), "e".repeat(59), "f".repeat(90));
+        r.insert(
+            long.clone(),
+            RenderedFile {
+                bytes: vec![],
+                mode: 0o644,
+                secret: false,
+            },
+        );
+        let t = tar(&r, None, 0).unwrap();
+        // Entries: d/, d/e/ (121 characters: split too), then the file.
+        let file_header = &t[1024..1536];
+        assert_eq!(&file_header[0..90], "f".repeat(90).as_bytes());
+        assert_eq!(
+            &file_header[345..465],
+            format!("{}/{}", "d".repeat(60), "e".repeat(59)).as_bytes()
+        );
+    }
+}
