@@ -102,6 +102,25 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Compare two bundles, per machine and per file; secrets are never shown.
+    /// Each side is a bundle directory, a stack file (built on the fly), or
+    /// `git:REV:path/to/prod.ncl` (the stack at that revision).
+    /// Exit 0 without changes, 1 with changes, 2 on error.
+    Diff {
+        old: String,
+        new: String,
+        /// git-style per-file counts.
+        #[arg(long, conflicts_with_all = ["name_only", "format"])]
+        stat: bool,
+        /// Only the paths of changed files.
+        #[arg(long, conflicts_with = "format")]
+        name_only: bool,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// Key for sides that are built; without one, they are built with placeholder secrets.
+        #[arg(long, env = "STACKC_SECRETS_KEY")]
+        secrets_key: Option<PathBuf>,
+    },
     /// Print the documentation page of a diagnostic code (for example SC0201); list all codes without one.
     Explain { code: Option<String> },
     /// Master key management.
@@ -170,6 +189,14 @@ pub fn main() -> ExitCode {
             project_root,
             quiet,
         } => check(&file, format, project_root.as_deref(), quiet, color),
+        Command::Diff {
+            old,
+            new,
+            stat,
+            name_only,
+            format,
+            secrets_key,
+        } => diff(&old, &new, stat, name_only, format, secrets_key.as_deref(), color),
         Command::Explain { code: Some(code) } => explain(&code),
         Command::Explain { code: None } => {
             for c in Code::ALL {
@@ -414,6 +441,125 @@ fn check(file: &Path, format: Format, root: Option<&Path>, quiet: bool, color: b
             0
         }
         (Format::Human, Err(diags)) => report(&diags, color, "the stack does not build"),
+    }
+}
+
+fn diff(old: &str, new: &str, stat: bool, name_only: bool, format: Format, key: Option<&Path>, color: bool) -> u8 {
+    let keying = match key {
+        Some(k) => match MasterKey::load(k) {
+            Ok(k) => Keying::Master(k),
+            Err(d) => return report(&[d], color, "nothing compared"),
+        },
+        None => Keying::Placeholder,
+    };
+    let side = |spec: &str| -> Result<crate::render::Rendered, Vec<Diagnostic>> { diff_side(spec, &keying) };
+    let (a, b) = match (side(old), side(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(d), _) | (_, Err(d)) => return report(&d, color, "nothing compared").max(2),
+    };
+    let d = crate::diff::diff(&a, &b);
+    let text = match (format, stat, name_only) {
+        (Format::Json, _, _) => crate::diff::render_json(&d),
+        (_, true, _) => crate::diff::render_stat(&d),
+        (_, _, true) => crate::diff::render_name_only(&d),
+        _ => crate::diff::render_human(&d, color && std::io::stdout().is_terminal()),
+    };
+    print!("{text}");
+    if d.is_empty() { 0 } else { 1 }
+}
+
+/// One side of a diff, as bundle files.
+fn diff_side(spec: &str, keying: &Keying) -> Result<crate::render::Rendered, Vec<Diagnostic>> {
+    let build = |entry: &Path, root: Option<&Path>| {
+        let opts = crate::Options {
+            project_root: root,
+            keying,
+            cache: &crate::secrets::NoCache,
+            machine: None,
+        };
+        crate::compile(entry, &opts).map(|c| c.files)
+    };
+    if let Some(rest) = spec.strip_prefix("git:") {
+        let (rev, path) = rest.split_once(':').ok_or_else(|| {
+            vec![Diagnostic::error(
+                Code::Io,
+                format!("`{spec}` is not `git:REV:path/to/stack.ncl`"),
+            )]
+        })?;
+        let tree = GitTree::export(rev)?;
+        let entry = tree.dir.join(path);
+        return build(&entry, None);
+    }
+    let p = Path::new(spec);
+    if p.is_dir() {
+        return crate::bundle::read(p).map_err(|d| vec![d]);
+    }
+    build(p, None)
+}
+
+/// A revision of the current git repository, exported to a temporary
+/// directory (removed on drop) so its stack can be built as it was.
+struct GitTree {
+    dir: PathBuf,
+}
+
+impl GitTree {
+    fn export(rev: &str) -> Result<GitTree, Vec<Diagnostic>> {
+        use std::process::{Command, Stdio};
+        let fail = |what: String| {
+            vec![
+                Diagnostic::error(Code::Io, what)
+                    .with_help("run stackc diff inside the git repository that holds the stack"),
+            ]
+        };
+        let top = Command::new("git")
+            .args(["rev-parse", "--show-toplevel"])
+            .output()
+            .map_err(|e| fail(format!("cannot run git: {e}")))?;
+        if !top.status.success() {
+            return Err(fail("not inside a git repository".into()));
+        }
+        let top = PathBuf::from(String::from_utf8_lossy(&top.stdout).trim());
+        let dir = std::env::temp_dir().join(format!(
+            "stackc-diff-{}-{}",
+            std::process::id(),
+            rev.replace(['/', ':'], "_")
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        let tree = GitTree { dir };
+        let archive = Command::new("git")
+            .args(["archive", "--format=tar", rev])
+            .current_dir(&top)
+            .output()
+            .map_err(|e| fail(format!("cannot run git archive: {e}")))?;
+        if !archive.status.success() {
+            return Err(fail(format!(
+                "git archive {rev}: {}",
+                String::from_utf8_lossy(&archive.stderr).trim()
+            )));
+        }
+        let mut tar = Command::new("tar")
+            .args(["-x", "-C"])
+            .arg(&tree.dir)
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(format!("cannot run tar: {e}")))?;
+        tar.stdin
+            .take()
+            .expect("piped")
+            .write_all(&archive.stdout)
+            .map_err(|e| fail(format!("tar: {e}")))?;
+        if !tar.wait().map(|s| s.success()).unwrap_or(false) {
+            return Err(fail(format!("cannot unpack revision {rev}")));
+        }
+        Ok(tree)
+    }
+}
+
+impl Drop for GitTree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod diag;
+pub mod diff;
 pub mod eval;
 pub mod load;
 pub mod model;

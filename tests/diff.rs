@@ -1,0 +1,147 @@
+//! `stackc diff`: known changes between stack pairs (insta snapshots, every
+//! format), bundle directories and git revisions as sides, exit statuses,
+//! and no secret in any output.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn diff(args: &[&str], cwd: &Path, key: &Path) -> std::process::Output {
+    stackc()
+        .arg("diff")
+        .args(args)
+        .arg("--secrets-key")
+        .arg(key)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+/// Every way a value can be spelt in output: as is, base64, hex.
+fn forms(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let hex: String = value.bytes().map(|b| format!("{b:02x}")).collect();
+    vec![
+        value.to_owned(),
+        base64::engine::general_purpose::STANDARD.encode(value),
+        hex,
+    ]
+}
+
+fn secrets_of(entry: &Path, key: &Path) -> Vec<String> {
+    let keying = stackc::secrets::Keying::Master(stackc::secrets::MasterKey::load(key).unwrap());
+    let opts = stackc::Options {
+        project_root: None,
+        keying: &keying,
+        cache: &stackc::secrets::NoCache,
+        machine: None,
+    };
+    let c = stackc::compile(entry, &opts).unwrap_or_else(|d| panic!("{}: {}", entry.display(), d[0].message));
+    c.secrets.values.values().flat_map(|v| forms(v)).collect()
+}
+
+#[test]
+fn known_changes_in_every_format() {
+    let tmp = TempDir::new("diff");
+    let key = test_key(tmp.path());
+    let cases = repo().join("tests/diff");
+    let mut names: Vec<String> = std::fs::read_dir(&cases)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("old.ncl").is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 2);
+    for name in names {
+        let dir = cases.join(&name);
+        let secrets: Vec<String> = [
+            secrets_of(&dir.join("old.ncl"), &key),
+            secrets_of(&dir.join("new.ncl"), &key),
+        ]
+        .concat();
+        assert!(!secrets.is_empty());
+        let mut snapshot = String::new();
+        for format in [&[][..], &["--stat"], &["--name-only"], &["--format", "json"]] {
+            let o = diff(&[&["old.ncl", "new.ncl"][..], format].concat(), &dir, &key);
+            let (stdout, stderr) = text(&o);
+            assert_eq!(o.status.code(), Some(1), "{name} {format:?}: changes exit 1\n{stderr}");
+            for s in &secrets {
+                assert!(
+                    !stdout.contains(s.as_str()) && !stderr.contains(s.as_str()),
+                    "{name} {format:?}: a secret leaked"
+                );
+            }
+            snapshot.push_str(&format!(
+                "$ stackc diff old.ncl new.ncl {}\n{stdout}{stderr}\n",
+                format.join(" ")
+            ));
+        }
+        insta::with_settings!({ snapshot_path => repo().join("tests/diff/snapshots"), prepend_module_to_snapshot => false, omit_expression => true }, {
+            insta::assert_snapshot!(name.clone(), snapshot);
+        });
+        // Same stack on both sides: no changes, exit 0.
+        let o = diff(&["old.ncl", "old.ncl"], &dir, &key);
+        assert_eq!(o.status.code(), Some(0));
+        assert_eq!(text(&o).0.trim(), "no changes");
+    }
+}
+
+#[test]
+fn bundle_directories_and_git_revisions_as_sides() {
+    let tmp = TempDir::new("diff-sides");
+    let key = test_key(tmp.path());
+    let project = tmp.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    let case = repo().join("tests/diff/lair-chat-change");
+    std::fs::copy(case.join("old.ncl"), project.join("prod.ncl")).unwrap();
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .args(args)
+            .current_dir(&project)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.org")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.org")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {}", text(&o).1);
+    };
+    git(&["init", "-q"]);
+    git(&["add", "prod.ncl"]);
+    git(&["commit", "-qm", "old"]);
+    // Build the committed stack as a bundle directory, then change the stack.
+    let o = stackc()
+        .args(["build", "-q", "-o", "bundle", "prod.ncl", "--secrets-key"])
+        .arg(&key)
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    std::fs::copy(case.join("new.ncl"), project.join("prod.ncl")).unwrap();
+
+    let by_dir = diff(&["bundle", "prod.ncl"], &project, &key);
+    let by_git = diff(&["git:HEAD:prod.ncl", "prod.ncl"], &project, &key);
+    assert_eq!(by_dir.status.code(), Some(1), "{}", text(&by_dir).1);
+    assert_eq!(by_git.status.code(), Some(1), "{}", text(&by_git).1);
+    assert_eq!(
+        text(&by_dir).0,
+        text(&by_git).0,
+        "a bundle dir and the revision it was built from diff alike"
+    );
+    assert!(text(&by_git).0.contains("chat/caddy/Caddyfile"));
+    // Errors exit 2: a bad revision, a missing side.
+    assert_eq!(
+        diff(&["git:no-such-rev:prod.ncl", "prod.ncl"], &project, &key)
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        diff(&["missing.ncl", "prod.ncl"], &project, &key).status.code(),
+        Some(2)
+    );
+}
