@@ -317,3 +317,50 @@ fn project_relative_imports_work_and_symlinks_out_are_refused() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("SC0106"), "{}", text(&o).1);
 }
+
+#[test]
+fn a_foreign_manifest_does_not_make_a_bundle() {
+    // A web app's manifest.json: its directory must not be replaced.
+    let tmp = TempDir::new("foreign");
+    let key = test_key(tmp.path());
+    let out = tmp.path().join("webapp");
+    std::fs::create_dir_all(out.join("src")).unwrap();
+    std::fs::write(out.join("manifest.json"), "{\"name\": \"My PWA\"}").unwrap();
+    std::fs::write(out.join("src/index.js"), "precious").unwrap();
+    let o = build(&out, &key);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("SC0901"));
+    assert_eq!(std::fs::read_to_string(out.join("src/index.js")).unwrap(), "precious");
+}
+
+#[test]
+fn bundles_read_back_hold_regular_files_only() {
+    // A symlink in a bundle could make `diff` print any file (a key).
+    let tmp = TempDir::new("symlink");
+    let key = test_key(tmp.path());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert!(build(&a, &key).status.success());
+    assert!(build(&b, &key).status.success());
+    std::os::unix::fs::symlink(&key, b.join("chat/stolen")).unwrap();
+    let o = stackc().arg("diff").arg(&a).arg(&b).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    assert!(!text(&o).0.contains(key_text.trim()) && !text(&o).1.contains(key_text.trim()));
+}
+
+#[test]
+fn machine_selection_needs_a_stream_format() {
+    let tmp = TempDir::new("machine-dir");
+    let key = test_key(tmp.path());
+    let out = tmp.path().join("out");
+    let o = stackc()
+        .args(["build", "--machine", "chat", "-o"])
+        .arg(&out)
+        .arg("--secrets-key")
+        .arg(&key)
+        .arg(lair())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!out.exists());
+}

@@ -121,6 +121,54 @@ fn the_same_key_gives_the_same_secrets_another_key_others() {
     );
 }
 
+#[test]
+fn failed_builds_do_not_print_secrets() {
+    // Secrets put where a Caddyfile wants a list of arguments: the writer
+    // refuses them, and its messages must not quote the values.
+    let tmp = TempDir::new("leak-errors");
+    let key = test_key(tmp.path());
+    let head = "let stackc = import \"stackc.ncl\" in\nlet tok = stackc.secret.password { name = \"tok\" } in\nlet sig = stackc.secret.ed25519 { name = \"sig\" } in\n";
+    let broken = tmp.path().join("broken.ncl");
+    std::fs::write(
+        &broken,
+        format!("{head}stackc.stack {{ name = \"x\", machines.m = {{ address = \"192.0.2.1\",\n  native.app = {{ command = \"/bin/app\", ports.http = {{ port = 8080 }} }},\n  proxy.sites.\"a.example.org\" = {{ upstream = {{ service = \"app\", port = \"http\" }},\n    directives = [{{ name = \"header_up\", args = tok }}, {{ name = \"header_up\", args = [\"X\", sig] }}] }} }} }}\n"),
+    )
+    .unwrap();
+    // The same secrets in a stack that builds: their values, to look for.
+    let fine = tmp.path().join("fine.ncl");
+    std::fs::write(
+        &fine,
+        format!("{head}stackc.stack {{ name = \"x\", machines.m = {{ address = \"192.0.2.1\",\n  native.app = {{ command = \"/bin/app\", secret_environment.TOK = tok, environment.SIG = stackc.secret.file sig }} }} }}\n"),
+    )
+    .unwrap();
+    let keying = stackc::secrets::Keying::Master(stackc::secrets::MasterKey::load(&key).unwrap());
+    let opts = stackc::Options {
+        project_root: None,
+        keying: &keying,
+        cache: &stackc::secrets::NoCache,
+        machine: None,
+    };
+    let values = stackc::compile(&fine, &opts).unwrap().secrets.values;
+    assert_eq!(values.len(), 2);
+    let diags = stackc::compile(&broken, &opts).err().expect("the stack must not build");
+    let o = stackc()
+        .args(["build", "-o"])
+        .arg(tmp.path().join("out"))
+        .arg("--secrets-key")
+        .arg(&key)
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o).1);
+    let rendered: String = diags.iter().map(|d| stackc::diag::render_human(d, false)).collect();
+    let all = format!("{}{}{rendered}", text(&o).0, text(&o).1);
+    for (name, value) in &values {
+        for s in forms(value) {
+            assert!(!all.contains(&s), "secret `{name}` leaked into an error:\n{all}");
+        }
+    }
+}
+
 /// Every way a value can be spelt in output: as is, base64, hex.
 fn forms(value: &str) -> Vec<String> {
     use base64::Engine as _;

@@ -55,6 +55,11 @@ fn header(path: &str, mode: u32, size: usize, mtime: u64, dir: bool) -> Result<[
         (&path[..cut], &path[cut + 1..])
     };
     let put = |h: &mut [u8; 512], at: usize, bytes: &[u8]| h[at..at + bytes.len()].copy_from_slice(bytes);
+    // Numeric fields are octal with a NUL: 11 digits at most for size and mtime.
+    const MAX_OCTAL_11: u64 = 0o77777777777;
+    if size as u64 > MAX_OCTAL_11 || mtime > MAX_OCTAL_11 {
+        return Err(format!("{path}: size or mtime too large for a ustar header"));
+    }
     let octal = |h: &mut [u8; 512], at: usize, width: usize, v: u64| {
         let s = format!("{v:0w$o}\0", w = width - 1);
         h[at..at + width].copy_from_slice(s.as_bytes());

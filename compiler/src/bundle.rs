@@ -135,6 +135,19 @@ pub fn manifest(stack: &Stack, files: &Rendered, inputs: &BTreeMap<String, Vec<u
     out
 }
 
+/// A `manifest.json` that stackc wrote: a JSON object with stackc's version
+/// fields. Another program's `manifest.json` (a web app's, say) is not one,
+/// and its directory is never replaced.
+fn is_stackc_manifest(path: &Path) -> bool {
+    let Ok(bytes) = fs::read(path) else { return false };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return false;
+    };
+    v.get("manifest_version").is_some_and(serde_json::Value::is_u64)
+        && v.get("stackc_version").is_some_and(serde_json::Value::is_string)
+        && v.get("files").is_some_and(serde_json::Value::is_array)
+}
+
 fn io_error(what: String, e: std::io::Error) -> Diagnostic {
     Diagnostic::error(Code::Io, format!("{what}: {e}")).with_help("nothing was changed in the output directory")
 }
@@ -153,7 +166,7 @@ pub fn write(out: &Path, files: &Rendered, manifest: &[u8]) -> Result<(), Diagno
     };
     let existing = match fs::symlink_metadata(out) {
         Ok(meta) => {
-            let is_bundle = meta.is_dir() && out.join(MANIFEST).is_file();
+            let is_bundle = meta.is_dir() && is_stackc_manifest(&out.join(MANIFEST));
             let is_empty = meta.is_dir() && fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
             if !is_bundle && !is_empty {
                 return Err(Diagnostic::error(
@@ -263,15 +276,22 @@ fn swap(tmp: &Path, out: &Path, existing: bool) -> Result<(), Diagnostic> {
     }
     match exchange(tmp, out) {
         Ok(()) => {
-            // `tmp` now holds the previous bundle.
-            fs::remove_dir_all(tmp)
-                .map_err(|e| io_error(format!("cannot remove the old bundle `{}`", tmp.display()), e))
+            // `tmp` now holds the previous bundle. The new one is in place
+            // whatever happens here: leftovers are only worth a warning.
+            if let Err(e) = fs::remove_dir_all(tmp) {
+                eprintln!(
+                    "warning: cannot remove the previous bundle, now at `{}`: {e}",
+                    tmp.display()
+                );
+            }
+            Ok(())
         }
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
             // No atomic exchange on this file system: keep the old bundle
             // aside until the new one is in place.
+            // Set aside under a name of our own (pid-unique, and `rename`
+            // refuses to replace a non-empty directory).
             let old = tmp.with_extension("old");
-            let _ = fs::remove_dir_all(&old);
             fs::rename(out, &old).map_err(|e| io_error(format!("cannot move `{}` aside", out.display()), e))?;
             if let Err(e) = fs::rename(tmp, out) {
                 let _ = fs::rename(&old, out);
@@ -319,6 +339,9 @@ pub fn read(dir: &Path) -> Result<Rendered, Diagnostic> {
         )
         .with_help("give a directory written by `stackc build`")
     };
+    if !is_stackc_manifest(&dir.join(MANIFEST)) {
+        return Err(not_a_bundle(format!("no {MANIFEST} written by stackc")));
+    }
     let manifest = fs::read(dir.join(MANIFEST)).map_err(|e| not_a_bundle(format!("no readable {MANIFEST} ({e})")))?;
     let manifest: serde_json::Value =
         serde_json::from_slice(&manifest).map_err(|e| not_a_bundle(format!("{MANIFEST} is not JSON ({e})")))?;
@@ -346,6 +369,10 @@ pub fn read(dir: &Path) -> Result<Rendered, Diagnostic> {
                 .into_owned();
             if meta.is_dir() {
                 stack.push(path);
+            } else if !meta.is_file() {
+                // A symlink could make `diff` print any file of this machine
+                // (a key), a FIFO could hang it: bundles hold regular files.
+                return Err(not_a_bundle(format!("`{rel}` is not a regular file")));
             } else if rel != MANIFEST {
                 let bytes = fs::read(&path).map_err(|e| io_error(format!("cannot read `{}`", path.display()), e))?;
                 let secret = secret.contains(rel.as_str());

@@ -64,8 +64,8 @@ enum Command {
         /// `dir`: a directory; `tar`: a deterministic tar; `json`: one JSON document.
         #[arg(long, value_enum, default_value_t = OutputFormat::Dir)]
         format: OutputFormat,
-        /// Only this machine: its folder's files (a tar of just that folder, paths relative to it).
-        #[arg(long)]
+        /// Only this machine's folder, for `--format tar|json` (paths relative to it).
+        #[arg(long, conflicts_with = "check")]
         machine: Option<String>,
         /// Write nothing: exit 1 if the bundle in the output directory is not what this
         /// build would write (for pre-commit hooks and CI).
@@ -86,7 +86,7 @@ enum Command {
         #[arg(long, env = "STACKC_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
         /// Derive everything afresh; use no key cache (also STACKC_NO_CACHE=1).
-        #[arg(long, env = "STACKC_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new(), conflicts_with = "cache_dir")]
+        #[arg(long, env = "STACKC_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
         no_cache: bool,
         /// Print nothing on success.
         #[arg(short, long)]
@@ -264,6 +264,11 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
             return report(&[d], color, "nothing written");
         }
     };
+    if req.machine.is_some() && req.format == OutputFormat::Dir {
+        let d = Diagnostic::error(Code::Io, "--machine needs --format tar or json")
+            .with_help("a bundle directory holds every machine: write one machine's folder as a tar or JSON stream");
+        return report(&[d], color, "nothing written").max(2);
+    }
     let opts = crate::Options {
         project_root: req.root,
         keying: &keying,
@@ -314,14 +319,15 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
     };
     match stream {
         Some(bytes) => {
+            let secret = files.values().any(|f| f.secret);
             let written = match req.output {
-                Some(path) => std::fs::write(path, &bytes),
+                Some(path) => write_stream_file(path, &bytes, secret),
                 None if req.format == OutputFormat::Tar && std::io::stdout().is_terminal() => {
                     let d = Diagnostic::error(Code::Io, "refusing to write a tar archive to a terminal")
                         .with_help("redirect standard output, or pass -o FILE");
                     return report(&[d], color, "nothing written");
                 }
-                None => std::io::stdout().lock().write_all(&bytes),
+                None => emit(&bytes),
             };
             if let Err(e) = written {
                 return report(
@@ -351,6 +357,37 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         }
     }
     0
+}
+
+/// Writes a tar or JSON stream to `path` atomically: a temporary sibling
+/// (0600 when the stream holds secrets, else 0644), then a rename.
+fn write_stream_file(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the output path names no file"))?;
+    let tmp = path.with_file_name(format!(".{}.stackc-tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Data to standard output. A closed pipe (`stackc diff … | head`) is the
+/// reader's choice, not an error.
+fn emit(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// SOURCE_DATE_EPOCH (reproducible-builds.org) for tar mtimes; 0 if unset.
@@ -387,9 +424,14 @@ fn check_bundle(dir: &Path, compiled: &crate::Compiled, placeholders: bool, quie
     for path in on_disk.keys().filter(|p| !compiled.files.contains_key(*p)) {
         stale.push(format!("not built any more: {path}"));
     }
-    if !placeholders
-        && std::fs::read(dir.join(crate::bundle::MANIFEST)).ok().as_deref() != Some(compiled.manifest.as_slice())
-    {
+    // The manifest (addresses, units, input hashes) is compared too. Its
+    // secret digests only match for the same keying: with placeholders
+    // against a bundle built with a key, it cannot be compared.
+    let on_disk_manifest = std::fs::read(dir.join(crate::bundle::MANIFEST)).unwrap_or_default();
+    let disk_placeholders = serde_json::from_slice::<serde_json::Value>(&on_disk_manifest)
+        .map(|v| v["secrets"]["placeholders"] == true)
+        .unwrap_or(false);
+    if (!placeholders || disk_placeholders) && on_disk_manifest != compiled.manifest {
         stale.push(format!("differs: {}", crate::bundle::MANIFEST));
     }
     if stale.is_empty() {
@@ -424,7 +466,7 @@ fn check(file: &Path, format: Format, root: Option<&Path>, quiet: bool, color: b
         (Format::Json, r) => {
             let failed = r.is_err();
             let diags = r.err().unwrap_or_default();
-            print!("{}", diag::render_json(&diags));
+            let _ = emit(diag::render_json(&diags).as_bytes());
             if failed { diag::exit_status(&diags).max(1) } else { 0 }
         }
         (Format::Human, Ok(c)) => {
@@ -464,7 +506,10 @@ fn diff(old: &str, new: &str, stat: bool, name_only: bool, format: Format, key: 
         (_, _, true) => crate::diff::render_name_only(&d),
         _ => crate::diff::render_human(&d, color && std::io::stdout().is_terminal()),
     };
-    print!("{text}");
+    if let Err(e) = emit(text.as_bytes()) {
+        eprintln!("error: cannot write the diff: {e}");
+        return 2;
+    }
     if d.is_empty() { 0 } else { 1 }
 }
 
@@ -486,6 +531,16 @@ fn diff_side(spec: &str, keying: &Keying) -> Result<crate::render::Rendered, Vec
                 format!("`{spec}` is not `git:REV:path/to/stack.ncl`"),
             )]
         })?;
+        if Path::new(path).is_absolute()
+            || Path::new(path)
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(vec![Diagnostic::error(
+                Code::Io,
+                format!("`{path}` must be a path inside the repository, relative to its top directory"),
+            )]);
+        }
         let tree = GitTree::export(rev)?;
         let entry = tree.dir.join(path);
         return build(&entry, None);
@@ -520,13 +575,12 @@ impl GitTree {
             return Err(fail("not inside a git repository".into()));
         }
         let top = PathBuf::from(String::from_utf8_lossy(&top.stdout).trim());
-        let dir = std::env::temp_dir().join(format!(
-            "stackc-diff-{}-{}",
-            std::process::id(),
-            rev.replace(['/', ':'], "_")
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        // `create_dir` fails on anything already there (a symlink included),
+        // so the directory is ours; a counter makes names unique per process.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("stackc-diff-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         let tree = GitTree { dir };
         let archive = Command::new("git")
             .args(["archive", "--format=tar", rev])
@@ -575,7 +629,7 @@ fn explain(code: &str) -> u8 {
         .map(|(_, text)| *text);
     match page {
         Some(text) => {
-            print!("{text}");
+            let _ = emit(text.as_bytes());
             0
         }
         None => {

@@ -132,18 +132,65 @@ fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnos
     let mut locs = Locs::new();
     collect_locs(&value, &mut String::new(), program.pos_table(), &mut spans, &mut locs);
 
+    // Every file Nickel read: project inputs (recorded in the manifest), the
+    // stdlib, Nickel's own generated snippets. Anything else was read from
+    // outside the project — through an import the lexical scan in `load`
+    // cannot see, such as one inside a string interpolation — and is refused.
     let mut inputs = BTreeMap::new();
+    let mut escaped = Vec::new();
     for name in spans.files.filenames() {
         let path = PathBuf::from(name);
-        if path.is_absolute() && path.starts_with(&root) {
-            inputs.insert(load::display_name(&root, &name.to_string_lossy()), path);
+        if !path.is_absolute() || path.starts_with(load::STDLIB_ROOT) {
+            continue;
         }
+        if path.starts_with(&root) {
+            inputs.insert(load::display_name(&root, &name.to_string_lossy()), path);
+        } else {
+            escaped.push(path);
+        }
+    }
+    if !escaped.is_empty() {
+        return Err(escaped
+            .iter()
+            .map(|p| {
+                Diagnostic::error(Code::ImportEscapes, format!("the stack read `{}`, outside the project directory", p.display()))
+                    .with_help("keep every imported file inside the project directory, so the stack builds the same from any checkout")
+            })
+            .collect());
+    }
+    if let Some(depth) = too_deep(&json) {
+        return Err(vec![
+            Diagnostic::error(
+                Code::NotExportable,
+                format!("the stack's value is nested more than {depth} levels deep"),
+            )
+            .with_help("configuration data this deep is a mistake (a recursive definition?); flatten it"),
+        ]);
     }
     Ok(Evaluated {
         value: json,
         locs,
         inputs,
     })
+}
+
+/// Deepest nesting later stages accept: they recurse over the value.
+const MAX_DEPTH: usize = 128;
+
+/// `Some(MAX_DEPTH)` if `v` nests deeper than that (checked without recursion).
+fn too_deep(v: &serde_json::Value) -> Option<usize> {
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        if d > MAX_DEPTH {
+            return Some(MAX_DEPTH);
+        }
+        match v {
+            serde_json::Value::Array(a) => stack.extend(a.iter().map(|c| (c, d + 1))),
+            serde_json::Value::Object(o) => stack.extend(o.values().map(|c| (c, d + 1))),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Turns Nickel file ids and byte spans into stackc spans, sharing one

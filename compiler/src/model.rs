@@ -104,7 +104,7 @@ pub enum Format {
 }
 
 /// One file to emit: structured content that `render` turns into bytes.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
     pub format: Format,
@@ -112,6 +112,16 @@ pub struct FileSpec {
     /// Secret files get mode 0600 and a keyed digest in the manifest.
     #[serde(default)]
     pub secret: bool,
+}
+
+/// Content may hold resolved secrets: `{:?}` shows the shape, never it.
+impl std::fmt::Debug for FileSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSpec")
+            .field("format", &self.format)
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
 }
 
 pub fn from_value(value: &serde_json::Value) -> Result<Stack, Vec<Diagnostic>> {

@@ -9,7 +9,17 @@ import signedjson.key
 d = sys.argv[1]
 unit = open(f"{d}/systemd/app.service").read()
 env = dict(re.findall(r'^Environment="([A-Z0-9_]+)=(.*)"$', unit, re.M))
-secret_env = dict(l.split("=", 1) for l in open(f"{d}/secrets/app.env").read().splitlines() if "=" in l and not l.startswith("#"))
+def env_value(v):
+    """systemd EnvironmentFile= quoting: bare, or double-quoted with \\-escapes."""
+    if v.startswith('"') and v.endswith('"'):
+        return re.sub(r"\\(.)", r"\1", v[1:-1])
+    return v
+
+
+secret_env = {
+    k: env_value(v)
+    for k, v in (l.split("=", 1) for l in open(f"{d}/secrets/app.env").read().splitlines() if "=" in l and not l.startswith("#"))
+}
 plain = open(f"{d}/secrets/oidc-client").read()
 
 

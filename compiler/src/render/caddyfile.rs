@@ -26,8 +26,14 @@ struct Caddyfile {
 }
 
 pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
-    let file =
-        Caddyfile::deserialize(content).map_err(|e| vec![ContentError::new("", format!("not a Caddyfile: {e}"))])?;
+    // Serde's message would quote the offending value, which may be a
+    // secret: name the shape expected, never the content.
+    let file = Caddyfile::deserialize(content).map_err(|_| {
+        vec![ContentError::new(
+            "",
+            "not a Caddyfile: expected `{ global = [directive], sites = { host = [directive] } }`, a directive being `{ name, args = [string], body = [directive] }`",
+        )]
+    })?;
     let mut errors = Vec::new();
     let mut out = format!("{HEADER}\n");
     if !file.global.is_empty() {
@@ -39,7 +45,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         if !token_ok(addr) || addr.contains(char::is_whitespace) {
             errors.push(ContentError::new(
                 format!("/sites/{addr}"),
-                format!("`{addr}` is not a site address"),
+                "a site address must be one line without spaces",
             ));
             continue;
         }
@@ -57,16 +63,16 @@ fn block(ds: &[Directive], depth: usize, ptr: &str, out: &mut String, errors: &m
         if d.name.is_empty() || !d.name.bytes().all(|b| b.is_ascii_graphic() && !b"{}\"#".contains(&b)) {
             errors.push(ContentError::new(
                 &here,
-                format!("`{}` is not a directive name", d.name),
+                "a directive name must be one word of visible characters, without `{}\"#`",
             ));
             continue;
         }
         let mut line = format!("{indent}{}", d.name);
-        for a in &d.args {
+        for (j, a) in d.args.iter().enumerate() {
             if !token_ok(a) {
                 errors.push(ContentError::new(
-                    &here,
-                    format!("argument `{a}` cannot be written in a Caddyfile"),
+                    format!("{here}/args/{j}"),
+                    format!("argument {j} cannot be written in a Caddyfile (it spans lines)"),
                 ));
             }
             line.push(' ');

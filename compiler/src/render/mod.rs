@@ -118,6 +118,21 @@ pub fn render(stack: &Stack, pos: &Positions) -> Result<Rendered, Vec<Diagnostic
             }
         }
     }
+    // A path that is also another path's directory cannot be written (and
+    // would make a tar that cannot be unpacked).
+    let paths: Vec<&String> = out.keys().collect();
+    for pair in paths.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if b.starts_with(a.as_str()) && b.as_bytes().get(a.len()) == Some(&b'/') {
+            diags.push(
+                Diagnostic::error(
+                    Code::UnsafePath,
+                    format!("`{a}` is both a file and the directory of `{b}`"),
+                )
+                .with_help("rename one of the two files"),
+            );
+        }
+    }
     if diags.is_empty() { Ok(out) } else { Err(diags) }
 }
 

@@ -68,7 +68,12 @@ table inet {{ table }} {
 "#;
 
 pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
-    let fw = Firewall::deserialize(content).map_err(|e| vec![ContentError::new("", format!("not a firewall: {e}"))])?;
+    let fw = Firewall::deserialize(content).map_err(|_| {
+        vec![ContentError::new(
+            "",
+            "not a firewall: expected `{ table, tcp_ports, udp_ports, allow_ping, allow_from }`",
+        )]
+    })?;
     if fw.table.is_empty() || !fw.table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return Err(vec![ContentError::new(
             "/table",

@@ -26,6 +26,15 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
     let mut out = format!("{HEADER}\n");
     let mut errors = Vec::new();
     for name in names {
+        // A `]` or a control character would start a section of the user's
+        // choosing: refuse rather than emit an injected unit.
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            errors.push(ContentError::new(
+                format!("/{name}"),
+                "a section name is letters, digits and `-`",
+            ));
+            continue;
+        }
         let Some(keys) = sections[name].as_object() else {
             errors.push(ContentError::new(
                 format!("/{name}"),
@@ -39,12 +48,19 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         out.push_str(&format!("\n[{name}]\n"));
         for (key, value) in keys {
             let ptr = format!("/{name}/{key}");
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                errors.push(ContentError::new(
+                    &ptr,
+                    "a setting name is letters, digits, `-` and `_`",
+                ));
+                continue;
+            }
             match value {
                 Value::Null => {}
                 Value::Object(entries) => {
                     for (k, v) in entries {
                         match scalar(v, "yes", "no") {
-                            Some(v) if !v.contains('\n') && name_ok(key, k) => {
+                            Some(v) if one_line(&v) && name_ok(key, k) => {
                                 out.push_str(&format!("{key}={}\n", quote(&format!("{k}={v}"))));
                             }
                             _ => errors.push(ContentError::new(
@@ -57,7 +73,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
                 Value::Array(items) => {
                     let words: Option<Vec<String>> = items.iter().map(|i| scalar(i, "yes", "no")).collect();
                     match words {
-                        Some(w) if w.iter().all(|w| !w.contains('\n')) => {
+                        Some(w) if w.iter().all(|w| one_line(w) && !w.contains(' ')) => {
                             if !w.is_empty() {
                                 out.push_str(&format!("{key}={}\n", w.join(" ")));
                             }
@@ -69,13 +85,19 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
                     }
                 }
                 v => match scalar(v, "yes", "no") {
-                    Some(s) if !s.contains('\n') => out.push_str(&format!("{key}={s}\n")),
+                    Some(s) if one_line(&s) => out.push_str(&format!("{key}={s}\n")),
                     _ => errors.push(ContentError::new(&ptr, format!("`{key}` must be on one line"))),
                 },
             }
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// A value systemd reads as one line: no line break, and no trailing `\`
+/// (a continuation that would swallow the next setting).
+fn one_line(s: &str) -> bool {
+    !s.contains(['\n', '\r']) && !s.ends_with('\\')
 }
 
 /// Entry names of a record-valued setting: no `=`; for `Environment=` a
@@ -123,6 +145,18 @@ mod tests {
                 "{HEADER}\n\n[Unit]\nDescription=X\n\n[Service]\nEnvironment=\"A=1%%\"\nEnvironment=\"B=say \\\"hi\\\"\"\nExecStart=/bin/x\nNoNewPrivileges=yes\nReadWritePaths=/a /b\n\n[Install]\nWantedBy=multi-user.target\n"
             )
         );
+    }
+
+    #[test]
+    fn refuses_injection_through_names_and_continuations() {
+        for unit in [
+            json!({ "Service": { "X=1\nExecStartPre": "/bin/evil" } }),
+            json!({ "Evil]\n[Service": { "User": "root" } }),
+            json!({ "Unit": { "Description": "ends in a backslash\\" } }),
+            json!({ "Service": { "ReadWritePaths": ["/var/lib/my app"] } }),
+        ] {
+            assert!(render(&unit).is_err(), "{unit}");
+        }
     }
 
     #[test]

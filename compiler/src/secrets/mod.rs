@@ -252,6 +252,19 @@ impl Spec {
     }
 
     fn check(&self) -> Result<(), String> {
+        // The name is part of the derivation's info string and a file name:
+        // no `/`, so neither can be confused with another.
+        let b = self.name.as_bytes();
+        if b.is_empty()
+            || b.len() > 128
+            || !b[0].is_ascii_alphanumeric()
+            || !b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+        {
+            return Err(format!(
+                "secret name `{}` is not usable: use letters, digits, `_`, `.` and `-`",
+                self.name
+            ));
+        }
         let n = match self.kind {
             Kind::Password => self.length.unwrap_or(32),
             Kind::Base64 | Kind::Hex => self.bytes.unwrap_or(32),
@@ -294,7 +307,10 @@ impl Spec {
             Kind::Rsa => {
                 let bits = self.bits.unwrap_or(2048) as usize;
                 let seed = key.seed(&format!("{info}/rsa"));
-                cached(cache, &format!("rsa-{bits}"), &seed, || derive::rsa_pem(seed, bits))
+                let ok: Result<_, std::convert::Infallible> = cached(cache, &format!("rsa-{bits}"), &seed, b"", || {
+                    Ok(derive::rsa_pem(seed, bits))
+                });
+                ok.unwrap_or_else(|never| match never {})
             }
             Kind::EcP256 => derive::p256_pem(key.seed(&format!("{info}/ec-p256"))),
             Kind::Ed25519 => {
@@ -310,9 +326,19 @@ impl Spec {
     }
 }
 
-/// Looks `derive` up in the cache by an address that hashes its inputs;
-/// an entry carries a MAC keyed by `seed`, so only a genuine one is used.
-fn cached(cache: &dyn Cache, what: &str, seed: &[u8; 32], derive: impl FnOnce() -> String) -> String {
+/// Looks `derive` up in the cache by an address that hashes everything the
+/// result depends on: what is derived (`what`), the derived `seed`, and the
+/// `input` (for a digest, the secret it digests). An entry carries a MAC
+/// keyed by `seed` over the same, so only a genuine, current one is used.
+/// Errors are never cached.
+fn cached<E>(
+    cache: &dyn Cache,
+    what: &str,
+    seed: &[u8; 32],
+    input: &[u8],
+    derive: impl FnOnce() -> Result<String, E>,
+) -> Result<String, E> {
+    let input_hash = Sha256::digest(input);
     let address = hex(&Sha256::new()
         .chain_update(b"stackc-cache/v1\0")
         .chain_update(SCHEME.as_bytes())
@@ -320,11 +346,13 @@ fn cached(cache: &dyn Cache, what: &str, seed: &[u8; 32], derive: impl FnOnce() 
         .chain_update(what.as_bytes())
         .chain_update(b"\0")
         .chain_update(seed)
+        .chain_update(input_hash)
         .finalize());
     let mac = |value: &str| {
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(seed).expect("HMAC takes any key");
         m.update(what.as_bytes());
         m.update(b"\0");
+        m.update(&input_hash);
         m.update(value.as_bytes());
         hex(&m.finalize().into_bytes())
     };
@@ -332,18 +360,25 @@ fn cached(cache: &dyn Cache, what: &str, seed: &[u8; 32], derive: impl FnOnce() 
         && let Some((tag, value)) = entry.split_once('\n')
         && tag.strip_prefix("stackc-cache-v1 ") == Some(mac(value).as_str())
     {
-        return value.to_owned();
+        return Ok(value.to_owned());
     }
-    let value = derive();
+    let value = derive()?;
     cache.put(&address, &format!("stackc-cache-v1 {}\n{value}", mac(&value)));
-    value
+    Ok(value)
 }
 
 /// The secrets a build resolved: every secret value by name, for leak
 /// checks. Public identifiers (ULIDs) are not in it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Resolved {
     pub values: BTreeMap<String, String>,
+}
+
+/// Names only: a stray `{:?}` must not print a secret.
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.values.keys()).finish()
+    }
 }
 
 /// Replaces every secret reference in every file, adds the `secrets/<name>`
@@ -483,9 +518,13 @@ fn encode(
                 return Ok(format!("$pbkdf2-sha512$placeholder${}$not-a-digest", spec.name));
             };
             let seed = key.seed(&format!("{}/salt/pbkdf2-sha512", spec.info()));
-            Ok(cached(cache, &format!("pbkdf2-sha512-{iterations}"), &seed, || {
-                derive::pbkdf2_sha512(secret.as_bytes(), &seed[..16], iterations)
-            }))
+            cached(
+                cache,
+                &format!("pbkdf2-sha512-{iterations}"),
+                &seed,
+                secret.as_bytes(),
+                || Ok(derive::pbkdf2_sha512(secret.as_bytes(), &seed[..16], iterations)),
+            )
         }
         Encoding::Argon2id => {
             let (m, t, p) = (
@@ -493,21 +532,29 @@ fn encode(
                 marker.passes.unwrap_or(3),
                 marker.parallelism.unwrap_or(4),
             );
+            // Bounded so a stack cannot make the build allocate or spin
+            // without end; checked before placeholders, so `check` agrees.
+            if !(8 * p..=4 * 1024 * 1024).contains(&m) || !(1..=16).contains(&t) || !(1..=16).contains(&p) {
+                return Err(format!(
+                    "argon2id parameters for `{}` must be memory {}..4194304 KiB, passes 1..16, parallelism 1..16; got m={m}, t={t}, p={p}",
+                    spec.name,
+                    8 * p
+                ));
+            }
             let Some(key) = key else {
                 return Ok(format!("$argon2id$placeholder${}$not-a-digest", spec.name));
             };
             let seed = key.seed(&format!("{}/salt/argon2id", spec.info()));
-            let mut error = None;
-            let digest = cached(cache, &format!("argon2id-{m}-{t}-{p}"), &seed, || {
-                derive::argon2id(secret.as_bytes(), &seed[..16], m, t, p).unwrap_or_else(|e| {
-                    error = Some(e);
-                    String::new()
-                })
-            });
-            match error {
-                Some(e) => Err(format!("secret `{}`: {e}", spec.name)),
-                None => Ok(digest),
-            }
+            cached(
+                cache,
+                &format!("argon2id-{m}-{t}-{p}"),
+                &seed,
+                secret.as_bytes(),
+                || {
+                    derive::argon2id(secret.as_bytes(), &seed[..16], m, t, p)
+                        .map_err(|e| format!("secret `{}`: {e}", spec.name))
+                },
+            )
         }
     }
 }
@@ -637,18 +684,29 @@ mod tests {
         let cache = MemCache(RefCell::new(BTreeMap::new()));
         let seed = [3u8; 32];
         let mut calls = 0;
-        let a = cached(&cache, "x", &seed, || {
+        let mut derive = |v: &str| -> Result<String, ()> {
             calls += 1;
-            "value".into()
-        });
-        let b = cached(&cache, "x", &seed, || {
-            calls += 1;
-            "other".into()
-        });
-        assert_eq!((a.as_str(), b.as_str(), calls), ("value", "value", 1));
+            Ok(v.to_owned())
+        };
+        let a = cached(&cache, "x", &seed, b"in", || derive("value")).unwrap();
+        let b = cached(&cache, "x", &seed, b"in", || derive("other")).unwrap();
+        assert_eq!((a.as_str(), b.as_str()), ("value", "value"));
+        // Another input (a digest of a changed secret) is another entry.
+        let c = cached(&cache, "x", &seed, b"changed", || derive("new")).unwrap();
+        assert_eq!((c.as_str(), calls), ("new", 2));
         // A forged entry (right address, wrong MAC) is ignored and replaced.
-        let addr = cache.0.borrow().keys().next().unwrap().clone();
-        cache.0.borrow_mut().insert(addr, "stackc-cache-v1 00\nforged".into());
-        assert_eq!(cached(&cache, "x", &seed, || "value".into()), "value");
+        for entry in cache.0.borrow_mut().values_mut() {
+            *entry = "stackc-cache-v1 00\nforged".into();
+        }
+        assert_eq!(
+            cached(&cache, "x", &seed, b"in", || Ok::<_, ()>("value".into())).unwrap(),
+            "value"
+        );
+        // An error is not cached.
+        assert!(cached(&cache, "y", &seed, b"", || Err::<String, _>("boom")).is_err());
+        assert_eq!(
+            cached(&cache, "y", &seed, b"", || Ok::<_, ()>("fine".into())).unwrap(),
+            "fine"
+        );
     }
 }
