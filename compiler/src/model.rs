@@ -91,7 +91,7 @@ pub struct Route {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Format {
     Systemd,
     Env,
@@ -101,6 +101,10 @@ pub enum Format {
     Json,
     /// A string written exactly as it is (secret files: no newline added).
     Raw,
+    /// A docker compose file (YAML; `$` escaped against interpolation).
+    Compose,
+    /// An env file for compose's `env_file:` (values taken literally).
+    ComposeEnv,
 }
 
 /// One file to emit: structured content that `render` turns into bytes.

@@ -6,6 +6,7 @@
 //! variable name) is a diagnostic, never silently mangled.
 
 mod caddyfile;
+mod compose;
 mod env;
 mod nftables;
 mod systemd;
@@ -86,6 +87,8 @@ pub fn render(stack: &Stack, pos: &Positions) -> Result<Rendered, Vec<Diagnostic
                 Format::Nftables => nftables::render(&file.content),
                 Format::Lines => lines(&file.content),
                 Format::Json => Ok(json(&file.content)),
+                Format::Compose => compose::render(&file.content),
+                Format::ComposeEnv => compose::render_env(&file.content),
                 Format::Raw => file
                     .content
                     .as_str()
