@@ -156,19 +156,6 @@ fn build_check_reports_stale_bundles() {
     assert_eq!(o.status.code(), Some(2));
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.org")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.org")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "git {args:?}: {}", text(&o).1);
-}
-
 #[test]
 fn pre_commit_hooks_run_for_real() {
     let Some(pre_commit) = require_tool(tools_prefix().join("bin/pre-commit"), "pre-commit") else {

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -18,17 +17,6 @@ fn diff(args: &[&str], cwd: &Path, key: &Path) -> std::process::Output {
         .current_dir(cwd)
         .output()
         .unwrap()
-}
-
-/// Every way a value can be spelt in output: as is, base64, hex.
-fn forms(value: &str) -> Vec<String> {
-    use base64::Engine as _;
-    let hex: String = value.bytes().map(|b| format!("{b:02x}")).collect();
-    vec![
-        value.to_owned(),
-        base64::engine::general_purpose::STANDARD.encode(value),
-        hex,
-    ]
 }
 
 fn secrets_of(entry: &Path, key: &Path) -> Vec<String> {
@@ -98,21 +86,9 @@ fn bundle_directories_and_git_revisions_as_sides() {
     std::fs::create_dir(&project).unwrap();
     let case = repo().join("tests/diff/lair-chat-change");
     std::fs::copy(case.join("old.ncl"), project.join("prod.ncl")).unwrap();
-    let git = |args: &[&str]| {
-        let o = Command::new("git")
-            .args(args)
-            .current_dir(&project)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.org")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.org")
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "git {args:?}: {}", text(&o).1);
-    };
-    git(&["init", "-q"]);
-    git(&["add", "prod.ncl"]);
-    git(&["commit", "-qm", "old"]);
+    git(&project, &["init", "-q"]);
+    git(&project, &["add", "prod.ncl"]);
+    git(&project, &["commit", "-qm", "old"]);
     // Build the committed stack as a bundle directory, then change the stack.
     let o = stackc()
         .args(["build", "-q", "-o", "bundle", "prod.ncl", "--secrets-key"])

@@ -169,17 +169,6 @@ fn failed_builds_do_not_print_secrets() {
     }
 }
 
-/// Every way a value can be spelt in output: as is, base64, hex.
-fn forms(value: &str) -> Vec<String> {
-    use base64::Engine as _;
-    let hex: String = value.bytes().map(|b| format!("{b:02x}")).collect();
-    vec![
-        value.to_owned(),
-        base64::engine::general_purpose::STANDARD.encode(value),
-        hex,
-    ]
-}
-
 #[test]
 fn no_secret_leaks_into_plain_files_output_or_the_manifest() {
     let tmp = TempDir::new("leaks");

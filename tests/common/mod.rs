@@ -130,3 +130,32 @@ pub fn on_path(name: &str) -> PathBuf {
     }
     PathBuf::from(format!("/usr/bin/{name}"))
 }
+
+/// Every way a secret can be spelt in output: as is, base64, hex.
+pub fn forms(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let hex: String = value.bytes().map(|b| format!("{b:02x}")).collect();
+    vec![
+        value.to_owned(),
+        base64::engine::general_purpose::STANDARD.encode(value),
+        hex,
+    ]
+}
+
+/// `git ARGS` in `dir` with a fixed identity; fails the test on error.
+pub fn git(dir: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

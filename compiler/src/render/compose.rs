@@ -33,28 +33,11 @@ fn escape(v: &Value) -> Value {
 /// `env_file:` contents: `KEY='value'`. Single quotes make compose take the
 /// value literally (no `$` interpolation, no escapes).
 pub fn render_env(content: &Value) -> Result<String, Vec<ContentError>> {
-    let vars = content
-        .as_object()
-        .ok_or_else(|| vec![ContentError::new("", "an env file needs a record of variables")])?;
-    let mut out = format!("{HEADER}\n");
-    let mut errors = Vec::new();
-    for (k, v) in vars {
-        if !super::env::valid_name(k) {
-            errors.push(ContentError::new(
-                format!("/{k}"),
-                format!("`{k}` is not a valid environment variable name"),
-            ));
-            continue;
-        }
-        match super::scalar(v, "true", "false") {
-            Some(s) if !s.contains(['\n', '\r', '\'']) => out.push_str(&format!("{k}='{s}'\n")),
-            _ => errors.push(ContentError::new(
-                format!("/{k}"),
-                format!("`{k}` must be a one-line scalar without `'` to be taken literally by compose"),
-            )),
-        }
-    }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    super::env::render_vars(
+        content,
+        "a one-line scalar without `'` to be taken literally by compose",
+        |s| (!s.contains(['\n', '\r', '\''])).then(|| format!("'{s}'")),
+    )
 }
 
 #[cfg(test)]

@@ -5,6 +5,19 @@ use serde_json::Value;
 use super::{ContentError, HEADER, scalar};
 
 pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
+    render_vars(content, "a one-line scalar", |s| {
+        (!s.contains(['\n', '\0'])).then(|| quote(s))
+    })
+}
+
+/// `KEY=<value>` lines, one per variable, sorted, after the header. `value`
+/// quotes a value for the file's reader, or refuses it (`None`); `rule`
+/// says what it accepts, for the diagnostic (which never quotes the value).
+pub(super) fn render_vars(
+    content: &Value,
+    rule: &str,
+    value: impl Fn(&str) -> Option<String>,
+) -> Result<String, Vec<ContentError>> {
     let vars = content
         .as_object()
         .ok_or_else(|| vec![ContentError::new("", "an environment file needs a record of variables")])?;
@@ -18,12 +31,9 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
             ));
             continue;
         }
-        match scalar(v, "true", "false") {
-            Some(s) if !s.contains('\n') && !s.contains('\0') => out.push_str(&format!("{k}={}\n", quote(&s))),
-            _ => errors.push(ContentError::new(
-                format!("/{k}"),
-                format!("`{k}` must be a one-line scalar"),
-            )),
+        match scalar(v, "true", "false").as_deref().and_then(&value) {
+            Some(quoted) => out.push_str(&format!("{k}={quoted}\n")),
+            None => errors.push(ContentError::new(format!("/{k}"), format!("`{k}` must be {rule}"))),
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
