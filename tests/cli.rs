@@ -8,10 +8,6 @@ use std::process::Command;
 
 use common::*;
 
-fn lair() -> std::path::PathBuf {
-    repo().join("examples/lair-chat/prod.ncl")
-}
-
 fn build(out: &std::path::Path, key: &std::path::Path) -> std::process::Output {
     stackc()
         .args(["build", "--quiet", "-o"])

@@ -9,10 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-fn lair() -> std::path::PathBuf {
-    repo().join("examples/lair-chat/prod.ncl")
-}
-
 fn build_args(args: &[&str], key: &Path) -> std::process::Output {
     stackc()
         .args(["build"])

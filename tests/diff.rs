@@ -20,14 +20,8 @@ fn diff(args: &[&str], cwd: &Path, key: &Path) -> std::process::Output {
 }
 
 fn secrets_of(entry: &Path, key: &Path) -> Vec<String> {
-    let keying = stackc::secrets::Keying::Master(stackc::secrets::MasterKey::load(key).unwrap());
-    let opts = stackc::Options {
-        project_root: None,
-        keying: &keying,
-        cache: &stackc::secrets::NoCache,
-        machine: None,
-    };
-    let c = stackc::compile(entry, &opts).unwrap_or_else(|d| panic!("{}: {}", entry.display(), d[0].message));
+    let c = compile_with_key(entry, key, &stackc::secrets::NoCache)
+        .unwrap_or_else(|d| panic!("{}: {}", entry.display(), d[0].message));
     c.secrets.values.values().flat_map(|v| forms(v)).collect()
 }
 

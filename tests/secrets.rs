@@ -141,16 +141,14 @@ fn failed_builds_do_not_print_secrets() {
         format!("{head}stackc.stack {{ name = \"x\", machines.m = {{ address = \"192.0.2.1\",\n  native.app = {{ command = \"/bin/app\", secret_environment.TOK = tok, environment.SIG = stackc.secret.file sig }} }} }}\n"),
     )
     .unwrap();
-    let keying = stackc::secrets::Keying::Master(stackc::secrets::MasterKey::load(&key).unwrap());
-    let opts = stackc::Options {
-        project_root: None,
-        keying: &keying,
-        cache: &stackc::secrets::NoCache,
-        machine: None,
-    };
-    let values = stackc::compile(&fine, &opts).unwrap().secrets.values;
+    let values = compile_with_key(&fine, &key, &stackc::secrets::NoCache)
+        .unwrap()
+        .secrets
+        .values;
     assert_eq!(values.len(), 2);
-    let diags = stackc::compile(&broken, &opts).err().expect("the stack must not build");
+    let diags = compile_with_key(&broken, &key, &stackc::secrets::NoCache)
+        .err()
+        .expect("the stack must not build");
     let o = stackc()
         .args(["build", "-o"])
         .arg(tmp.path().join("out"))
@@ -178,20 +176,12 @@ fn no_secret_leaks_into_plain_files_output_or_the_manifest() {
         .map(|e| repo().join("examples").join(e).join("prod.ncl"))
         .collect();
     entries.push(repo().join("tests/secrets/prod.ncl"));
-    let master = stackc::secrets::MasterKey::load(&key).unwrap();
-    let keying = stackc::secrets::Keying::Master(master);
     // One cache for the library and the CLI: RSA keys are made once.
     let cache_dir = tmp.path().join("cache");
     let cache = stackc::cache::DirCache::open(cache_dir.clone()).unwrap();
     for entry in entries {
-        let opts = stackc::Options {
-            project_root: None,
-            keying: &keying,
-            cache: &cache,
-            machine: None,
-        };
         let compiled =
-            stackc::compile(&entry, &opts).unwrap_or_else(|d| panic!("{}: {}", entry.display(), d[0].message));
+            compile_with_key(&entry, &key, &cache).unwrap_or_else(|d| panic!("{}: {}", entry.display(), d[0].message));
         let secrets: Vec<String> = compiled.secrets.values.values().flat_map(|v| forms(v)).collect();
         assert!(
             !secrets.is_empty(),

@@ -159,3 +159,25 @@ pub fn git(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// The Lair Chat example, the stack most tests build.
+pub fn lair() -> PathBuf {
+    repo().join("examples/lair-chat/prod.ncl")
+}
+
+/// Compiles `entry` through the library with the master key in `key`: the
+/// secret values a build derives, for tests that look for leaks.
+pub fn compile_with_key(
+    entry: &Path,
+    key: &Path,
+    cache: &dyn stackc::secrets::Cache,
+) -> Result<stackc::Compiled, Vec<stackc::diag::Diagnostic>> {
+    let keying = stackc::secrets::Keying::Master(stackc::secrets::MasterKey::load(key).expect("a valid test key"));
+    let opts = stackc::Options {
+        project_root: None,
+        keying: &keying,
+        cache,
+        machine: None,
+    };
+    stackc::compile(entry, &opts)
+}
