@@ -263,40 +263,50 @@ pub fn valid_host(host: &str) -> bool {
         })
 }
 
+/// `host` or `host:port` as a site address: the host and the port.
+pub fn split_site(addr: &str) -> (&str, Option<&str>) {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (addr, None),
+    }
+}
+
 fn sites(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
     for (mname, m) in &stack.machines {
-        for (i, r) in m.routes.iter().enumerate() {
-            if !valid_host(&r.site) {
+        for (i, addr) in m.sites.iter().enumerate() {
+            let (host, port) = split_site(addr);
+            let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0) && !p.starts_with('0'));
+            if !valid_host(host) || !port_ok {
                 out.push(
                     Diagnostic::error(
                         Code::InvalidHost,
-                        format!("site `{}` on machine `{mname}` is not a valid host name", r.site),
+                        format!("site `{addr}` on machine `{mname}` is not a valid host name (with an optional port)"),
                     )
-                    .with_label(pos.at(&format!("{}/routes/{i}/site", machine_ptr(mname))), "this site")
-                    .with_help("name sites by their fully qualified, lower-case DNS name, such as `chat.example.com`"),
+                    .with_label(pos.at(&format!("{}/sites/{i}", machine_ptr(mname))), "this site")
+                    .with_help("name sites by their fully qualified, lower-case DNS name, such as `chat.example.com`, or `host:port`"),
                 );
             }
         }
     }
-    let mut by_host: BTreeMap<&str, Vec<(&str, usize)>> = BTreeMap::new();
+    let mut by_addr: BTreeMap<&str, Vec<(&str, usize)>> = BTreeMap::new();
     for (mname, m) in &stack.machines {
-        for (i, r) in m.routes.iter().enumerate() {
-            by_host.entry(&r.site).or_default().push((mname, i));
+        for (i, addr) in m.sites.iter().enumerate() {
+            by_addr.entry(addr).or_default().push((mname, i));
         }
     }
-    for (host, users) in by_host {
+    for (addr, users) in by_addr {
         if let [(m1, i1), (m2, i2), ..] = users[..] {
             out.push(
                 Diagnostic::error(
                     Code::DuplicateSite,
-                    format!("host `{host}` is served by the proxies of both `{m1}` and `{m2}`"),
+                    format!("host `{addr}` is served by the proxies of both `{m1}` and `{m2}`"),
                 )
                 .with_label(
-                    pos.at(&format!("{}/routes/{i2}/site", machine_ptr(m2))),
+                    pos.at(&format!("{}/sites/{i2}", machine_ptr(m2))),
                     format!("served on `{m2}`"),
                 )
                 .with_secondary(
-                    pos.at(&format!("{}/routes/{i1}/site", machine_ptr(m1))),
+                    pos.at(&format!("{}/sites/{i1}", machine_ptr(m1))),
                     format!("served on `{m1}`"),
                 )
                 .with_help("DNS can point a host name at one of them only: keep the site on one machine"),

@@ -37,6 +37,9 @@ pub struct Machine {
     pub listens: Vec<Listen>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Addresses of the proxy's sites: `host` or `host:port`.
+    #[serde(default)]
+    pub sites: Vec<String>,
     #[serde(default)]
     pub units: Vec<String>,
     pub files: BTreeMap<String, FileSpec>,
@@ -99,6 +102,8 @@ pub enum Format {
     Nftables,
     Lines,
     Json,
+    /// YAML written by serde_yaml from the structured content (keys sorted).
+    Yaml,
     /// A string written exactly as it is (secret files: no newline added).
     Raw,
     /// A docker compose file (YAML; `$` escaped against interpolation).

@@ -87,6 +87,7 @@ pub fn render(stack: &Stack, pos: &Positions) -> Result<Rendered, Vec<Diagnostic
                 Format::Nftables => nftables::render(&file.content),
                 Format::Lines => lines(&file.content),
                 Format::Json => Ok(json(&file.content)),
+                Format::Yaml => yaml(&file.content),
                 Format::Compose => compose::render(&file.content),
                 Format::ComposeEnv => compose::render_env(&file.content),
                 Format::Raw => file
@@ -187,6 +188,14 @@ fn json(content: &serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(content).expect("JSON values always serialise");
     s.push('\n');
     s
+}
+
+/// YAML for configs read by YAML 1.1 and 1.2 parsers alike: serde_yaml
+/// quotes strings that either would read as something else (`yes`, `0644`).
+fn yaml(content: &serde_json::Value) -> Result<String, Vec<ContentError>> {
+    let text = serde_yaml::to_string(content)
+        .map_err(|_| vec![ContentError::new("", "the content cannot be written as YAML")])?;
+    Ok(format!("{HEADER}\n{text}"))
 }
 
 /// Scalar as text: strings as they are, numbers, booleans as `yes`/`no`

@@ -34,6 +34,10 @@ pub const SCHEME: &str = "stackc-hkdf-sha256-v1";
 const SALT: &[u8] = b"stackc/v1";
 /// The key under which Nickel marks a secret reference.
 pub const MARKER: &str = "$stackc_secret";
+/// `{ "$stackc_join": [part, …] }`: strings and secret references, joined
+/// into one string once the references are resolved (a URI with a
+/// password, a `.pgpass` line).
+pub const JOIN: &str = "$stackc_join";
 pub const KEY_LEN: usize = 32;
 
 pub struct MasterKey([u8; KEY_LEN]);
@@ -212,6 +216,8 @@ struct Marker {
     passes: Option<u32>,
     parallelism: Option<u32>,
     path_prefix: Option<String>,
+    /// Folder of the machine's bundle the `'file` goes to (default `secrets`).
+    dir: Option<String>,
 }
 
 /// What identifies a secret: the same name must always mean the same spec.
@@ -394,7 +400,9 @@ pub fn resolve(
     let mut diags = Vec::new();
     let mut resolved = Resolved::default();
     for (mname, m) in stack.machines.iter_mut() {
-        let mut secret_files: BTreeMap<String, String> = BTreeMap::new();
+        // Bundle path → secret. One service's folder can carry its own copy
+        // of a shared secret, so each container mounts only what it reads.
+        let mut secret_files: BTreeMap<String, (String, String)> = BTreeMap::new();
         let default_prefix = format!("{}/secrets", m.deploy_root.trim_end_matches('/'));
         for (path, file) in m.files.iter_mut() {
             let base = format!(
@@ -455,15 +463,25 @@ pub fn resolve(
                     }
                 };
                 if marker.encoding == Encoding::File {
-                    secret_files.insert(spec.name.clone(), secret);
+                    let dir = marker.dir.as_deref().unwrap_or("secrets").trim_end_matches('/');
+                    secret_files.insert(format!("{dir}/{}", spec.name), (spec.name.clone(), secret));
                 }
                 inlined |= marker.encoding == Encoding::Value && !spec.kind.is_public();
                 *value = serde_json::Value::String(replacement);
             });
             file.secret |= inlined;
+            join(&mut file.content, &mut base.clone(), &mut |ptr| {
+                diags.push(
+                    Diagnostic::error(
+                        Code::NotAStack,
+                        "malformed `stackc.secret.join`: parts must be strings or secrets",
+                    )
+                    .with_label(pos.at(ptr), "this join")
+                    .with_help("build joins with `stackc.secret.join [\"text\", secret, …]`"),
+                );
+            });
         }
-        for (name, secret) in secret_files {
-            let path = format!("secrets/{name}");
+        for (path, (name, secret)) in secret_files {
             if m.files.contains_key(&path) {
                 diags.push(
                     Diagnostic::error(
@@ -556,6 +574,39 @@ fn encode(
                 },
             )
         }
+    }
+}
+
+/// Replaces every join (its secrets already resolved) by its string.
+fn join(v: &mut serde_json::Value, ptr: &mut String, bad: &mut dyn FnMut(&str)) {
+    match v {
+        serde_json::Value::Object(map) if map.len() == 1 && map.contains_key(JOIN) => {
+            let parts = map[JOIN]
+                .as_array()
+                .map(|a| a.iter().map(|p| p.as_str()).collect::<Option<Vec<_>>>());
+            match parts {
+                Some(Some(parts)) => *v = serde_json::Value::String(parts.concat()),
+                _ => bad(ptr),
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                let len = ptr.len();
+                ptr.push('/');
+                ptr.push_str(&pointer_escape(k));
+                join(child, ptr, bad);
+                ptr.truncate(len);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter_mut().enumerate() {
+                let len = ptr.len();
+                ptr.push_str(&format!("/{i}"));
+                join(child, ptr, bad);
+                ptr.truncate(len);
+            }
+        }
+        _ => {}
     }
 }
 
