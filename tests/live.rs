@@ -1,0 +1,1 @@
+//! Live test of the matrix-3-machine bundle: see tests/live/README.md.
