@@ -71,6 +71,9 @@ pub struct Listen {
     pub protocol: Protocol,
     pub bind: String,
     pub public: bool,
+    /// Published by docker (DNAT), not bound by a process on the machine.
+    #[serde(default)]
+    pub published: bool,
 }
 
 impl Listen {

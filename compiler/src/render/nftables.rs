@@ -16,6 +16,17 @@ struct Firewall {
     allow_ping: bool,
     #[serde(default)]
     allow_from: Vec<Allow>,
+    /// Container ports docker publishes that are not public: guarded in the
+    /// forward chain, where DNAT-ed connections to them pass.
+    #[serde(default)]
+    published: Vec<Published>,
+}
+
+#[derive(Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord, Clone)]
+#[serde(deny_unknown_fields)]
+struct Published {
+    protocol: String,
+    port: u16,
 }
 
 /// A port opened to one source address (another machine's proxy).
@@ -64,6 +75,23 @@ table inet {{ table }} {
 {% endfor %}
 {% endif %}
 	}
+{% if published %}
+
+	# Docker publishes container ports by DNAT: connections to them are
+	# forwarded, not delivered, and never reach the input chain. The same
+	# openings apply here, matched on the port as published.
+	chain forward {
+		type filter hook forward priority filter - 1; policy accept;
+
+		ct state established,related accept
+{% for a in published_allow %}
+		{{ a.family }} saddr {{ a.source }} ct status dnat meta l4proto {{ a.protocol }} ct original proto-dst {{ a.port }} accept
+{% endfor %}
+{% for p in published %}
+		ct status dnat meta l4proto {{ p.protocol }} ct original proto-dst {{ p.port }} drop
+{% endfor %}
+	}
+{% endif %}
 }
 "#;
 
@@ -99,6 +127,27 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
+    let mut published = fw.published;
+    published.sort();
+    published.dedup();
+    if published.iter().any(|p| !["tcp", "udp"].contains(&p.protocol.as_str())) {
+        return Err(vec![ContentError::new(
+            "/published",
+            "published ports are `tcp` or `udp`",
+        )]);
+    }
+    let family = |a: &Allow| if a.source.contains(':') { "ip6" } else { "ip" };
+    let published_allow: Vec<_> = allow
+        .iter()
+        .filter(|a| published.iter().any(|p| p.protocol == a.protocol && p.port == a.port))
+        .map(
+            |a| minijinja::context! { family => family(a), source => a.source, protocol => a.protocol, port => a.port },
+        )
+        .collect();
+    let published: Vec<_> = published
+        .iter()
+        .map(|p| minijinja::context! { protocol => p.protocol, port => p.port })
+        .collect();
     let allow_from: Vec<_> = allow
         .iter()
         .map(|a| {
@@ -118,6 +167,8 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         udp_ports => fw.udp_ports,
         allow_ping => fw.allow_ping,
         allow_from,
+        published,
+        published_allow,
     };
     let text = env
         .get_template("rules.nft")
