@@ -30,6 +30,7 @@ fn main() {
     let mut out = String::new();
     embed(&mut out, "STDLIB", &root.join("modules"), "ncl");
     embed(&mut out, "DIAGNOSTIC_PAGES", &root.join("docs/diagnostics"), "md");
+    embed(&mut out, "SCHEMAS", &root.join("schemas"), "json");
     let dest = Path::new(&env::var("OUT_DIR").unwrap()).join("embedded.rs");
     fs::write(dest, out).unwrap();
 }

@@ -192,7 +192,12 @@ fn build_without_a_key_refuses_unless_placeholders() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o).1);
     let env = std::fs::read_to_string(out.join("chat/secrets/lair-chat.env")).unwrap();
-    assert!(env.contains("stackc-placeholder-lair-chat-jwt"));
+    // Shaped like the real value (base64 of 32 bytes) and spelling what it is.
+    let value = env.lines().find_map(|l| l.strip_prefix("LAIR_JWT_SECRET=")).unwrap();
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(value).unwrap();
+    assert_eq!(decoded.len(), 32);
+    assert!(decoded.starts_with(b"placeholderlairchatjwt"), "{value}");
     let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     assert!(manifest.contains("\"placeholders\": true"));
 }

@@ -70,6 +70,7 @@ codes! {
     SecretConflict = "SC0305", 1, "one secret name is used with two different definitions";
     UnsafePath = "SC0401", 1, "an emitted file path is not a safe relative path";
     BadContent = "SC0402", 1, "a file's content cannot be rendered in its format";
+    SchemaViolation = "SC0403", 1, "a written config breaks its schema";
     NotABundle = "SC0901", 2, "the output directory exists and is not a stackc bundle";
     Io = "SC0902", 2, "input/output error";
     Internal = "SC0999", 2, "internal error";

@@ -78,7 +78,10 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
     }
     let resolved = secrets::resolve(&mut stack, opts.keying, opts.cache, &pos).map_err(sorted)?;
     let files = render::render(&stack, &pos).map_err(sorted)?;
-    let problems = verify::verify(&files, &resolved);
+    let mut problems = verify::verify(&files, &resolved);
+    if problems.is_empty() {
+        problems = verify::schemas(&stack, &files, &pos);
+    }
     if !problems.is_empty() {
         return Err(sorted(problems));
     }

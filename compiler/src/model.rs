@@ -124,6 +124,9 @@ pub struct FileSpec {
     /// Secret files get mode 0600 and a keyed digest in the manifest.
     #[serde(default)]
     pub secret: bool,
+    /// A schema of `schemas/` the written file must satisfy (verify stage).
+    #[serde(default)]
+    pub schema: Option<String>,
 }
 
 /// Content may hold resolved secrets: `{:?}` shows the shape, never it.
