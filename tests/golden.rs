@@ -93,3 +93,55 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Docs embed generated output between `<!-- stackc plan FILE -->` and
+/// `<!-- end stackc plan -->`: it must equal what `stackc plan FILE` prints
+/// now, so the deployment guides cannot drift from the topology. Bless
+/// rewrites the blocks (`STACKC_BLESS=1`).
+#[test]
+fn docs_embed_current_plans() {
+    const END: &str = "<!-- end stackc plan -->";
+    let bless = std::env::var_os("STACKC_BLESS").is_some_and(|v| v == "1");
+    let mut checked = 0;
+    let mut stale = Vec::new();
+    let mut docs: Vec<_> = std::fs::read_dir(repo().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    for doc in docs {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("<!-- stackc plan ") {
+            let open_end = start + rest[start..].find("-->").expect("marker closes") + 3;
+            let file = rest[start + "<!-- stackc plan ".len()..open_end - 3].trim();
+            let close = rest[open_end..].find(END).expect("block has an end marker") + open_end;
+            let o = stackc().current_dir(repo()).args(["plan", file]).output().unwrap();
+            assert!(o.status.success(), "stackc plan {file} failed:\n{}", text_of(&o.stderr));
+            let want = format!("\n\n{}\n", text_of(&o.stdout).trim_end());
+            if rest[open_end..close] != want {
+                stale.push(format!("{} ({file})", doc.display()));
+            }
+            out.push_str(&rest[..open_end]);
+            out.push_str(&want);
+            out.push_str(END);
+            rest = &rest[close + END.len()..];
+            checked += 1;
+        }
+        out.push_str(rest);
+        if bless && out != text {
+            std::fs::write(&doc, out).unwrap();
+        }
+    }
+    assert!(checked > 0, "no generated plan blocks found in docs/");
+    assert!(
+        bless || stale.is_empty(),
+        "generated blocks are stale (bless with STACKC_BLESS=1 after reading the diff): {stale:?}"
+    );
+}
+
+fn text_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}

@@ -102,6 +102,13 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Print, as Markdown, what the stack needs outside the bundle: DNS records,
+    /// firewall openings, connections between machines, and each machine's files.
+    Plan {
+        file: PathBuf,
+        #[arg(long)]
+        project_root: Option<PathBuf>,
+    },
     /// Compare two bundles, per machine and per file; secrets are never shown.
     /// Each side is a bundle directory, a stack file (built on the fly), or
     /// `git:REV:path/to/prod.ncl` (the stack at that revision).
@@ -189,6 +196,7 @@ pub fn main() -> ExitCode {
             project_root,
             quiet,
         } => check(&file, format, project_root.as_deref(), quiet, color),
+        Command::Plan { file, project_root } => plan(&file, project_root.as_deref(), color),
         Command::Diff {
             old,
             new,
@@ -483,6 +491,22 @@ fn check(file: &Path, format: Format, root: Option<&Path>, quiet: bool, color: b
             0
         }
         (Format::Human, Err(diags)) => report(&diags, color, "the stack does not build"),
+    }
+}
+
+fn plan(file: &Path, root: Option<&Path>, color: bool) -> u8 {
+    let opts = crate::Options {
+        project_root: root,
+        keying: &Keying::Placeholder,
+        cache: &crate::secrets::NoCache,
+        machine: None,
+    };
+    match crate::compile(file, &opts) {
+        Ok(c) => {
+            let _ = emit(crate::plan::markdown(&c).as_bytes());
+            0
+        }
+        Err(diags) => report(&diags, color, "the stack does not build"),
     }
 }
 

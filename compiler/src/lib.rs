@@ -18,6 +18,7 @@ pub mod diff;
 pub mod eval;
 pub mod load;
 pub mod model;
+pub mod plan;
 pub mod render;
 pub mod secrets;
 pub mod verify;

@@ -1,0 +1,133 @@
+//! `plan`: what a stack asks of the world outside the bundle, as Markdown:
+//! the DNS records, what each machine's firewall opens and to whom, the
+//! connections between machines, and what each machine receives. Computed
+//! from the lowered stack (the same facts the checks and the firewall use),
+//! so the deployment guide in docs/ is generated, not written by hand.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::Compiled;
+use crate::check::split_site;
+
+pub fn markdown(c: &Compiled) -> String {
+    let stack = &c.stack;
+    let by_address: BTreeMap<&str, &str> = stack
+        .machines
+        .iter()
+        .map(|(n, m)| (m.address.as_str(), n.as_str()))
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(out, "### DNS\n\n| name | type | points at |\n| --- | --- | --- |");
+    let mut names: BTreeMap<&str, &str> = BTreeMap::new();
+    for (mname, m) in &stack.machines {
+        for site in &m.sites {
+            names.insert(split_site(site).0, mname);
+        }
+    }
+    for (name, mname) in &names {
+        let addr = &stack.machines[*mname].address;
+        let kind = if addr.contains(':') { "AAAA" } else { "A" };
+        let _ = writeln!(out, "| `{name}` | {kind} | `{addr}` ({mname}) |");
+    }
+    let _ = writeln!(
+        out,
+        "\n### Connections between machines\n\n| from | to | port | for |\n| --- | --- | --- | --- |"
+    );
+    for (mname, m) in &stack.machines {
+        for r in m.routes.iter().filter(|r| r.machine != *mname) {
+            let port = stack.machines.get(&r.machine).and_then(|t| {
+                t.listens
+                    .iter()
+                    .find(|l| l.service == r.service && l.name == r.port)
+                    .map(|l| format!("{}/{}", l.protocol.as_str(), l.port))
+            });
+            let _ = writeln!(
+                out,
+                "| {mname} | {} ({}) | {} | proxy site `{}` |",
+                r.machine,
+                r.service,
+                port.unwrap_or_else(|| "?".into()),
+                r.site
+            );
+        }
+    }
+    for (mname, m) in &stack.machines {
+        let _ = writeln!(out, "\n### Machine `{mname}` ({})\n", m.address);
+        if let Some(fw) = m.files.get("firewall/rules.nft") {
+            let ports = |key: &str| -> Vec<String> {
+                fw.content[key]
+                    .as_array()
+                    .map(|a| a.iter().map(|p| p.to_string()).collect())
+                    .unwrap_or_default()
+            };
+            let (tcp, udp) = (ports("tcp_ports"), ports("udp_ports"));
+            let mut open = Vec::new();
+            if !tcp.is_empty() {
+                open.push(format!("tcp {}", tcp.join(", ")));
+            }
+            if !udp.is_empty() {
+                open.push(format!("udp {}", udp.join(", ")));
+            }
+            let _ = writeln!(
+                out,
+                "- firewall, open to everyone: {}",
+                if open.is_empty() {
+                    "nothing".into()
+                } else {
+                    open.join("; ")
+                }
+            );
+            let mut from: BTreeMap<String, std::collections::BTreeSet<(String, u64)>> = BTreeMap::new();
+            for a in fw.content["allow_from"].as_array().into_iter().flatten() {
+                let src = a["source"].as_str().unwrap_or("?");
+                let who = by_address
+                    .get(src)
+                    .map(|n| format!("{n} ({src})"))
+                    .unwrap_or(src.to_owned());
+                from.entry(who).or_default().insert((
+                    a["protocol"].as_str().unwrap_or("?").to_owned(),
+                    a["port"].as_u64().unwrap_or(0),
+                ));
+            }
+            for (who, ports) in from {
+                let ports: Vec<String> = ports.iter().map(|(p, n)| format!("{p}/{n}")).collect();
+                let _ = writeln!(out, "- firewall, open to {who} only: {}", ports.join(", "));
+            }
+        } else {
+            let _ = writeln!(out, "- no firewall emitted");
+        }
+        let mut services: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for l in &m.listens {
+            services.entry(&l.service).or_default().push(format!(
+                "{} {}/{} on {}",
+                l.name,
+                l.protocol.as_str(),
+                l.port,
+                l.bind
+            ));
+        }
+        for (svc, ls) in services {
+            let _ = writeln!(out, "- `{svc}` listens: {}", ls.join(", "));
+        }
+        let prefix = format!("{mname}/");
+        let files: Vec<(&String, &crate::render::RenderedFile)> =
+            c.files.iter().filter(|(p, _)| p.starts_with(&prefix)).collect();
+        let secret = files.iter().filter(|(_, f)| f.secret).count();
+        let _ = writeln!(
+            out,
+            "- receives {} files ({secret} secret, mode 0600), installed at `{}`:",
+            files.len(),
+            m.deploy_root
+        );
+        for (p, f) in files {
+            let _ = writeln!(
+                out,
+                "  - `{}`{}",
+                &p[prefix.len()..],
+                if f.secret { " (secret)" } else { "" }
+            );
+        }
+    }
+    out
+}
