@@ -37,7 +37,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
     let mut errors = Vec::new();
     let mut out = format!("{HEADER}\n");
     if !file.global.is_empty() {
-        out.push_str("\n{\n");
+        out.push_str("{\n");
         block(&file.global, 1, "/global", &mut out, &mut errors);
         out.push_str("}\n");
     }
@@ -49,7 +49,12 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
             ));
             continue;
         }
-        out.push_str(&format!("\n{addr} {{\n"));
+        // `caddy fmt`: blocks are separated by a blank line, the first one
+        // follows the header comment directly.
+        if out.len() > HEADER.len() + 1 {
+            out.push('\n');
+        }
+        out.push_str(&format!("{addr} {{\n"));
         block(directives, 1, &format!("/sites/{addr}"), &mut out, &mut errors);
         out.push_str("}\n");
     }
@@ -126,7 +131,7 @@ mod tests {
         assert_eq!(
             render(&c).unwrap(),
             format!(
-                "{HEADER}\n\n{{\n\temail a@b.c\n}}\n\nx.example.com {{\n\theader /x X-Frame-Options DENY\n\treverse_proxy 127.0.0.1:1 {{\n\t\theader_up Host {{host}}\n\t}}\n}}\n"
+                "{HEADER}\n{{\n\temail a@b.c\n}}\n\nx.example.com {{\n\theader /x X-Frame-Options DENY\n\treverse_proxy 127.0.0.1:1 {{\n\t\theader_up Host {{host}}\n\t}}\n}}\n"
             )
         );
     }
