@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::{ContentError, HEADER};
+use super::ContentError;
 
 pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
     if !content.is_object() || !content.get("services").is_some_and(Value::is_object) {
@@ -14,10 +14,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
             "a compose file needs a record with `services`",
         )]);
     }
-    let escaped = escape(content);
-    let yaml = serde_yaml::to_string(&escaped)
-        .map_err(|_| vec![ContentError::new("", "the content cannot be written as YAML")])?;
-    Ok(format!("{HEADER}\n{yaml}"))
+    super::yaml(&escape(content))
 }
 
 /// `$` → `$$` in every string value (keys are names, not interpolated).
@@ -43,6 +40,7 @@ pub fn render_env(content: &Value) -> Result<String, Vec<ContentError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::HEADER;
     use serde_json::json;
 
     #[test]

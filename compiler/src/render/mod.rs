@@ -192,7 +192,7 @@ fn json(content: &serde_json::Value) -> String {
 
 /// YAML for configs read by YAML 1.1 and 1.2 parsers alike: serde_yaml
 /// quotes strings that either would read as something else (`yes`, `0644`).
-fn yaml(content: &serde_json::Value) -> Result<String, Vec<ContentError>> {
+pub(crate) fn yaml(content: &serde_json::Value) -> Result<String, Vec<ContentError>> {
     let text = serde_yaml::to_string(content)
         .map_err(|_| vec![ContentError::new("", "the content cannot be written as YAML")])?;
     Ok(format!("{HEADER}\n{text}"))

@@ -136,25 +136,20 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
             "published ports are `tcp` or `udp`",
         )]);
     }
-    let family = |a: &Allow| if a.source.contains(':') { "ip6" } else { "ip" };
+    let allow_ctx = |a: &Allow| {
+        let family = if a.source.contains(':') { "ip6" } else { "ip" };
+        minijinja::context! { family, source => a.source, protocol => a.protocol, port => a.port }
+    };
     let published_allow: Vec<_> = allow
         .iter()
         .filter(|a| published.iter().any(|p| p.protocol == a.protocol && p.port == a.port))
-        .map(
-            |a| minijinja::context! { family => family(a), source => a.source, protocol => a.protocol, port => a.port },
-        )
+        .map(allow_ctx)
         .collect();
     let published: Vec<_> = published
         .iter()
         .map(|p| minijinja::context! { protocol => p.protocol, port => p.port })
         .collect();
-    let allow_from: Vec<_> = allow
-        .iter()
-        .map(|a| {
-            let family = if a.source.contains(':') { "ip6" } else { "ip" };
-            minijinja::context! { family, source => a.source, protocol => a.protocol, port => a.port }
-        })
-        .collect();
+    let allow_from: Vec<_> = allow.iter().map(allow_ctx).collect();
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_trim_blocks(true);

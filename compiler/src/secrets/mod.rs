@@ -432,7 +432,7 @@ pub fn resolve(
                 pointer_escape(path)
             );
             let mut inlined = false;
-            walk(&mut file.content, &mut base.clone(), &mut |value, ptr| {
+            walk(&mut file.content, MARKER, &mut base.clone(), &mut |value, ptr| {
                 let marker = match Marker::deserialize(&value[MARKER]) {
                     Ok(s) => s,
                     Err(e) => {
@@ -491,7 +491,15 @@ pub fn resolve(
                 *value = serde_json::Value::String(replacement);
             });
             file.secret |= inlined;
-            join(&mut file.content, &mut base.clone(), &mut |ptr| {
+            // Joins last: their secrets are strings by now.
+            walk(&mut file.content, JOIN, &mut base.clone(), &mut |value, ptr| {
+                let parts = value[JOIN]
+                    .as_array()
+                    .and_then(|a| a.iter().map(|p| p.as_str()).collect::<Option<Vec<_>>>());
+                if let Some(parts) = parts {
+                    *value = serde_json::Value::String(parts.concat());
+                    return;
+                }
                 diags.push(
                     Diagnostic::error(
                         Code::NotAStack,
@@ -599,24 +607,17 @@ fn encode(
     }
 }
 
-/// Replaces every join (its secrets already resolved) by its string.
-fn join(v: &mut serde_json::Value, ptr: &mut String, bad: &mut dyn FnMut(&str)) {
+/// Calls `f` on every object that is a single-key marker `key` (a secret
+/// reference or a join), with its JSON pointer; does not descend into them.
+fn walk(v: &mut serde_json::Value, key: &str, ptr: &mut String, f: &mut dyn FnMut(&mut serde_json::Value, &str)) {
     match v {
-        serde_json::Value::Object(map) if map.len() == 1 && map.contains_key(JOIN) => {
-            let parts = map[JOIN]
-                .as_array()
-                .map(|a| a.iter().map(|p| p.as_str()).collect::<Option<Vec<_>>>());
-            match parts {
-                Some(Some(parts)) => *v = serde_json::Value::String(parts.concat()),
-                _ => bad(ptr),
-            }
-        }
+        serde_json::Value::Object(map) if map.len() == 1 && map.contains_key(key) => f(v, ptr),
         serde_json::Value::Object(map) => {
             for (k, child) in map.iter_mut() {
                 let len = ptr.len();
                 ptr.push('/');
                 ptr.push_str(&pointer_escape(k));
-                join(child, ptr, bad);
+                walk(child, key, ptr, f);
                 ptr.truncate(len);
             }
         }
@@ -624,31 +625,7 @@ fn join(v: &mut serde_json::Value, ptr: &mut String, bad: &mut dyn FnMut(&str)) 
             for (i, child) in items.iter_mut().enumerate() {
                 let len = ptr.len();
                 ptr.push_str(&format!("/{i}"));
-                join(child, ptr, bad);
-                ptr.truncate(len);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn walk(v: &mut serde_json::Value, ptr: &mut String, f: &mut dyn FnMut(&mut serde_json::Value, &str)) {
-    match v {
-        serde_json::Value::Object(map) if map.len() == 1 && map.contains_key(MARKER) => f(v, ptr),
-        serde_json::Value::Object(map) => {
-            for (k, child) in map.iter_mut() {
-                let len = ptr.len();
-                ptr.push('/');
-                ptr.push_str(&pointer_escape(k));
-                walk(child, ptr, f);
-                ptr.truncate(len);
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for (i, child) in items.iter_mut().enumerate() {
-                let len = ptr.len();
-                ptr.push_str(&format!("/{i}"));
-                walk(child, ptr, f);
+                walk(child, key, ptr, f);
                 ptr.truncate(len);
             }
         }
