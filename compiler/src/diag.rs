@@ -71,6 +71,23 @@ codes! {
     UnsafePath = "SC0401", 1, "an emitted file path is not a safe relative path";
     BadContent = "SC0402", 1, "a file's content cannot be rendered in its format";
     SchemaViolation = "SC0403", 1, "a written config breaks its schema";
+    OidcRedirect = "SC0501", 1, "an OpenID client does not allow the callback its relying party sends";
+    OidcSecret = "SC0502", 1, "an OpenID client's secret digest does not verify the secret its relying party sends";
+    OidcAuthMethod = "SC0503", 1, "the two sides of an OpenID client use different token endpoint auth methods";
+    IssuerMismatch = "SC0504", 1, "an issuer URL differs from the one the provider answers with";
+    Unreachable = "SC0505", 1, "a URL one service uses for another does not reach it";
+    SharedSecret = "SC0506", 1, "Synapse and MAS hold different shared secrets";
+    HomeserverMismatch = "SC0507", 1, "a client or MAS disagrees with Synapse's public URL or server name";
+    AppserviceMismatch = "SC0508", 1, "an appservice registration and its bridge's config disagree";
+    AppserviceDuplicate = "SC0509", 1, "two appservice registrations share an id or a token";
+    DatabaseMismatch = "SC0510", 1, "a database client names a database, role or password its server does not create";
+    NoTlsSite = "SC0511", 1, "a public URL's host has no TLS site";
+    Federation = "SC0512", 1, "federation does not reach Synapse's federation listener";
+    CompatLogin = "SC0513", 1, "the legacy login API is not routed to MAS";
+    MissingClaim = "SC0514", 1, "a claim the relying party requires is not in the ID token";
+    Msc4190 = "SC0515", 1, "an encrypting bridge next to MAS lacks MSC4190";
+    MissingFile = "SC0516", 1, "a config names a file its service cannot read";
+    SigningKeyVersion = "SC0517", 1, "the federation signing key has an unusable version";
     NotABundle = "SC0901", 2, "the output directory exists and is not a stackc bundle";
     Io = "SC0902", 2, "input/output error";
     Internal = "SC0999", 2, "internal error";
@@ -177,6 +194,22 @@ impl Diagnostic {
                 message: message.into(),
                 primary,
             });
+        }
+        self
+    }
+
+    /// A label that becomes the primary one (the others turn secondary).
+    pub fn with_primary(mut self, span: Option<Span>, message: impl Into<String>) -> Self {
+        if let Some(span) = span {
+            self.labels.iter_mut().for_each(|l| l.primary = false);
+            self.labels.insert(
+                0,
+                Label {
+                    span,
+                    message: message.into(),
+                    primary: true,
+                },
+            );
         }
         self
     }

@@ -2,7 +2,7 @@
 //! stacks. One module per stage, a typed value crossing each boundary
 //! (docs/ARCHITECTURE.md):
 //!
-//! load → eval → model → check → secrets → render → verify → bundle
+//! load → eval → model → check → secrets → render → verify + xref → bundle
 
 // Diagnostics are the error type everywhere; they are built once per
 // finding, so their size on the error path does not matter.
@@ -22,6 +22,7 @@ pub mod plan;
 pub mod render;
 pub mod secrets;
 pub mod verify;
+pub mod xref;
 
 use std::path::Path;
 
@@ -81,7 +82,9 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
     let files = render::render(&stack, &pos).map_err(sorted)?;
     let mut problems = verify::verify(&files, &resolved);
     if problems.is_empty() {
+        // Schemas and cross-references together: all findings in one run.
         problems = verify::schemas(&stack, &files, &pos);
+        problems.extend(xref::check(&stack, &files, &resolved, &pos));
     }
     if !problems.is_empty() {
         return Err(sorted(problems));

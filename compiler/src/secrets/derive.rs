@@ -83,6 +83,27 @@ pub fn pbkdf2_sha512(secret: &[u8], salt: &[u8], iterations: u32) -> String {
     format!("$pbkdf2-sha512${iterations}${}${}", ab64(salt), ab64(&dk))
 }
 
+/// Whether an Authelia `$pbkdf2-sha512$…` digest verifies `secret`;
+/// `None` when the string is not such a digest.
+pub fn pbkdf2_sha512_verifies(digest: &str, secret: &[u8]) -> Option<bool> {
+    let rest = digest.strip_prefix("$pbkdf2-sha512$")?;
+    let mut parts = rest.split('$');
+    let iterations: u32 = parts.next()?.parse().ok().filter(|i| *i > 0)?;
+    let unab64 = |s: &str| {
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(s.replace('.', "+"))
+            .ok()
+    };
+    let salt = unab64(parts.next()?)?;
+    let want = unab64(parts.next()?)?;
+    if parts.next().is_some() || want.is_empty() {
+        return None;
+    }
+    let mut got = vec![0u8; want.len()];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(secret, &salt, iterations, &mut got);
+    Some(got == want)
+}
+
 /// PHC argon2id string: `$argon2id$v=19$m=…,t=…,p=…$<salt>$<hash>` (32-byte
 /// hash, unpadded base64), as Authelia writes and reads it.
 pub fn argon2id(secret: &[u8], salt: &[u8], m_kib: u32, t: u32, p: u32) -> Result<String, String> {
@@ -112,6 +133,18 @@ mod tests {
         assert_eq!(
             pbkdf2_sha512(b"insecure_secret", &salt, 310000),
             "$pbkdf2-sha512$310000$c8p78n7pUMln0jzvd4aK4Q$JNRBzwAo0ek5qKn50cFzzvE9RXV88h1wJn5KGiHrD0YKtZaR/nCb2CJPOsKaPK0hjf.9yHxzQGZziziccp6Yng"
+        );
+    }
+
+    #[test]
+    fn pbkdf2_digest_verifies_its_secret_only() {
+        let d = pbkdf2_sha512(b"insecure_secret", b"0123456789abcdef", 1000);
+        assert_eq!(pbkdf2_sha512_verifies(&d, b"insecure_secret"), Some(true));
+        assert_eq!(pbkdf2_sha512_verifies(&d, b"insecure_secreT"), Some(false));
+        assert_eq!(pbkdf2_sha512_verifies("$plaintext$x", b"x"), None);
+        assert_eq!(
+            pbkdf2_sha512_verifies("$pbkdf2-sha512$placeholder$n$not-a-digest", b"x"),
+            None
         );
     }
 

@@ -11,7 +11,7 @@
 //! (`'value`), a digest of it (`'pbkdf2_sha512`, `'argon2id`), or the path
 //! of a 0600 file under `secrets/` that holds it (`'file`).
 
-mod derive;
+pub(crate) mod derive;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -398,7 +398,11 @@ fn cached<E>(
 /// checks. Public identifiers (ULIDs) are not in it.
 #[derive(Default)]
 pub struct Resolved {
+    /// Secret name → value (or placeholder).
     pub values: BTreeMap<String, String>,
+    /// Digest written (pbkdf2, argon2id) → name of the secret it digests:
+    /// `xref` pairs a digest with a plaintext without recomputing it.
+    pub digests: BTreeMap<String, String>,
 }
 
 /// Names only: a stray `{:?}` must not print a secret.
@@ -486,6 +490,9 @@ pub fn resolve(
                 if marker.encoding == Encoding::File {
                     let dir = marker.dir.as_deref().unwrap_or("secrets").trim_end_matches('/');
                     secret_files.insert(format!("{dir}/{}", spec.name), (spec.name.clone(), secret));
+                }
+                if matches!(marker.encoding, Encoding::Pbkdf2Sha512 | Encoding::Argon2id) {
+                    resolved.digests.insert(replacement.clone(), spec.name.clone());
                 }
                 inlined |= marker.encoding == Encoding::Value && !spec.kind.is_public();
                 *value = serde_json::Value::String(replacement);

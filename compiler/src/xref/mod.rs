@@ -1,0 +1,758 @@
+//! `xref`: cross-reference checks on the rendered bundle.
+//!
+//! Every YAML and JSON file is parsed back from the bytes that will be
+//! written, so a user override that breaks one side of a pair is caught
+//! even when the module wiring is right. A check pairs two configs
+//! (MAS ↔ Authelia, Synapse ↔ MAS, a registration ↔ its bridge, a client ↔
+//! its database server), names both parties, shows both values when they
+//! differ, and points at the `.ncl` value behind each side. Secret values
+//! are compared, never shown.
+//!
+//! Services are found by what their files are (the `schema` a file names,
+//! or the shape of a bridge config), and placed by the compose service that
+//! mounts them: container paths in a config resolve to bundle files through
+//! that service's volumes, URLs resolve through compose service names,
+//! published ports, machine addresses, firewalls and proxy sites.
+
+mod db;
+mod matrix;
+mod oidc;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::check::Positions;
+use crate::diag::{Code, Diagnostic, Span};
+use crate::eval::pointer_escape;
+use crate::load::STDLIB_DISPLAY;
+use crate::model::{Format, Stack, is_loopback};
+use crate::render::Rendered;
+use crate::secrets::Resolved;
+
+pub fn check(stack: &Stack, files: &Rendered, secrets: &Resolved, pos: &Positions) -> Vec<Diagnostic> {
+    let ix = Index::new(stack, files, secrets, pos);
+    let mut out = Vec::new();
+    oidc::check(&ix, &mut out);
+    matrix::check(&ix, &mut out);
+    db::check(&ix, &mut out);
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Synapse,
+    Mas,
+    Authelia,
+    Element,
+    Registration,
+    Bridge,
+    /// A Caddyfile, as the structure it is written from.
+    Caddy,
+    Other,
+}
+
+/// One parsed config file of the bundle.
+pub(crate) struct Conf<'a> {
+    pub machine: &'a str,
+    pub path: &'a str,
+    pub kind: Kind,
+    pub value: Value,
+    /// The compose service that mounts the file (`None`: native or unmounted).
+    pub service: Option<String>,
+}
+
+impl Conf<'_> {
+    pub fn get(&self, ptr: &str) -> Option<&Value> {
+        self.value.pointer(ptr)
+    }
+
+    pub fn str(&self, ptr: &str) -> Option<&str> {
+        self.get(ptr).and_then(Value::as_str)
+    }
+
+    /// `matrix/mas/config.yaml`
+    pub fn file(&self) -> String {
+        format!("{}/{}", self.machine, self.path)
+    }
+
+    /// `` `matrix/mas/config.yaml` (`http.public_base`) ``
+    pub fn at(&self, ptr: &str) -> String {
+        if ptr.is_empty() {
+            format!("`{}`", self.file())
+        } else {
+            format!("`{}` (`{}`)", self.file(), dotted(ptr))
+        }
+    }
+
+    /// Who this is, for messages: the service if known, else the file.
+    pub fn who(&self) -> String {
+        match &self.service {
+            Some(s) => format!("`{s}` on `{}`", self.machine),
+            None => format!("`{}`", self.file()),
+        }
+    }
+}
+
+/// `/upstream_oauth2/providers/0/id` → `upstream_oauth2.providers[0].id`
+pub(crate) fn dotted(ptr: &str) -> String {
+    let mut s = String::new();
+    for seg in ptr.split('/').skip(1) {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            s.push_str(&format!("[{seg}]"));
+        } else {
+            if !s.is_empty() {
+                s.push('.');
+            }
+            s.push_str(&seg);
+        }
+    }
+    s
+}
+
+/// Where a container path of a service's config lives.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// A file of the bundle: `<machine>/<path>`.
+    Bundle(String),
+    /// In a named volume or outside the bundle: made at run time.
+    Runtime,
+    /// Under no mount of the service: the process cannot see it.
+    Unmounted,
+}
+
+/// A URL, split as far as the checks need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Url<'a> {
+    pub scheme: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    pub explicit_port: bool,
+    pub path: &'a str,
+}
+
+impl<'a> Url<'a> {
+    pub fn parse(s: &'a str) -> Option<Url<'a>> {
+        let (scheme, rest) = s.split_once("://")?;
+        let (authority, path) = rest
+            .find(['/', '?', '#'])
+            .map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']')?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        let default = match scheme {
+            "https" => 443,
+            "http" => 80,
+            "postgres" | "postgresql" => 5432,
+            _ => 0,
+        };
+        let port = match port {
+            Some(p) => p.parse().ok()?,
+            None => default,
+        };
+        (!host.is_empty()).then_some(Url {
+            scheme,
+            host,
+            port,
+            explicit_port: authority.ends_with(&format!(":{port}")),
+            path: path.split(['?', '#']).next().unwrap_or("/"),
+        })
+    }
+}
+
+/// Where a connection from a machine ends up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reached<'a> {
+    pub machine: &'a str,
+    /// Compose service or native service name.
+    pub service: String,
+    /// The port as the service itself listens on it (container port).
+    pub port: u16,
+}
+
+pub(crate) struct Index<'a> {
+    pub stack: &'a Stack,
+    pub files: &'a Rendered,
+    pub secrets: &'a Resolved,
+    pub pos: &'a Positions<'a>,
+    pub confs: Vec<Conf<'a>>,
+    /// Parsed compose file per machine.
+    pub compose: BTreeMap<&'a str, Value>,
+}
+
+impl<'a> Index<'a> {
+    fn new(stack: &'a Stack, files: &'a Rendered, secrets: &'a Resolved, pos: &'a Positions<'a>) -> Self {
+        let mut compose = BTreeMap::new();
+        let mut parsed = Vec::new();
+        for (mname, m) in &stack.machines {
+            for (path, spec) in &m.files {
+                let Some(written) = files.get(&format!("{mname}/{path}")) else {
+                    continue;
+                };
+                let value: Option<Value> = match spec.format {
+                    Format::Caddyfile => {
+                        parsed.push((mname.as_str(), path.as_str(), Kind::Caddy, spec.content.clone()));
+                        continue;
+                    }
+                    Format::Json => serde_json::from_slice(&written.bytes).ok(),
+                    Format::Yaml | Format::Compose => serde_yaml::from_slice(&written.bytes).ok(),
+                    _ => None,
+                };
+                let Some(value) = value else { continue };
+                if spec.format == Format::Compose {
+                    compose.insert(mname.as_str(), value);
+                    continue;
+                }
+                let kind = match spec.schema.as_deref() {
+                    Some("synapse-homeserver") => Kind::Synapse,
+                    Some("mas-config") => Kind::Mas,
+                    Some("authelia-configuration") => Kind::Authelia,
+                    Some("element-config") => Kind::Element,
+                    Some("appservice-registration") => Kind::Registration,
+                    _ if value.pointer("/appservice/as_token").is_some()
+                        && value.pointer("/homeserver/address").is_some() =>
+                    {
+                        Kind::Bridge
+                    }
+                    _ => Kind::Other,
+                };
+                if kind != Kind::Other {
+                    parsed.push((mname.as_str(), path.as_str(), kind, value));
+                }
+            }
+        }
+        let mut ix = Index {
+            stack,
+            files,
+            secrets,
+            pos,
+            confs: Vec::new(),
+            compose,
+        };
+        ix.confs = parsed
+            .into_iter()
+            .map(|(machine, path, kind, value)| Conf {
+                machine,
+                path,
+                kind,
+                value,
+                service: ix.service_of(machine, path),
+            })
+            .collect();
+        ix
+    }
+
+    pub fn of(&self, kind: Kind) -> impl Iterator<Item = &Conf<'a>> {
+        self.confs.iter().filter(move |c| c.kind == kind)
+    }
+
+    pub fn services(&self, machine: &str) -> Option<&serde_json::Map<String, Value>> {
+        self.compose.get(machine)?.get("services")?.as_object()
+    }
+
+    /// Bind mounts of a compose service: (source in the bundle or volume name, target).
+    pub fn volumes(&self, machine: &str, service: &str) -> Vec<(String, String)> {
+        let Some(svc) = self.services(machine).and_then(|s| s.get(service)) else {
+            return Vec::new();
+        };
+        svc.get("volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter_map(|v| {
+                let mut parts = v.split(':');
+                Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+            })
+            .collect()
+    }
+
+    /// The compose service that mounts a bundle file.
+    fn service_of(&self, machine: &str, path: &str) -> Option<String> {
+        let services = self.services(machine)?;
+        services.keys().find_map(|name| {
+            self.volumes(machine, name).iter().find_map(|(src, _)| {
+                let src = src.strip_prefix("./")?.trim_end_matches('/');
+                (path == src || path.starts_with(&format!("{src}/"))).then(|| name.clone())
+            })
+        })
+    }
+
+    /// Where a path a config names (as its process sees it) lives.
+    pub fn place(&self, c: &Conf, path: &str) -> Place {
+        let Some(service) = &c.service else {
+            let root = &self.stack.machines[c.machine].deploy_root;
+            return match path.strip_prefix(&format!("{}/", root.trim_end_matches('/'))) {
+                Some(rest) => Place::Bundle(format!("{}/{rest}", c.machine)),
+                None => Place::Runtime,
+            };
+        };
+        let mut vols = self.volumes(c.machine, service);
+        // The deepest mount wins, as in the container.
+        vols.sort_by_key(|(_, dst)| std::cmp::Reverse(dst.len()));
+        for (src, dst) in vols {
+            let dst = dst.trim_end_matches('/');
+            let rest = if path == dst {
+                Some("")
+            } else {
+                path.strip_prefix(&format!("{dst}/"))
+            };
+            let Some(rest) = rest else { continue };
+            return match src.strip_prefix("./") {
+                Some(s) if rest.is_empty() => Place::Bundle(format!("{}/{}", c.machine, s.trim_end_matches('/'))),
+                Some(s) => Place::Bundle(format!("{}/{}/{rest}", c.machine, s.trim_end_matches('/'))),
+                None => Place::Runtime,
+            };
+        }
+        Place::Unmounted
+    }
+
+    /// The text of a bundle file a config names, if it is in the bundle.
+    pub fn read(&self, c: &Conf, path: &str) -> Option<&'a str> {
+        match self.place(c, path) {
+            Place::Bundle(p) => self.text(&p),
+            _ => None,
+        }
+    }
+
+    pub fn text(&self, bundle_path: &str) -> Option<&'a str> {
+        self.files
+            .get(bundle_path)
+            .and_then(|f| std::str::from_utf8(&f.bytes).ok())
+    }
+
+    pub fn conf_at(&self, bundle_path: &str) -> Option<&Conf<'a>> {
+        self.confs.iter().find(|c| c.file() == bundle_path)
+    }
+
+    /// A secret a config holds inline (`key`) or in a file (`key_file`).
+    pub fn secret_of(&self, c: &Conf, inline: &str, file: &str) -> Option<(String, String)> {
+        if let Some(v) = c.str(inline) {
+            return Some((v.to_owned(), inline.to_owned()));
+        }
+        let path = c.str(file)?;
+        // Secret files hold the bare value; a trailing newline is not part of it.
+        let text = self.read(c, path)?;
+        Some((text.trim_end_matches('\n').to_owned(), file.to_owned()))
+    }
+
+    /// The name of the stackc secret whose value this is, if any.
+    pub fn secret_name(&self, value: &str) -> Option<&'a str> {
+        self.secrets
+            .values
+            .iter()
+            .find(|(_, v)| v.as_str() == value)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// The `.ncl` position behind a value of a config: the closest pointer
+    /// with a known position, up to the file itself.
+    pub fn span(&self, c: &Conf, ptr: &str) -> Option<Span> {
+        let base = format!(
+            "/machines/{}/files/{}",
+            pointer_escape(c.machine),
+            pointer_escape(c.path)
+        );
+        let mut p = format!("{base}/content{ptr}");
+        loop {
+            // Nickel's own stdlib (`std.to_string`) says nothing to a user.
+            if let Some(s) = self.pos.at(&p).filter(|s| !s.file.name.starts_with("<stdlib")) {
+                return Some(s);
+            }
+            match p.rfind('/') {
+                Some(i) if p.len() > base.len() => p.truncate(i),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The `.ncl` position of a whole bundle file (`<machine>/<path>`).
+    pub fn file_span(&self, bundle_path: &str) -> Option<Span> {
+        let (m, p) = bundle_path.split_once('/')?;
+        let base = format!("/machines/{}/files/{}", pointer_escape(m), pointer_escape(p));
+        self.pos.at(&format!("{base}/content")).or_else(|| self.pos.at(&base))
+    }
+
+    /// A finding about two configs: primary label on `a`, secondary on `b`.
+    /// The field path of `a` stands in when neither has a position.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pair(
+        &self,
+        code: Code,
+        message: String,
+        a: (&Conf, &str, &str),
+        b: (&Conf, &str, &str),
+        help: impl Into<String>,
+    ) -> Diagnostic {
+        let (sa, sb) = (self.span(a.0, a.1), self.span(b.0, b.1));
+        let mut d = Diagnostic::error(code, message);
+        if sa.is_none() && sb.is_none() {
+            d = d.with_path(field_path(a.0, a.1));
+        }
+        // The side the user wrote is the one to look at first.
+        let in_user = |s: &Option<Span>| s.as_ref().is_some_and(|s| !s.file.name.starts_with(STDLIB_DISPLAY));
+        if !in_user(&sa) && in_user(&sb) {
+            return d
+                .with_label(sb, b.2.to_owned())
+                .with_secondary(sa, a.2.to_owned())
+                .with_help(help);
+        }
+        d.with_label(sa, a.2.to_owned())
+            .with_secondary(sb, b.2.to_owned())
+            .with_help(help)
+    }
+
+    /// A finding about one config value.
+    pub fn one(&self, code: Code, message: String, a: (&Conf, &str, &str), help: impl Into<String>) -> Diagnostic {
+        let s = self.span(a.0, a.1);
+        let mut d = Diagnostic::error(code, message);
+        if s.is_none() {
+            d = d.with_path(field_path(a.0, a.1));
+        }
+        d.with_label(s, a.2.to_owned()).with_help(help)
+    }
+
+    /// Where a connection from `from` (a config's service) to `url` lands.
+    pub fn reach(&self, from: &Conf, url: &Url) -> Result<Reached<'a>, String> {
+        self.reach_from(from.machine, from.service.as_deref(), url.host, url.port, url.path, 0)
+    }
+
+    fn reach_from(
+        &self,
+        machine: &str,
+        container: Option<&str>,
+        host: &str,
+        port: u16,
+        path: &str,
+        depth: u8,
+    ) -> Result<Reached<'a>, String> {
+        let (mname, m) = self
+            .stack
+            .machines
+            .get_key_value(machine)
+            .ok_or_else(|| format!("there is no machine `{machine}`"))?;
+        // 1. A compose service of the same machine, by name: its own port.
+        if let Some(services) = self.services(mname)
+            && services.contains_key(host)
+        {
+            if container.is_none() {
+                return Err(format!(
+                    "`{host}` is a compose service name, which only containers of `{mname}` can resolve"
+                ));
+            }
+            return Ok(Reached {
+                machine: mname,
+                service: host.to_owned(),
+                port,
+            });
+        }
+        // 2. This machine, by loopback or by its own address.
+        if is_loopback(host) || host == m.address {
+            if let (Some(c), true) = (container, is_loopback(host)) {
+                return Err(format!(
+                    "inside container `{c}`, `{host}` is the container itself; name the compose service instead"
+                ));
+            }
+            return self
+                .on_machine(mname, port)
+                .ok_or_else(|| format!("nothing on `{mname}` listens on port {port}"));
+        }
+        // 3. Another machine, by address: bind and firewall must let us in.
+        if let Some((tname, t)) = self.stack.machines.iter().find(|(_, t)| t.address == host) {
+            let reached = self
+                .on_machine(tname, port)
+                .ok_or_else(|| format!("nothing on `{tname}` listens on port {port}"))?;
+            let listen = t.listens.iter().find(|l| l.port == port);
+            if let Some(l) = listen {
+                if l.is_loopback() {
+                    return Err(format!(
+                        "`{}` on `{tname}` binds port {port} to {} only",
+                        l.service, l.bind
+                    ));
+                }
+                if !l.public && !self.firewall_allows(tname, &m.address, port) {
+                    return Err(format!(
+                        "the firewall of `{tname}` does not open port {port} to `{mname}` ({})",
+                        m.address
+                    ));
+                }
+            }
+            return Ok(reached);
+        }
+        // 4. A site of a proxy: follow its route for the path.
+        if depth == 0 {
+            for (pname, p) in &self.stack.machines {
+                let site = p
+                    .sites
+                    .iter()
+                    .find(|s| {
+                        let (h, sp) = crate::check::split_site(s);
+                        h == host && sp.map_or(port == 443 || port == 80, |sp| sp == port.to_string())
+                    })
+                    .cloned();
+                let Some(site) = site else { continue };
+                let upstream = self
+                    .proxy_upstream(pname, &site, path)
+                    .ok_or_else(|| format!("site `{site}` of `{pname}` does not forward `{path}`"))?;
+                let (uh, up) = upstream.rsplit_once(':').unwrap_or((upstream.as_str(), "80"));
+                let up: u16 = up
+                    .parse()
+                    .map_err(|_| format!("site `{site}` forwards to `{upstream}`"))?;
+                let url = Url {
+                    scheme: "http",
+                    host: uh,
+                    port: up,
+                    explicit_port: true,
+                    path,
+                };
+                return self
+                    .reach_from_proxy(pname, &url)
+                    .map_err(|why| format!("site `{site}` of `{pname}` forwards `{path}` to `{upstream}`: {why}"));
+            }
+        }
+        Err(format!(
+            "`{host}` is not a compose service of `{mname}`, the address of a machine, or a proxy site"
+        ))
+    }
+
+    /// Where the proxy of a machine (its `caddy` container, or native)
+    /// lands with an upstream URL.
+    pub fn reach_from_proxy(&self, proxy: &str, url: &Url) -> Result<Reached<'a>, String> {
+        let container = self
+            .services(proxy)
+            .and_then(|s| s.keys().find(|k| k.as_str() == "caddy"))
+            .map(String::as_str);
+        self.reach_from(proxy, container, url.host, url.port, url.path, 1)
+    }
+
+    /// What listens on a host port of a machine: a published container
+    /// port (then the container's own port) or a native listener.
+    fn on_machine(&self, machine: &'a str, port: u16) -> Option<Reached<'a>> {
+        if let Some(services) = self.services(machine) {
+            for (name, svc) in services {
+                for p in svc.get("ports").and_then(Value::as_array).into_iter().flatten() {
+                    let Some(p) = p.as_str() else { continue };
+                    let parts: Vec<&str> = p.split('/').next().unwrap_or(p).rsplitn(3, ':').collect();
+                    if let [cp, hp, ..] = parts[..]
+                        && hp.parse() == Ok(port)
+                    {
+                        return Some(Reached {
+                            machine,
+                            service: name.clone(),
+                            port: cp.parse().ok()?,
+                        });
+                    }
+                }
+            }
+        }
+        let m = &self.stack.machines[machine];
+        m.listens
+            .iter()
+            .find(|l| l.port == port && !l.published)
+            .map(|l| Reached {
+                machine,
+                service: l.service.clone(),
+                port,
+            })
+    }
+
+    fn firewall_allows(&self, machine: &str, source: &str, port: u16) -> bool {
+        let m = &self.stack.machines[machine];
+        m.files.values().filter(|f| f.format == Format::Nftables).any(|f| {
+            let c = &f.content;
+            let open = |key: &str| {
+                c.get(key)
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.iter().any(|p| p.as_u64() == Some(port.into())))
+            };
+            open("tcp_ports")
+                || c.get("allow_from").and_then(Value::as_array).is_some_and(|a| {
+                    a.iter().any(|r| {
+                        r.get("port").and_then(Value::as_u64) == Some(port.into())
+                            && r.get("source").and_then(Value::as_str).is_some_and(|s| s == source)
+                    })
+                })
+        })
+    }
+
+    /// The Caddy site block of a proxy machine.
+    pub fn site_block(&self, machine: &str, site: &str) -> Option<&'a [Value]> {
+        let m = self.stack.machines.get(machine)?;
+        m.files
+            .values()
+            .filter(|f| f.format == Format::Caddyfile)
+            .find_map(|f| f.content.get("sites")?.get(site)?.as_array())
+            .map(Vec::as_slice)
+    }
+
+    /// The handler a Caddy site runs for a request path: `Some(upstream)`
+    /// for `reverse_proxy`, `None` when nothing forwards it.
+    pub fn proxy_upstream(&self, machine: &str, site: &str, path: &str) -> Option<String> {
+        let handler = caddy_handler(self.site_block(machine, site)?, path)?;
+        (handler.get("name")?.as_str()? == "reverse_proxy")
+            .then(|| handler.get("args")?.get(0)?.as_str().map(str::to_owned))?
+    }
+
+    /// The sites (`host` or `host:port`) serving a URL's host and port.
+    pub fn sites_for(&self, url: &Url) -> Vec<(&'a str, &'a str)> {
+        let mut out = Vec::new();
+        for (pname, p) in &self.stack.machines {
+            for s in &p.sites {
+                let (h, sp) = crate::check::split_site(s);
+                let port_ok = match sp {
+                    Some(sp) => sp == url.port.to_string(),
+                    None => url.port == 443 || url.port == 80,
+                };
+                if h == url.host && port_ok {
+                    out.push((pname.as_str(), s.as_str()));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn field_path(c: &Conf, ptr: &str) -> String {
+    let d = dotted(ptr);
+    format!(
+        "machines.{}.files.\"{}\".content{}{d}",
+        c.machine,
+        c.path,
+        if d.is_empty() { "" } else { "." }
+    )
+}
+
+/// The handler (directive) a Caddy site block runs for a path: `handle`
+/// blocks in order (named `path` matchers or an inline path), then a
+/// top-level `reverse_proxy` or `respond`.
+pub(crate) fn caddy_handler<'v>(block: &'v [Value], path: &str) -> Option<&'v Value> {
+    let name = |d: &'v Value| d.get("name").and_then(Value::as_str).unwrap_or("");
+    let args = |d: &'v Value| -> Vec<&'v str> {
+        d.get("args")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    };
+    let mut matchers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for d in block {
+        let n = name(d);
+        if n.starts_with('@') {
+            let a = args(d);
+            if a.first() == Some(&"path") {
+                matchers.insert(n, a[1..].to_vec());
+            }
+        }
+    }
+    for d in block.iter().filter(|d| name(d) == "handle") {
+        let a = args(d);
+        let hit = match a.first() {
+            None => true,
+            Some(m) if m.starts_with('@') => matchers
+                .get(m)
+                .is_some_and(|ps| ps.iter().any(|p| path_matches(p, path))),
+            Some(p) => path_matches(p, path),
+        };
+        if hit {
+            let body = d.get("body").and_then(Value::as_array)?;
+            return body.iter().find(|b| matches!(name(b), "reverse_proxy" | "respond"));
+        }
+    }
+    block.iter().find(|d| {
+        matches!(name(d), "reverse_proxy" | "respond")
+            && args(d)
+                .first()
+                .is_none_or(|a| !a.starts_with('@') && !a.starts_with('/'))
+    })
+}
+
+/// Caddy's path matcher: `*` only at the end is a prefix, only at the start
+/// a suffix, at both ends a substring; anywhere else a glob whose `*` does
+/// not cross `/`.
+pub(crate) fn path_matches(pattern: &str, path: &str) -> bool {
+    let stars = pattern.matches('*').count();
+    if stars == 0 {
+        return pattern == path;
+    }
+    if stars == 1 && pattern.ends_with('*') {
+        return path.starts_with(&pattern[..pattern.len() - 1]);
+    }
+    if stars == 1 && pattern.starts_with('*') {
+        return path.ends_with(&pattern[1..]);
+    }
+    if stars == 2 && pattern.starts_with('*') && pattern.ends_with('*') && pattern.len() > 1 {
+        return path.contains(&pattern[1..pattern.len() - 1]);
+    }
+    glob(pattern.as_bytes(), path.as_bytes())
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len())
+            .take_while(|i| *i == 0 || s[i - 1] != b'/')
+            .any(|i| glob(rest, &s[i..])),
+        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
+/// `https://x/` and `https://x` name the same base for clients.
+pub(crate) fn same_base(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// A list of values for a message: `` `a`, `b` `` (or `none`).
+pub(crate) fn list<'v>(items: impl IntoIterator<Item = &'v str>) -> String {
+    let v: Vec<String> = items.into_iter().map(|s| format!("`{s}`")).collect();
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = Url::parse("http://mas:8080/").unwrap();
+        assert_eq!((u.scheme, u.host, u.port, u.path), ("http", "mas", 8080, "/"));
+        let u = Url::parse("https://auth.example.com").unwrap();
+        assert_eq!(
+            (u.host, u.port, u.explicit_port, u.path),
+            ("auth.example.com", 443, false, "/")
+        );
+        let u = Url::parse("postgres://u:p@db/x?sslmode=disable").unwrap();
+        assert_eq!((u.host, u.port, u.path), ("db", 5432, "/x"));
+        let u = Url::parse("http://[::1]:8008").unwrap();
+        assert_eq!((u.host, u.port), ("::1", 8008));
+        assert!(Url::parse("mas:8080").is_none());
+    }
+
+    #[test]
+    fn caddy_paths() {
+        assert!(path_matches("/_matrix/*", "/_matrix/client/v3/login"));
+        assert!(path_matches("/_matrix/client/*/login", "/_matrix/client/v3/login"));
+        assert!(!path_matches("/_matrix/client/*/login", "/_matrix/client/v3/x/login"));
+        assert!(path_matches(
+            "/_matrix/client/*/login/*",
+            "/_matrix/client/v3/login/sso"
+        ));
+        assert!(path_matches("*.php", "/a/b.php"));
+        assert!(!path_matches("/a", "/a/b"));
+    }
+
+    #[test]
+    fn dotted_paths() {
+        assert_eq!(
+            dotted("/upstream_oauth2/providers/0/id"),
+            "upstream_oauth2.providers[0].id"
+        );
+        assert_eq!(dotted("/a~1b"), "a/b");
+    }
+}
