@@ -234,6 +234,59 @@ fn check_json_is_versioned_and_complete() {
 }
 
 #[test]
+fn check_speaks_github_and_sarif() {
+    let case = repo().join("tests/bad/oidc-auth-method");
+    let run = |format: &str| {
+        let o = stackc()
+            .args(["check", "--format", format, "prod.ncl"])
+            .current_dir(&case)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{format}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // One workflow command per finding, anchored in the user's file.
+    let gh = run("github");
+    let lines: Vec<&str> = gh.lines().collect();
+    assert_eq!(lines.len(), 1, "{gh}");
+    assert!(lines[0].starts_with("::error title=SC0503 "), "{gh}");
+    assert!(lines[0].contains(",file=prod.ncl,line=25,col=36,"), "{gh}");
+    let msg = lines[0].split_once("::").unwrap().1.split_once("::").unwrap().1;
+    assert!(msg.starts_with("SC0503: ") && msg.contains("%0Ahelp: "), "{msg}");
+    // SARIF: the rule table, the result at the user's value, the other side related.
+    let v: serde_json::Value = serde_json::from_str(&run("sarif")).unwrap();
+    assert_eq!(v["version"], "2.1.0");
+    let run0 = &v["runs"][0];
+    let rules = run0["tool"]["driver"]["rules"].as_array().unwrap();
+    let r = &run0["results"][0];
+    assert_eq!(r["ruleId"], "SC0503");
+    assert_eq!(rules[r["ruleIndex"].as_u64().unwrap() as usize]["id"], "SC0503");
+    let loc = &r["locations"][0]["physicalLocation"];
+    assert_eq!(loc["artifactLocation"]["uri"], "prod.ncl");
+    assert_eq!(loc["region"]["startLine"], 25);
+    let related = &r["relatedLocations"][0]["physicalLocation"]["artifactLocation"]["uri"];
+    assert_eq!(related, "%3Cstackc%3E/mas.ncl");
+    // A clean stack: no commands, an empty result list, exit 0.
+    for (format, empty) in [("github", ""), ("sarif", "\"results\": []")] {
+        let o = stackc()
+            .args(["check", "--format", format])
+            .arg(lair())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0));
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(
+            if empty.is_empty() {
+                out.is_empty()
+            } else {
+                out.contains(empty)
+            },
+            "{out}"
+        );
+    }
+}
+
+#[test]
 fn colour_follows_the_flag_and_no_color() {
     let broken = repo().join("tests/bad/port-conflict/prod.ncl");
     let o = stackc().args(["check"]).arg(&broken).output().unwrap();

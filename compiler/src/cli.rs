@@ -51,6 +51,17 @@ enum Format {
     Json,
 }
 
+/// `check` also speaks the CI formats.
+#[derive(Clone, Copy, ValueEnum)]
+enum CheckFormat {
+    Human,
+    Json,
+    /// GitHub Actions workflow commands: annotations on the diff.
+    Github,
+    /// SARIF 2.1.0, for code scanning.
+    Sarif,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Evaluate, check and write the bundle: one folder per machine and manifest.json.
@@ -95,8 +106,8 @@ enum Command {
     /// Evaluate and check the stack; write nothing. Needs no key.
     Check {
         file: PathBuf,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = CheckFormat::Human)]
+        format: CheckFormat,
         #[arg(long)]
         project_root: Option<PathBuf>,
         #[arg(short, long)]
@@ -460,7 +471,7 @@ fn check_bundle(dir: &Path, compiled: &crate::Compiled, placeholders: bool, quie
     1
 }
 
-fn check(file: &Path, format: Format, root: Option<&Path>, quiet: bool, color: bool) -> u8 {
+fn check(file: &Path, format: CheckFormat, root: Option<&Path>, quiet: bool, color: bool) -> u8 {
     // Placeholders exercise the whole pipeline (resolve, render, verify)
     // without a key; nothing is written.
     let opts = crate::Options {
@@ -470,14 +481,17 @@ fn check(file: &Path, format: Format, root: Option<&Path>, quiet: bool, color: b
         machine: None,
     };
     let result = crate::compile(file, &opts);
+    let machine = |render: fn(&[Diagnostic]) -> String, r: Result<crate::Compiled, Vec<Diagnostic>>| {
+        let failed = r.is_err();
+        let diags = r.err().unwrap_or_default();
+        let _ = emit(render(&diags).as_bytes());
+        if failed { diag::exit_status(&diags).max(1) } else { 0 }
+    };
     match (format, result) {
-        (Format::Json, r) => {
-            let failed = r.is_err();
-            let diags = r.err().unwrap_or_default();
-            let _ = emit(diag::render_json(&diags).as_bytes());
-            if failed { diag::exit_status(&diags).max(1) } else { 0 }
-        }
-        (Format::Human, Ok(c)) => {
+        (CheckFormat::Json, r) => machine(diag::render_json, r),
+        (CheckFormat::Github, r) => machine(diag::render_github, r),
+        (CheckFormat::Sarif, r) => machine(diag::render_sarif, r),
+        (CheckFormat::Human, Ok(c)) => {
             if !quiet {
                 let machines = c.stack.machines.len();
                 eprintln!(
@@ -490,7 +504,7 @@ fn check(file: &Path, format: Format, root: Option<&Path>, quiet: bool, color: b
             }
             0
         }
-        (Format::Human, Err(diags)) => report(&diags, color, "the stack does not build"),
+        (CheckFormat::Human, Err(diags)) => report(&diags, color, "the stack does not build"),
     }
 }
 

@@ -490,3 +490,127 @@ pub fn render_json(diags: &[Diagnostic]) -> String {
     s.push('\n');
     s
 }
+
+// ---------------------------------------------------------------------------
+// CI formats: GitHub workflow commands and SARIF
+// ---------------------------------------------------------------------------
+
+/// The label a CI annotation anchors to: the primary one if it is in the
+/// user's files, else the first that is (stdlib files are not in the repo).
+fn annotation_label(d: &Diagnostic) -> Option<&Label> {
+    let user = |l: &&Label| !l.span.file.name.starts_with('<');
+    d.primary().filter(user).or_else(|| d.labels.iter().find(user))
+}
+
+/// One GitHub Actions workflow command per finding (`::error file=…::…`),
+/// so findings show as annotations on the pull request's diff. Paths are
+/// relative to the project directory.
+pub fn render_github(diags: &[Diagnostic]) -> String {
+    let data = |s: &str| s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
+    let prop = |s: &str| data(s).replace(':', "%3A").replace(',', "%2C");
+    let mut out = String::new();
+    for d in diags {
+        let level = match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let mut props = vec![format!("title={}", prop(&format!("{} {}", d.code, d.code.title())))];
+        if let Some(l) = annotation_label(d) {
+            let (line, col) = l.span.line_col(l.span.range.start);
+            let (end_line, end_col) = l.span.line_col(l.span.range.end);
+            props.push(format!("file={}", prop(&l.span.file.name)));
+            props.push(format!("line={line}"));
+            props.push(format!("col={col}"));
+            props.push(format!("endLine={end_line}"));
+            if end_line == line {
+                props.push(format!("endColumn={end_col}"));
+            }
+        }
+        let mut text = format!("{}: {}\nhelp: {}", d.code, d.message, d.help_line());
+        if let Some(p) = &d.path {
+            text.push_str(&format!("\n(at `{p}`)"));
+        }
+        out.push_str(&format!("::{level} {}::{}\n", props.join(","), data(&text)));
+    }
+    out
+}
+
+/// A relative URI reference for a display name (`<stackc>/x.ncl` → `%3Cstackc%3E/x.ncl`).
+fn uri(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// SARIF 2.1.0 (code scanning): every code is a rule, every finding a
+/// result with its primary location and the others as related locations.
+pub fn render_sarif(diags: &[Diagnostic]) -> String {
+    use serde_json::json;
+    let location = |l: &Label| {
+        let (line, col) = l.span.line_col(l.span.range.start);
+        let (end_line, end_col) = l.span.line_col(l.span.range.end);
+        json!({
+            "physicalLocation": {
+                "artifactLocation": { "uri": uri(&l.span.file.name) },
+                "region": { "startLine": line, "startColumn": col, "endLine": end_line, "endColumn": end_col }
+            },
+            "message": { "text": l.message }
+        })
+    };
+    let rules: Vec<_> = Code::ALL
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.as_str(),
+                "shortDescription": { "text": c.title() },
+                "help": { "text": format!("run `stackc explain {c}`; docs/diagnostics/{c}.md") }
+            })
+        })
+        .collect();
+    let results: Vec<_> = diags
+        .iter()
+        .map(|d| {
+            let primary = annotation_label(d);
+            let related: Vec<_> = d
+                .labels
+                .iter()
+                .filter(|l| !primary.is_some_and(|p| std::ptr::eq(*l, p)))
+                .map(location)
+                .collect();
+            let mut r = json!({
+                "ruleId": d.code.as_str(),
+                "ruleIndex": Code::ALL.iter().position(|c| *c == d.code),
+                "level": match d.severity { Severity::Error => "error", Severity::Warning => "warning" },
+                "message": { "text": format!("{}\nhelp: {}", d.message, d.help_line()) },
+                "locations": primary.map(location).into_iter().collect::<Vec<_>>(),
+                "relatedLocations": related,
+            });
+            if let Some(p) = &d.path {
+                r["properties"] = json!({ "path": p });
+            }
+            r
+        })
+        .collect();
+    let doc = json!({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": { "driver": {
+                "name": "stackc",
+                "version": env!("CARGO_PKG_VERSION"),
+                "rules": rules
+            }},
+            "columnKind": "unicodeCodePoints",
+            "results": results
+        }]
+    });
+    let mut s = serde_json::to_string_pretty(&doc).expect("serialising a report cannot fail");
+    s.push('\n');
+    s
+}
