@@ -53,15 +53,22 @@ fn servers<'a>(ix: &Index<'a>) -> Vec<Server<'a>> {
         for (name, svc) in services {
             let image = svc.get("image").and_then(Value::as_str).unwrap_or_default();
             let base = image.rsplit('/').next().unwrap_or_default();
-            if base.split([':', '@']).next() != Some("postgres") {
+            let base = base.split([':', '@']).next().unwrap_or_default();
+            if !["postgres", "postgis", "pgvector"].iter().any(|p| base.contains(p)) {
                 continue;
             }
             let mut env: BTreeMap<String, String> = BTreeMap::new();
-            for f in svc.get("env_file").and_then(Value::as_array).into_iter().flatten() {
-                let Some(text) = f
-                    .as_str()
-                    .and_then(|f| ix.text(&format!("{machine}/{}", f.trim_start_matches("./"))))
-                else {
+            // `env_file`: a path, or a list of paths or `{ path }` records.
+            let env_files: Vec<&str> = match svc.get("env_file") {
+                Some(Value::String(f)) => vec![f.as_str()],
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|f| f.as_str().or_else(|| f.get("path")?.as_str()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for f in env_files {
+                let Some(text) = ix.text(&format!("{machine}/{}", f.trim_start_matches("./"))) else {
                     continue;
                 };
                 for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -70,11 +77,22 @@ fn servers<'a>(ix: &Index<'a>) -> Vec<Server<'a>> {
                     }
                 }
             }
-            for (k, v) in svc.get("environment").and_then(Value::as_object).into_iter().flatten() {
-                if let Some(v) = v.as_str() {
-                    // Read back from the compose bytes: `$$` is compose's `$`.
-                    env.insert(k.clone(), v.replace("$$", "$"));
+            // `environment`: a map, or a list of `KEY=value`. Read back from
+            // the compose bytes: `$$` is compose's `$`.
+            match svc.get("environment") {
+                Some(Value::Object(m)) => {
+                    for (k, v) in m {
+                        if let Some(v) = v.as_str() {
+                            env.insert(k.clone(), v.replace("$$", "$"));
+                        }
+                    }
                 }
+                Some(Value::Array(a)) => {
+                    for (k, v) in a.iter().filter_map(Value::as_str).filter_map(|e| e.split_once('=')) {
+                        env.insert(k.to_owned(), v.replace("$$", "$"));
+                    }
+                }
+                _ => {}
             }
             let su = env.get("POSTGRES_USER").cloned().unwrap_or_else(|| "postgres".into());
             let mut s = Server {
@@ -146,7 +164,11 @@ fn read_init(text: &str, env: &BTreeMap<String, String>, s: &mut Server) {
         let Some(i) = upper.iter().position(|w| w == "CREATE") else {
             continue;
         };
-        let ident = |w: &str| w.trim_matches('"').to_owned();
+        // Unquoted identifiers fold to lower case; quoted ones keep theirs.
+        let ident = |w: &str| match w.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+            Some(q) => q.to_owned(),
+            None => w.to_ascii_lowercase(),
+        };
         match (upper.get(i + 1).map(String::as_str), words.get(i + 2)) {
             (Some("ROLE" | "USER"), Some(role)) => {
                 let pw = upper
@@ -155,9 +177,11 @@ fn read_init(text: &str, env: &BTreeMap<String, String>, s: &mut Server) {
                     .and_then(|j| words.get(j + 1))
                     .and_then(|p| match p.strip_prefix(":'").and_then(|v| v.strip_suffix('\'')) {
                         Some(var) => vars.get(var).and_then(|e| env.get(*e)).cloned(),
+                        // A pre-hashed password cannot be compared with a plaintext.
                         None => p
                             .strip_prefix('\'')
                             .and_then(|v| v.strip_suffix('\''))
+                            .filter(|v| !(v.starts_with("SCRAM-SHA-256$") || (v.len() == 35 && v.starts_with("md5"))))
                             .map(str::to_owned),
                     });
                 s.roles.insert(ident(role), pw);
@@ -261,6 +285,11 @@ fn clients<'c, 'a>(ix: &'c Index<'a>) -> Vec<Client<'c, 'a>> {
             }
             _ => continue,
         };
+        let mut client = client;
+        // libpq: the database defaults to the user's name.
+        if client.db.is_empty() {
+            client.db = client.user.clone();
+        }
         out.push(client);
     }
     out
@@ -272,24 +301,32 @@ fn port(v: Option<&Value>) -> u16 {
         .unwrap_or(5432)
 }
 
-/// `postgres://user:password@host:port/db?…`
+/// `postgres://user:password@host:port/db?…`. `None` when the user info is
+/// ambiguous (an unencoded `/`, `?` or `#` in it): its parts could be
+/// password fragments, which must not reach a message.
 fn from_uri<'c, 'a>(c: &'c Conf<'a>, what: &'static str, uri: &str, ptr: &str) -> Option<Client<'c, 'a>> {
-    let u = Url::parse(uri)?;
-    let rest = uri.split_once("://")?.1;
-    let userinfo = rest.split_once('@').map(|(ui, _)| ui).filter(|ui| !ui.contains('/'));
-    let (user, password) = match userinfo {
-        Some(ui) => match ui.split_once(':') {
-            Some((u, p)) => (u.to_owned(), Some(p.to_owned())),
-            None => (ui.to_owned(), None),
-        },
+    let (scheme, rest) = uri.split_once("://")?;
+    let (userinfo, hostpart) = match rest.rsplit_once('@') {
+        Some((ui, _)) if ui.contains(['/', '?', '#']) => return None,
+        Some((ui, h)) => (Some(ui), h),
+        None => (None, rest),
+    };
+    let target = format!("{scheme}://{hostpart}");
+    let u = Url::parse(&target)?;
+    let (user, password) = match userinfo.map(|ui| ui.split_once(':').unwrap_or((ui, ""))) {
+        Some((name, p)) => (
+            percent_decode(name)?,
+            (!p.is_empty()).then(|| percent_decode(p)).flatten(),
+        ),
         None => (String::new(), None),
     };
+    let db = percent_decode(u.path.trim_start_matches('/'))?;
     Some(Client {
         conf: c,
         what,
         host: u.host.to_owned(),
         port: u.port,
-        db: u.path.trim_start_matches('/').to_owned(),
+        db,
         user,
         password,
         host_ptr: ptr.into(),
@@ -297,6 +334,23 @@ fn from_uri<'c, 'a>(c: &'c Conf<'a>, what: &'static str, uri: &str, ptr: &str) -
         user_ptr: ptr.into(),
         password_ptr: ptr.into(),
     })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The password a libpq passfile gives for a connection.
@@ -330,6 +384,15 @@ fn connect(ix: &Index, servers: &[Server], c: &Client, out: &mut Vec<Diagnostic>
             .find(|s| s.machine == r.machine && s.service == r.service)
         {
             Some(s) => s,
+            // An image stackc does not know may well be a PostgreSQL server:
+            // only a service whose config stackc read is known not to be one.
+            None if !ix
+                .confs
+                .iter()
+                .any(|k| k.machine == r.machine && k.service.as_deref() == Some(r.service.as_str())) =>
+            {
+                return;
+            }
             None => {
                 out.push(ix.one(
                     Code::Unreachable,
@@ -402,6 +465,40 @@ fn connect(ix: &Index, servers: &[Server], c: &Client, out: &mut Vec<Diagnostic>
 mod tests {
     use super::*;
 
+    fn conf() -> Conf<'static> {
+        Conf {
+            machine: "m",
+            path: "b/config.yaml",
+            kind: Kind::Bridge,
+            value: Value::Null,
+            service: None,
+        }
+    }
+
+    #[test]
+    fn database_uris() {
+        let c = conf();
+        let cl = from_uri(
+            &c,
+            "x",
+            "postgres://u%40x:p%2Fw@db:5433/name?sslmode=disable",
+            "/database/uri",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                cl.user.as_str(),
+                cl.password.as_deref(),
+                cl.host.as_str(),
+                cl.port,
+                cl.db.as_str()
+            ),
+            ("u@x", Some("p/w"), "db", 5433, "name")
+        );
+        // An unencoded `/` in the password: nothing of it may be read as host or database.
+        assert!(from_uri(&c, "x", "postgres://u:12/34@db/name", "/database/uri").is_none());
+    }
+
     #[test]
     fn reads_init_scripts() {
         let mut s = Server {
@@ -420,5 +517,12 @@ mod tests {
         assert_eq!(s.roles.get("mas"), Some(&Some("pw".to_owned())));
         assert_eq!(s.roles.get("x"), Some(&Some("lit".to_owned())));
         assert_eq!(s.dbs.get("mas").map(String::as_str), Some("mas"));
+        read_init(
+            "CREATE ROLE Big LOGIN PASSWORD 'SCRAM-SHA-256$4096:x$y:z';\nCREATE ROLE \"Q\";",
+            &env,
+            &mut s,
+        );
+        assert_eq!(s.roles.get("big"), Some(&None), "folded, and a hash is no plaintext");
+        assert!(s.roles.contains_key("Q"));
     }
 }

@@ -291,7 +291,18 @@ fn clients(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
                 Some(i) => (i, "/http/issuer"),
                 None => (mas.str("/http/public_base").unwrap_or_default(), "/http/public_base"),
             };
-            if w != mas_issuer {
+            // MAS keeps it as a URL: an empty path is served as `/`.
+            let mas_issuer = &match Url::parse(mas_issuer) {
+                Some(u)
+                    if !mas_issuer.ends_with('/')
+                        && u.path == "/"
+                        && !mas_issuer[mas_issuer.find("://").unwrap_or(0) + 3..].contains('/') =>
+                {
+                    format!("{mas_issuer}/")
+                }
+                _ => mas_issuer.to_owned(),
+            };
+            if w != mas_issuer.as_str() {
                 out.push(ix.pair(
                     Code::IssuerMismatch,
                     format!(
@@ -378,6 +389,8 @@ fn federation(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
             Some(t) => format!("{t}:8448"),
             None => return,
         },
+        // A server name with a port is connected to there.
+        None if sn.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => sn.to_owned(),
         None => format!("{sn}:8448"),
     };
     let via = if delegated.is_some() {
@@ -504,8 +517,9 @@ fn appservices(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
             ("/sender_localpart", "/appservice/bot/username", true),
         ] {
             let (a, b) = (reg.str(rk), br.str(bk));
+            // A trailing slash does not change where Synapse connects.
             if let (Some(a), Some(b)) = (a, b)
-                && a != b
+                && (if rk == "/url" { !same_base(a, b) } else { a != b })
             {
                 out.push(ix.pair(
                     Code::AppserviceMismatch,
@@ -612,14 +626,27 @@ fn signing_key(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
         return;
     };
     let Some(text) = ix.text(&file) else { return };
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let mut parts = line.split_whitespace();
-        let (alg, version) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-        if version == "0" || !version.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || version.is_empty() {
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let version = match parts[..] {
+            [_, v, _] => v,
+            _ => "",
+        };
+        let valid = !version.is_empty() && version.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if version == "0" || !valid {
+            // Only a checked version is shown: the other fields are key material.
+            let what = if valid {
+                format!("has version `{version}`")
+            } else {
+                format!(
+                    "line {} is not `<algorithm> <version> <key>` with a version of letters, digits and `_`",
+                    n + 1
+                )
+            };
             out.push(
                 Diagnostic::error(
                     Code::SigningKeyVersion,
-                    format!("Synapse's signing key `{file}` ({}) has version `{version}` ({alg})", syn.who()),
+                    format!("Synapse's signing key `{file}` ({}) {what}", syn.who()),
                 )
                 .with_label(ix.file_span(&file), "this key")
                 .with_secondary(ix.span(syn, "/signing_key_path"), "Synapse reads it from here")
@@ -699,7 +726,8 @@ fn files_exist(ix: &Index, out: &mut Vec<Diagnostic>) {
 /// Every URL clients or other servers are given is `https://` and served
 /// by a proxy site with a publicly trusted certificate.
 fn public_urls(ix: &Index, out: &mut Vec<Diagnostic>) {
-    let mut urls: Vec<(&Conf, String, &str)> = Vec::new();
+    // (config, pointer, URL, whether the stack must serve it)
+    let mut urls: Vec<(&Conf, String, &str, bool)> = Vec::new();
     for c in &ix.confs {
         let ptrs: Vec<String> = match c.kind {
             Kind::Synapse => vec!["/public_baseurl".into()],
@@ -717,11 +745,13 @@ fn public_urls(ix: &Index, out: &mut Vec<Diagnostic>) {
         };
         for p in ptrs {
             if let Some(u) = c.str(&p) {
-                urls.push((c, p, u));
+                // A provider's issuer may be outside the stack (Google, …).
+                let ours = !p.starts_with("/upstream_oauth2/");
+                urls.push((c, p, u, ours));
             }
         }
     }
-    for (c, ptr, url) in urls {
+    for (c, ptr, url, ours) in urls {
         let what = c.at(&ptr);
         let Some(u) = Url::parse(url).filter(|u| u.scheme == "https") else {
             out.push(ix.one(
@@ -734,6 +764,7 @@ fn public_urls(ix: &Index, out: &mut Vec<Diagnostic>) {
         };
         let sites = ix.sites_for(&u);
         let why = match sites.first() {
+            None if !ours => continue,
             None => format!("no proxy site serves `{}`", site_of(&u)),
             Some((pname, site)) => {
                 let internal = ix.site_block(pname, site).is_some_and(|b| {

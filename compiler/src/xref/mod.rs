@@ -278,12 +278,23 @@ impl<'a> Index<'a> {
     /// The compose service that mounts a bundle file.
     fn service_of(&self, machine: &str, path: &str) -> Option<String> {
         let services = self.services(machine)?;
-        services.keys().find_map(|name| {
-            self.volumes(machine, name).iter().find_map(|(src, _)| {
-                let src = src.strip_prefix("./")?.trim_end_matches('/');
-                (path == src || path.starts_with(&format!("{src}/"))).then(|| name.clone())
+        let mounting: Vec<&String> = services
+            .keys()
+            .filter(|name| {
+                self.volumes(machine, name).iter().any(|(src, _)| {
+                    src.strip_prefix("./")
+                        .map(|s| s.trim_end_matches('/'))
+                        .is_some_and(|src| path == src || path.starts_with(&format!("{src}/")))
+                })
             })
-        })
+            .collect();
+        // A backup job may mount `./synapse` too: the folder's namesake owns it.
+        let first = path.split('/').next().unwrap_or_default();
+        mounting
+            .iter()
+            .find(|n| n.as_str() == first)
+            .or(mounting.first())
+            .map(|n| (*n).clone())
     }
 
     /// Where a path a config names (as its process sees it) lives.
@@ -341,7 +352,7 @@ impl<'a> Index<'a> {
         let path = c.str(file)?;
         // Secret files hold the bare value; a trailing newline is not part of it.
         let text = self.read(c, path)?;
-        Some((text.trim_end_matches('\n').to_owned(), file.to_owned()))
+        Some((text.trim_end_matches(['\n', '\r']).to_owned(), file.to_owned()))
     }
 
     /// The name of the stackc secret whose value this is, if any.
@@ -502,17 +513,9 @@ impl<'a> Index<'a> {
                 let upstream = self
                     .proxy_upstream(pname, &site, path)
                     .ok_or_else(|| format!("site `{site}` of `{pname}` does not forward `{path}`"))?;
-                let (uh, up) = upstream.rsplit_once(':').unwrap_or((upstream.as_str(), "80"));
-                let up: u16 = up
-                    .parse()
-                    .map_err(|_| format!("site `{site}` forwards to `{upstream}`"))?;
-                let url = Url {
-                    scheme: "http",
-                    host: uh,
-                    port: up,
-                    explicit_port: true,
-                    path,
-                };
+                let target = format!("http://{upstream}/");
+                let url = Url::parse(&target).ok_or_else(|| format!("site `{site}` forwards to `{upstream}`"))?;
+                let url = Url { path, ..url };
                 return self
                     .reach_from_proxy(pname, &url)
                     .map_err(|why| format!("site `{site}` of `{pname}` forwards `{path}` to `{upstream}`: {why}"));
@@ -566,7 +569,12 @@ impl<'a> Index<'a> {
 
     fn firewall_allows(&self, machine: &str, source: &str, port: u16) -> bool {
         let m = &self.stack.machines[machine];
-        m.files.values().filter(|f| f.format == Format::Nftables).any(|f| {
+        let mut rules = m.files.values().filter(|f| f.format == Format::Nftables).peekable();
+        // No rules written: nothing filters.
+        if rules.peek().is_none() {
+            return true;
+        }
+        rules.any(|f| {
             let c = &f.content;
             let open = |key: &str| {
                 c.get(key)
@@ -597,8 +605,17 @@ impl<'a> Index<'a> {
     /// for `reverse_proxy`, `None` when nothing forwards it.
     pub fn proxy_upstream(&self, machine: &str, site: &str, path: &str) -> Option<String> {
         let handler = caddy_handler(self.site_block(machine, site)?, path)?;
-        (handler.get("name")?.as_str()? == "reverse_proxy")
-            .then(|| handler.get("args")?.get(0)?.as_str().map(str::to_owned))?
+        if handler.get("name")?.as_str()? != "reverse_proxy" {
+            return None;
+        }
+        // `reverse_proxy [matcher] upstream…`: the first upstream, without a scheme.
+        let args = handler.get("args")?.as_array()?;
+        let up = args
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| !a.starts_with('@') && !a.starts_with('/'))?;
+        let up = up.split_once("://").map_or(up, |(_, rest)| rest);
+        Some(up.trim_end_matches('/').to_owned())
     }
 
     /// The sites (`host` or `host:port`) serving a URL's host and port.
@@ -651,26 +668,24 @@ pub(crate) fn caddy_handler<'v>(block: &'v [Value], path: &str) -> Option<&'v Va
             }
         }
     }
-    for d in block.iter().filter(|d| name(d) == "handle") {
-        let a = args(d);
-        let hit = match a.first() {
-            None => true,
-            Some(m) if m.starts_with('@') => matchers
-                .get(m)
-                .is_some_and(|ps| ps.iter().any(|p| path_matches(p, path))),
-            Some(p) => path_matches(p, path),
-        };
-        if hit {
-            let body = d.get("body").and_then(Value::as_array)?;
-            return body.iter().find(|b| matches!(name(b), "reverse_proxy" | "respond"));
-        }
+    let hit = |first: Option<&&str>| match first {
+        Some(m) if m.starts_with('@') => matchers
+            .get(m)
+            .is_some_and(|ps| ps.iter().any(|p| path_matches(p, path))),
+        Some(p) if p.starts_with('/') || p.starts_with('*') => path_matches(p, path),
+        _ => true,
+    };
+    // `handle` blocks with a matcher in order, one without last (Caddy
+    // sorts those last); a matching block is terminal.
+    let handles = block.iter().filter(|d| matches!(name(d), "handle" | "handle_path"));
+    let (bare, matched): (Vec<_>, Vec<_>) = handles.partition(|d| args(d).is_empty());
+    if let Some(d) = matched.into_iter().chain(bare).find(|d| hit(args(d).first())) {
+        let body = d.get("body").and_then(Value::as_array)?;
+        return body.iter().find(|b| matches!(name(b), "reverse_proxy" | "respond"));
     }
-    block.iter().find(|d| {
-        matches!(name(d), "reverse_proxy" | "respond")
-            && args(d)
-                .first()
-                .is_none_or(|a| !a.starts_with('@') && !a.starts_with('/'))
-    })
+    // Top level: `respond` runs before `reverse_proxy` (Caddy's directive order).
+    let top = |n: &str| block.iter().find(|d| name(d) == n && hit(args(d).first()));
+    top("respond").or_else(|| top("reverse_proxy"))
 }
 
 /// Caddy's path matcher: `*` only at the end is a prefix, only at the start
@@ -745,6 +760,32 @@ mod tests {
         ));
         assert!(path_matches("*.php", "/a/b.php"));
         assert!(!path_matches("/a", "/a/b"));
+    }
+
+    #[test]
+    fn caddy_handlers_in_caddys_order() {
+        let block = serde_json::json!([
+            { "name": "handle", "body": [{ "name": "reverse_proxy", "args": ["fallback:80"] }] },
+            { "name": "reverse_proxy", "args": ["/_matrix/*", "http://synapse:8008"] },
+            { "name": "@compat", "args": ["path", "/_matrix/client/*/login"] },
+            { "name": "handle", "args": ["@compat"], "body": [{ "name": "reverse_proxy", "args": ["mas:8080"] }] },
+            { "name": "respond", "args": ["/.well-known/matrix/server", "{}"] },
+        ]);
+        let b = block.as_array().unwrap();
+        let first_arg = |p: &str| {
+            caddy_handler(b, p)
+                .and_then(|h| h.pointer("/args/0"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        // A handle with a matcher wins over the bare one written before it.
+        assert_eq!(first_arg("/_matrix/client/v3/login").as_deref(), Some("mas:8080"));
+        // The bare handle catches the rest; top-level directives come after handles.
+        assert_eq!(first_arg("/_matrix/client/v3/sync").as_deref(), Some("fallback:80"));
+        let only_top = &b[1..2];
+        let h = caddy_handler(only_top, "/_matrix/federation/v1/version").unwrap();
+        assert_eq!(h["args"][1], "http://synapse:8008");
+        assert!(caddy_handler(only_top, "/other").is_none());
     }
 
     #[test]

@@ -71,7 +71,13 @@ pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
         }
     }
     for c in ix.of(Kind::Synapse) {
-        let base = c.str("/public_baseurl").unwrap_or_default();
+        // Synapse adds a missing `/` and concatenates (no URL join); unset, it
+        // is `https://<server_name>/`.
+        let base = match (c.str("/public_baseurl"), c.str("/server_name")) {
+            (Some(b), _) => format!("{}/", b.trim_end_matches('/')),
+            (None, Some(sn)) => format!("https://{sn}/"),
+            (None, None) => String::new(),
+        };
         let providers = c.get("/oidc_providers").and_then(Value::as_array);
         for (i, p) in providers.into_iter().flatten().enumerate() {
             let ptr = format!("/oidc_providers/{i}");
@@ -85,7 +91,7 @@ pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
                     .unwrap_or_default()
                     .to_owned(),
                 issuer: p.get("issuer").and_then(Value::as_str).map(str::to_owned),
-                callback: join_url(base, "_synapse/client/oidc/callback"),
+                callback: format!("{base}_synapse/client/oidc/callback"),
                 callback_from: "/public_baseurl".into(),
                 method: p
                     .get("client_auth_method")
@@ -195,7 +201,7 @@ fn pair(ix: &Index, rp: &Rp, op: &Conf, cp: &str, client: &Value, out: &mut Vec<
                     if slash { " (the trailing slash differs)" } else { "" }
                 ),
                 (rp.conf, &format!("{}/issuer", rp.ptr), "the expected issuer"),
-                (op, "", "Authelia's issuer is the URL it is served at"),
+                (op, "/session/cookies/0/authelia_url", "Authelia's own URL"),
                 "issuers are compared as exact strings: write the URL of the proxy site that serves Authelia, without a trailing slash",
             ));
     }
@@ -205,7 +211,12 @@ fn pair(ix: &Index, rp: &Rp, op: &Conf, cp: &str, client: &Value, out: &mut Vec<
     if !rp.required_claims.is_empty() {
         let policy = client.get("claims_policy").and_then(Value::as_str);
         let in_token: Vec<&str> = policy
-            .and_then(|p| op.get(&format!("/identity_providers/oidc/claims_policies/{p}/id_token")))
+            .and_then(|p| {
+                op.get(&format!(
+                    "/identity_providers/oidc/claims_policies/{}/id_token",
+                    crate::eval::pointer_escape(p)
+                ))
+            })
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
@@ -214,7 +225,10 @@ fn pair(ix: &Index, rp: &Rp, op: &Conf, cp: &str, client: &Value, out: &mut Vec<
                 continue;
             }
             let at = match policy {
-                Some(p) => format!("/identity_providers/oidc/claims_policies/{p}/id_token"),
+                Some(p) => format!(
+                    "/identity_providers/oidc/claims_policies/{}/id_token",
+                    crate::eval::pointer_escape(p)
+                ),
                 None => cp.to_owned(),
             };
             out.push(ix.pair(
@@ -281,10 +295,11 @@ fn digest_mismatch(ix: &Index, digest: &str, plain: &str) -> Option<String> {
 /// the path of its `server.address`.
 fn authelia_issuers(ix: &Index, op: &Conf) -> Vec<String> {
     let Some(service) = &op.service else { return Vec::new() };
+    // `tcp://:9091/authelia`: the path after the authority, if any.
     let path = op
         .str("/server/address")
-        .and_then(Url::parse)
-        .map(|u| u.path.trim_end_matches('/').to_owned())
+        .and_then(|a| a.split_once("://"))
+        .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].trim_end_matches('/').to_owned()))
         .unwrap_or_default();
     let mut out = Vec::new();
     for (pname, p) in &ix.stack.machines {
