@@ -112,6 +112,15 @@ pub enum Severity {
     Warning,
 }
 
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
 /// A source file as diagnostics show it: a display name (relative to the
 /// project, or `<stackc>/…` for the embedded stdlib) and its text.
 #[derive(Debug, Clone)]
@@ -128,6 +137,12 @@ pub struct Span {
 }
 
 impl Span {
+    /// In the user's own files, not in an embedded source (`<stackc>/…`,
+    /// Nickel's `<stdlib/…>`).
+    pub fn in_user(&self) -> bool {
+        !self.file.name.starts_with('<')
+    }
+
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let text = &self.file.text;
@@ -498,7 +513,7 @@ pub fn render_json(diags: &[Diagnostic]) -> String {
 /// The label a CI annotation anchors to: the primary one if it is in the
 /// user's files, else the first that is (stdlib files are not in the repo).
 fn annotation_label(d: &Diagnostic) -> Option<&Label> {
-    let user = |l: &&Label| !l.span.file.name.starts_with('<');
+    let user = |l: &&Label| l.span.in_user();
     d.primary().filter(user).or_else(|| d.labels.iter().find(user))
 }
 
@@ -510,10 +525,7 @@ pub fn render_github(diags: &[Diagnostic]) -> String {
     let prop = |s: &str| data(s).replace(':', "%3A").replace(',', "%2C");
     let mut out = String::new();
     for d in diags {
-        let level = match d.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
+        let level = d.severity.as_str();
         let mut props = vec![format!("title={}", prop(&format!("{} {}", d.code, d.code.title())))];
         if let Some(l) = annotation_label(d) {
             let (line, col) = l.span.line_col(l.span.range.start);
@@ -586,7 +598,7 @@ pub fn render_sarif(diags: &[Diagnostic]) -> String {
             let mut r = json!({
                 "ruleId": d.code.as_str(),
                 "ruleIndex": Code::ALL.iter().position(|c| *c == d.code),
-                "level": match d.severity { Severity::Error => "error", Severity::Warning => "warning" },
+                "level": d.severity.as_str(),
                 "message": { "text": format!("{}\nhelp: {}", d.message, d.help_line()) },
                 "locations": primary.map(location).into_iter().collect::<Vec<_>>(),
                 "relatedLocations": related,

@@ -401,10 +401,7 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
     // says more than "required here" inside the stdlib.
     let in_stdlib = |l: &Label| l.span.file.name.starts_with(load::STDLIB_DISPLAY);
     if d.labels.iter().any(|l| l.primary && in_stdlib(l))
-        && let Some(user) = d
-            .labels
-            .iter()
-            .position(|l| !in_stdlib(l) && !l.span.file.name.starts_with('<'))
+        && let Some(user) = d.labels.iter().position(|l| l.span.in_user())
     {
         for l in d.labels.iter_mut() {
             l.primary = false;

@@ -103,6 +103,38 @@ fn is(c: &Conf, r: &Reached) -> bool {
     c.machine == r.machine && c.service.as_deref() == Some(r.service.as_str())
 }
 
+/// Why a connection that should land on `target` does not: `Err` from
+/// the way there, `other` when it lands on another service, `then` to judge
+/// the port it lands on.
+fn judge(
+    got: Result<Reached, String>,
+    target: &Conf,
+    other: impl FnOnce(&Reached) -> String,
+    then: impl FnOnce(&Reached) -> Result<(), String>,
+) -> Option<String> {
+    match got {
+        Err(why) => Some(why),
+        Ok(r) if !is(target, &r) => Some(other(&r)),
+        Ok(r) => then(&r).err(),
+    }
+}
+
+/// Why a URL a service uses for `target` (named `name`) does not reach it.
+fn endpoint(
+    ix: &Index,
+    from: &Conf,
+    url: &str,
+    target: &Conf,
+    name: &str,
+    then: impl FnOnce(&Reached) -> Result<(), String>,
+) -> Option<String> {
+    let Some(u) = Url::parse(url) else {
+        return Some(format!("`{url}` is not a URL"));
+    };
+    let other = |r: &Reached| format!("it reaches `{}` on `{}`, not {name}", r.service, r.machine);
+    judge(ix.reach(from, &u), target, other, then)
+}
+
 /// The MAS a Synapse delegates to: the one its endpoint reaches, else the
 /// one serving its server name.
 fn mas_of<'c, 'a>(ix: &'c Index<'a>, syn: &Conf) -> Option<&'c Conf<'a>> {
@@ -144,14 +176,9 @@ fn mas(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
         return;
     };
     if let Some(ep) = syn.str(ep_ptr) {
-        let why = match Url::parse(ep) {
-            None => Some(format!("`{ep}` is not a URL")),
-            Some(u) => match ix.reach(syn, &u) {
-                Err(why) => Some(why),
-                Ok(r) if !is(mas, &r) => Some(format!("it reaches `{}` on `{}`, not MAS", r.service, r.machine)),
-                Ok(r) => serves(&mas_ports(mas), &r, &["discovery", "oauth"]).err(),
-            },
-        };
+        let why = endpoint(ix, syn, ep, mas, "MAS", |r| {
+            serves(&mas_ports(mas), r, &["discovery", "oauth"])
+        });
         if let Some(why) = why {
             out.push(ix.pair(
                 Code::Unreachable,
@@ -166,14 +193,9 @@ fn mas(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
         }
     }
     if let Some(ep) = mas.str("/matrix/endpoint") {
-        let why = match Url::parse(ep) {
-            None => Some(format!("`{ep}` is not a URL")),
-            Some(u) => match ix.reach(mas, &u) {
-                Err(why) => Some(why),
-                Ok(r) if !is(syn, &r) => Some(format!("it reaches `{}` on `{}`, not Synapse", r.service, r.machine)),
-                Ok(r) => serves(&synapse_ports(syn), &r, &["client"]).err(),
-            },
-        };
+        let why = endpoint(ix, mas, ep, syn, "Synapse", |r| {
+            serves(&synapse_ports(syn), r, &["client"])
+        });
         if let Some(why) = why {
             out.push(ix.pair(
                 Code::Unreachable,
@@ -196,20 +218,14 @@ fn mas(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
     if let (Some((sa, pa)), Some((sb, pb))) = (a, b)
         && sa != sb
     {
-        let name = |v: &str| {
-            ix.secret_name(v)
-                .map_or("a value that is not a stackc secret".into(), |n| {
-                    format!("secret `{n}`")
-                })
-        };
         out.push(ix.pair(
                 Code::SharedSecret,
                 format!(
                     "Synapse ({}) and MAS ({}) hold different shared secrets: {} and {}",
                     syn.who(),
                     mas.who(),
-                    name(&sa),
-                    name(&sb)
+                    ix.secret_label(&sa),
+                    ix.secret_label(&sb)
                 ),
                 (syn, &pa, "Synapse's secret"),
                 (mas, &pb, "MAS's secret"),
@@ -291,17 +307,7 @@ fn clients(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
                 Some(i) => (i, "/http/issuer"),
                 None => (mas.str("/http/public_base").unwrap_or_default(), "/http/public_base"),
             };
-            // MAS keeps it as a URL: an empty path is served as `/`.
-            let mas_issuer = &match Url::parse(mas_issuer) {
-                Some(u)
-                    if !mas_issuer.ends_with('/')
-                        && u.path == "/"
-                        && !mas_issuer[mas_issuer.find("://").unwrap_or(0) + 3..].contains('/') =>
-                {
-                    format!("{mas_issuer}/")
-                }
-                _ => mas_issuer.to_owned(),
-            };
+            let mas_issuer = &serialised(mas_issuer);
             if w != mas_issuer.as_str() {
                 out.push(ix.pair(
                     Code::IssuerMismatch,
@@ -320,25 +326,17 @@ fn clients(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
     // F14: the legacy login API must reach MAS's compat resource.
     if let (Some(mas), Some(u)) = (mas, Url::parse(base)) {
         let login = "/_matrix/client/v3/login";
-        let sites = ix.sites_for(&u);
+        let sites = ix.sites_for(u.host, u.port);
         let Some((pname, site)) = sites.first() else { return };
-        let why = match ix.proxy_upstream(pname, site, login) {
-            None => Some(format!("site `{site}` does not forward `{login}`")),
-            Some(up) => match Url::parse(&format!("http://{up}/")).map(|u| ix.reach_from_proxy(pname, &u)) {
-                Some(Ok(r)) if is(mas, &r) => serves(&mas_ports(mas), &r, &["compat"]).err(),
-                Some(Ok(r)) => Some(format!(
-                    "site `{site}` forwards `{login}` to `{}` on `{}`",
-                    r.service, r.machine
-                )),
-                Some(Err(why)) => Some(why),
-                None => Some(format!("site `{site}` forwards to `{up}`")),
-            },
-        };
+        let other = |r: &Reached| format!("site `{site}` forwards `{login}` to `{}` on `{}`", r.service, r.machine);
+        let why = judge(ix.route(pname, site, login), mas, other, |r| {
+            serves(&mas_ports(mas), r, &["compat"])
+        });
         if let (Some(why), Some(c)) = (why, ix.of(Kind::Caddy).find(|c| c.machine == *pname)) {
             // The site's first path as the user wrote it, when they did.
             let written = ix
                 .span(c, &format!("/sites/{}/0/args/1", crate::eval::pointer_escape(site)))
-                .filter(|s| !s.file.name.starts_with(crate::load::STDLIB_DISPLAY));
+                .filter(crate::diag::Span::in_user);
             out.push(
                 ix.pair(
                     Code::CompatLogin,
@@ -350,6 +348,14 @@ fn clients(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
                 .with_primary(written, "these routes"),
             );
         }
+    }
+}
+
+/// A URL as MAS serialises it (the `url` crate): an empty path is `/`.
+fn serialised(url: &str) -> String {
+    match url.split_once("://") {
+        Some((_, rest)) if !rest.is_empty() && !rest.contains(['/', '?', '#']) => format!("{url}/"),
+        _ => url.to_owned(),
     }
 }
 
@@ -401,23 +407,17 @@ fn federation(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
     let target_url = format!("https://{target}/");
     let Some(u) = Url::parse(&target_url) else { return };
     let path = "/_matrix/federation/v1/version";
-    let sites = ix.sites_for(&u);
+    let sites = ix.sites_for(u.host, u.port);
     let why = match sites.first() {
         // Synapse itself may terminate TLS on the federation port.
         None if synapse_ports(syn).iter().any(|(p, _)| *p == u.port) => None,
         None => Some("no proxy site serves it".to_owned()),
-        Some((pname, site)) => match ix.proxy_upstream(pname, site, path) {
-            None => Some(format!("site `{site}` does not forward `{path}`")),
-            Some(up) => match Url::parse(&format!("http://{up}/")).map(|u| ix.reach_from_proxy(pname, &u)) {
-                Some(Ok(r)) if is(syn, &r) => serves(&synapse_ports(syn), &r, &["federation"]).err(),
-                Some(Ok(r)) => Some(format!(
-                    "site `{site}` forwards `{path}` to `{}` on `{}`",
-                    r.service, r.machine
-                )),
-                Some(Err(why)) => Some(why),
-                None => Some(format!("site `{site}` forwards to `{up}`")),
-            },
-        },
+        Some((pname, site)) => {
+            let other = |r: &Reached| format!("site `{site}` forwards `{path}` to `{}` on `{}`", r.service, r.machine);
+            judge(ix.route(pname, site, path), syn, other, |r| {
+                serves(&synapse_ports(syn), r, &["federation"])
+            })
+        }
     };
     if let Some(why) = why {
         let d = match &delegated {
@@ -547,21 +547,10 @@ fn appservices(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
         // Synapse pushes to the registration URL; the bridge calls Synapse.
         if let Some(url) = reg.str("/url") {
             let port = br.get("/appservice/port").and_then(Value::as_u64);
-            let why = match Url::parse(url) {
-                None => Some(format!("`{url}` is not a URL")),
-                Some(u) => match ix.reach(syn, &u) {
-                    Err(why) => Some(why),
-                    Ok(r) if !is(br, &r) => {
-                        Some(format!("it reaches `{}` on `{}`, not the bridge", r.service, r.machine))
-                    }
-                    Ok(r) if port.is_some_and(|p| p != u64::from(r.port)) => Some(format!(
-                        "the bridge listens on port {}, not {}",
-                        port.unwrap_or_default(),
-                        r.port
-                    )),
-                    Ok(_) => None,
-                },
-            };
+            let why = endpoint(ix, syn, url, br, "the bridge", |r| match port {
+                Some(p) if p != u64::from(r.port) => Err(format!("the bridge listens on port {p}, not {}", r.port)),
+                _ => Ok(()),
+            });
             if let Some(why) = why {
                 out.push(ix.pair(
                     Code::Unreachable,
@@ -576,16 +565,9 @@ fn appservices(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
             }
         }
         if let Some(addr) = br.str("/homeserver/address") {
-            let why = match Url::parse(addr) {
-                None => Some(format!("`{addr}` is not a URL")),
-                Some(u) => match ix.reach(br, &u) {
-                    Err(why) => Some(why),
-                    Ok(r) if !is(syn, &r) => {
-                        Some(format!("it reaches `{}` on `{}`, not Synapse", r.service, r.machine))
-                    }
-                    Ok(r) => serves(&synapse_ports(syn), &r, &["client"]).err(),
-                },
-            };
+            let why = endpoint(ix, br, addr, syn, "Synapse", |r| {
+                serves(&synapse_ports(syn), r, &["client"])
+            });
             if let Some(why) = why {
                 out.push(ix.pair(
                     Code::Unreachable,
@@ -762,7 +744,7 @@ fn public_urls(ix: &Index, out: &mut Vec<Diagnostic>) {
             ));
             continue;
         };
-        let sites = ix.sites_for(&u);
+        let sites = ix.sites_for(u.host, u.port);
         let why = match sites.first() {
             None if !ours => continue,
             None => format!("no proxy site serves `{}`", site_of(&u)),
@@ -795,5 +777,18 @@ fn site_of(u: &Url) -> String {
         u.host.to_owned()
     } else {
         format!("{}:{}", u.host, u.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serialised;
+
+    #[test]
+    fn urls_as_mas_serialises_them() {
+        assert_eq!(serialised("https://mas.example.com"), "https://mas.example.com/");
+        assert_eq!(serialised("https://mas.example.com/"), "https://mas.example.com/");
+        assert_eq!(serialised("https://example.com/mas"), "https://example.com/mas");
+        assert_eq!(serialised("https://x?y"), "https://x?y");
     }
 }

@@ -25,7 +25,6 @@ use serde_json::Value;
 use crate::check::Positions;
 use crate::diag::{Code, Diagnostic, Span};
 use crate::eval::pointer_escape;
-use crate::load::STDLIB_DISPLAY;
 use crate::model::{Format, Stack, is_loopback};
 use crate::render::Rendered;
 use crate::secrets::Resolved;
@@ -128,7 +127,6 @@ pub(crate) struct Url<'a> {
     pub scheme: &'a str,
     pub host: &'a str,
     pub port: u16,
-    pub explicit_port: bool,
     pub path: &'a str,
 }
 
@@ -162,7 +160,6 @@ impl<'a> Url<'a> {
             scheme,
             host,
             port,
-            explicit_port: authority.ends_with(&format!(":{port}")),
             path: path.split(['?', '#']).next().unwrap_or("/"),
         })
     }
@@ -364,6 +361,14 @@ impl<'a> Index<'a> {
             .map(|(n, _)| n.as_str())
     }
 
+    /// A secret value as messages name it: by its stackc name, never itself.
+    pub fn secret_label(&self, value: &str) -> String {
+        match self.secret_name(value) {
+            Some(n) => format!("secret `{n}`"),
+            None => "a value that is not a stackc secret".to_owned(),
+        }
+    }
+
     /// The `.ncl` position behind a value of a config: the closest pointer
     /// with a known position, up to the file itself.
     pub fn span(&self, c: &Conf, ptr: &str) -> Option<Span> {
@@ -409,7 +414,7 @@ impl<'a> Index<'a> {
             d = d.with_path(field_path(a.0, a.1));
         }
         // The side the user wrote is the one to look at first.
-        let in_user = |s: &Option<Span>| s.as_ref().is_some_and(|s| !s.file.name.starts_with(STDLIB_DISPLAY));
+        let in_user = |s: &Option<Span>| s.as_ref().is_some_and(Span::in_user);
         if !in_user(&sa) && in_user(&sb) {
             return d
                 .with_label(sb, b.2.to_owned())
@@ -499,41 +504,30 @@ impl<'a> Index<'a> {
             return Ok(reached);
         }
         // 4. A site of a proxy: follow its route for the path.
-        if depth == 0 {
-            for (pname, p) in &self.stack.machines {
-                let site = p
-                    .sites
-                    .iter()
-                    .find(|s| {
-                        let (h, sp) = crate::check::split_site(s);
-                        h == host && sp.map_or(port == 443 || port == 80, |sp| sp == port.to_string())
-                    })
-                    .cloned();
-                let Some(site) = site else { continue };
-                let upstream = self
-                    .proxy_upstream(pname, &site, path)
-                    .ok_or_else(|| format!("site `{site}` of `{pname}` does not forward `{path}`"))?;
-                let target = format!("http://{upstream}/");
-                let url = Url::parse(&target).ok_or_else(|| format!("site `{site}` forwards to `{upstream}`"))?;
-                let url = Url { path, ..url };
-                return self
-                    .reach_from_proxy(pname, &url)
-                    .map_err(|why| format!("site `{site}` of `{pname}` forwards `{path}` to `{upstream}`: {why}"));
-            }
+        if depth == 0
+            && let Some((pname, site)) = self.sites_for(host, port).first()
+        {
+            return self.route(pname, site, path);
         }
         Err(format!(
             "`{host}` is not a compose service of `{mname}`, the address of a machine, or a proxy site"
         ))
     }
 
-    /// Where the proxy of a machine (its `caddy` container, or native)
-    /// lands with an upstream URL.
-    pub fn reach_from_proxy(&self, proxy: &str, url: &Url) -> Result<Reached<'a>, String> {
+    /// Where a proxy site sends a request path: through its route to the
+    /// upstream, as the proxy (its `caddy` container, or native) connects.
+    pub fn route(&self, proxy: &str, site: &str, path: &str) -> Result<Reached<'a>, String> {
+        let upstream = self
+            .proxy_upstream(proxy, site, path)
+            .ok_or_else(|| format!("site `{site}` of `{proxy}` does not forward `{path}`"))?;
+        let target = format!("http://{upstream}/");
+        let url = Url::parse(&target).ok_or_else(|| format!("site `{site}` forwards to `{upstream}`"))?;
         let container = self
             .services(proxy)
             .and_then(|s| s.keys().find(|k| k.as_str() == "caddy"))
             .map(String::as_str);
-        self.reach_from(proxy, container, url.host, url.port, url.path, 1)
+        self.reach_from(proxy, container, url.host, url.port, path, 1)
+            .map_err(|why| format!("site `{site}` of `{proxy}` forwards `{path}` to `{upstream}`: {why}"))
     }
 
     /// What listens on a host port of a machine: a published container
@@ -618,17 +612,17 @@ impl<'a> Index<'a> {
         Some(up.trim_end_matches('/').to_owned())
     }
 
-    /// The sites (`host` or `host:port`) serving a URL's host and port.
-    pub fn sites_for(&self, url: &Url) -> Vec<(&'a str, &'a str)> {
+    /// The sites (`host` or `host:port`) serving a host and port.
+    pub fn sites_for(&self, host: &str, port: u16) -> Vec<(&'a str, &'a str)> {
         let mut out = Vec::new();
         for (pname, p) in &self.stack.machines {
             for s in &p.sites {
                 let (h, sp) = crate::check::split_site(s);
                 let port_ok = match sp {
-                    Some(sp) => sp == url.port.to_string(),
-                    None => url.port == 443 || url.port == 80,
+                    Some(sp) => sp == port.to_string(),
+                    None => port == 443 || port == 80,
                 };
-                if h == url.host && port_ok {
+                if h == host && port_ok {
                     out.push((pname.as_str(), s.as_str()));
                 }
             }
@@ -738,10 +732,7 @@ mod tests {
         let u = Url::parse("http://mas:8080/").unwrap();
         assert_eq!((u.scheme, u.host, u.port, u.path), ("http", "mas", 8080, "/"));
         let u = Url::parse("https://auth.example.com").unwrap();
-        assert_eq!(
-            (u.host, u.port, u.explicit_port, u.path),
-            ("auth.example.com", 443, false, "/")
-        );
+        assert_eq!((u.host, u.port, u.path), ("auth.example.com", 443, "/"));
         let u = Url::parse("postgres://u:p@db/x?sslmode=disable").unwrap();
         assert_eq!((u.host, u.port, u.path), ("db", 5432, "/x"));
         let u = Url::parse("http://[::1]:8008").unwrap();

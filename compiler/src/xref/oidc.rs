@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{Conf, Index, Kind, Url, list};
+use super::{Conf, Index, Kind, list};
 use crate::diag::{Code, Diagnostic};
 use crate::secrets::derive::pbkdf2_sha512_verifies;
 
@@ -17,12 +17,63 @@ struct Rp<'c, 'a> {
     issuer: Option<String>,
     /// The callback URL it sends, and the pointer of the base it is made from.
     callback: String,
-    callback_from: String,
+    callback_from: &'static str,
     method: String,
     method_ptr: String,
     secret: Option<(String, String)>,
     /// Claims it requires from the ID token: (claim, pointer of the template).
     required_claims: Vec<(String, String)>,
+}
+
+/// Where a kind of relying party keeps what the checks read.
+struct Keys {
+    what: &'static str,
+    method: &'static str,
+    /// The method when the key is absent (`None`: the key is required).
+    method_default: Option<&'static str>,
+    secret_file: &'static str,
+    /// The setting the callback URL is made from.
+    callback_from: &'static str,
+}
+
+const MAS: Keys = Keys {
+    what: "MAS upstream provider",
+    method: "token_endpoint_auth_method",
+    method_default: None,
+    secret_file: "client_secret_file",
+    callback_from: "/http/public_base",
+};
+
+const SYNAPSE: Keys = Keys {
+    what: "Synapse OIDC provider",
+    method: "client_auth_method",
+    method_default: Some("client_secret_basic"),
+    secret_file: "client_secret_path",
+    callback_from: "/public_baseurl",
+};
+
+impl<'c, 'a> Rp<'c, 'a> {
+    /// A provider entry at `ptr` of `conf`; claims are the caller's to add.
+    fn read(ix: &Index, conf: &'c Conf<'a>, ptr: String, keys: &Keys, callback: String) -> Self {
+        let s = |k: &str| conf.str(&format!("{ptr}/{k}"));
+        Rp {
+            conf,
+            what: keys.what,
+            client_id: s("client_id").unwrap_or_default().to_owned(),
+            issuer: s("issuer").map(str::to_owned),
+            callback,
+            callback_from: keys.callback_from,
+            method: s(keys.method).or(keys.method_default).unwrap_or_default().to_owned(),
+            method_ptr: format!("{ptr}/{}", keys.method),
+            secret: ix.secret_of(
+                conf,
+                &format!("{ptr}/client_secret"),
+                &format!("{ptr}/{}", keys.secret_file),
+            ),
+            required_claims: Vec::new(),
+            ptr,
+        }
+    }
 }
 
 pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
@@ -31,11 +82,10 @@ pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
         let base = c.str("/http/public_base").unwrap_or_default();
         let providers = c.get("/upstream_oauth2/providers").and_then(Value::as_array);
         for (i, p) in providers.into_iter().flatten().enumerate() {
-            let ptr = format!("/upstream_oauth2/providers/{i}");
             let id = p.get("id").and_then(Value::as_str).unwrap_or_default();
-            let fetch_userinfo = p.get("fetch_userinfo").and_then(Value::as_bool).unwrap_or(false);
-            let mut required_claims = Vec::new();
-            if !fetch_userinfo {
+            let callback = join_url(base, &format!("upstream/callback/{id}"));
+            let mut rp = Rp::read(ix, c, format!("/upstream_oauth2/providers/{i}"), &MAS, callback);
+            if !p.get("fetch_userinfo").and_then(Value::as_bool).unwrap_or(false) {
                 let imports = p.get("claims_imports").and_then(Value::as_object);
                 for (attr, imp) in imports.into_iter().flatten() {
                     if imp.get("action").and_then(Value::as_str) != Some("require") {
@@ -43,31 +93,12 @@ pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
                     }
                     let template = imp.get("template").and_then(Value::as_str).unwrap_or_default();
                     for claim in template_claims(template) {
-                        required_claims.push((claim, format!("{ptr}/claims_imports/{attr}/template")));
+                        let at = format!("{}/claims_imports/{attr}/template", rp.ptr);
+                        rp.required_claims.push((claim, at));
                     }
                 }
             }
-            rps.push(Rp {
-                conf: c,
-                ptr: ptr.clone(),
-                what: "MAS upstream provider",
-                client_id: p
-                    .get("client_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                issuer: p.get("issuer").and_then(Value::as_str).map(str::to_owned),
-                callback: join_url(base, &format!("upstream/callback/{id}")),
-                callback_from: "/http/public_base".into(),
-                method: p
-                    .get("token_endpoint_auth_method")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                method_ptr: format!("{ptr}/token_endpoint_auth_method"),
-                secret: ix.secret_of(c, &format!("{ptr}/client_secret"), &format!("{ptr}/client_secret_file")),
-                required_claims,
-            });
+            rps.push(rp);
         }
     }
     for c in ix.of(Kind::Synapse) {
@@ -78,30 +109,10 @@ pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
             (None, Some(sn)) => format!("https://{sn}/"),
             (None, None) => String::new(),
         };
-        let providers = c.get("/oidc_providers").and_then(Value::as_array);
-        for (i, p) in providers.into_iter().flatten().enumerate() {
-            let ptr = format!("/oidc_providers/{i}");
-            rps.push(Rp {
-                conf: c,
-                ptr: ptr.clone(),
-                what: "Synapse OIDC provider",
-                client_id: p
-                    .get("client_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                issuer: p.get("issuer").and_then(Value::as_str).map(str::to_owned),
-                callback: format!("{base}_synapse/client/oidc/callback"),
-                callback_from: "/public_baseurl".into(),
-                method: p
-                    .get("client_auth_method")
-                    .and_then(Value::as_str)
-                    .unwrap_or("client_secret_basic")
-                    .to_owned(),
-                method_ptr: format!("{ptr}/client_auth_method"),
-                secret: ix.secret_of(c, &format!("{ptr}/client_secret"), &format!("{ptr}/client_secret_path")),
-                required_claims: Vec::new(),
-            });
+        let n = c.get("/oidc_providers").and_then(Value::as_array).map_or(0, Vec::len);
+        for i in 0..n {
+            let callback = format!("{base}_synapse/client/oidc/callback");
+            rps.push(Rp::read(ix, c, format!("/oidc_providers/{i}"), &SYNAPSE, callback));
         }
     }
     for rp in &rps {
@@ -143,7 +154,7 @@ fn pair(ix: &Index, rp: &Rp, op: &Conf, cp: &str, client: &Value, out: &mut Vec<
                 list(uris.iter().copied())
             ),
             (op, &format!("{cp}/redirect_uris"), "redirect URIs without the callback"),
-            (rp.conf, &rp.callback_from, "the callback is made from this base"),
+            (rp.conf, rp.callback_from, "the callback is made from this base"),
             format!("add `{}` to the client's redirect_uris, or set the relying party's base URL to the one the client expects", rp.callback),
         ));
     }
@@ -262,10 +273,7 @@ const ALWAYS_IN_ID_TOKEN: &[&str] = &[
 /// Why a digest does not verify a plaintext; `None` if it does, or if the
 /// digest is of a kind stackc cannot check (said in the docs).
 fn digest_mismatch(ix: &Index, digest: &str, plain: &str) -> Option<String> {
-    let plain_name = || match ix.secret_name(plain) {
-        Some(n) => format!("secret `{n}`"),
-        None => "a value that is not a stackc secret".to_owned(),
-    };
+    let plain_name = || ix.secret_label(plain);
     // A digest stackc wrote: it digests the secret of that name.
     if let Some(name) = ix.secrets.digests.get(digest) {
         let ok = ix.secrets.values.get(name).is_some_and(|v| v == plain);
@@ -304,12 +312,7 @@ fn authelia_issuers(ix: &Index, op: &Conf) -> Vec<String> {
     let mut out = Vec::new();
     for (pname, p) in &ix.stack.machines {
         for site in &p.sites {
-            let Some(up) = ix.proxy_upstream(pname, site, &format!("{path}/")) else {
-                continue;
-            };
-            let url = format!("http://{up}/");
-            let Some(u) = Url::parse(&url) else { continue };
-            let reached = ix.reach_from_proxy(pname, &u);
+            let reached = ix.route(pname, site, &format!("{path}/"));
             if reached.is_ok_and(|r| r.machine == op.machine && &r.service == service) {
                 let (host, port) = crate::check::split_site(site);
                 let port = port
