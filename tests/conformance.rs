@@ -39,7 +39,7 @@
 //!   tools venv's python; check-jsonschema runs with format checks on.
 //!
 //! The golden test fails if a kind the examples emit (`REQUIRED_KINDS`:
-//! all but nginx and k8s) has no file under the golden root, so a misplaced
+//! all of the above) has no file under the golden root, so a misplaced
 //! golden dir cannot pass. Everything else under `golden/` is not looked
 //! at here. The upstream schemas are read from `STACKC_UPSTREAM_SCHEMAS`
 //! (default `<repo>/../shared/acceptance/schemas`), never copied into the
@@ -129,10 +129,9 @@ enum Kind {
     K8s,
 }
 
-/// Kinds that the golden bundles must contain (no vacuous pass): those the
-/// examples emit. nginx and k8s files are checked wherever they occur; they
-/// join this list when an example emits them.
-const REQUIRED_KINDS: [Kind; 11] = [
+/// Kinds that the golden bundles must contain (no vacuous pass): every kind
+/// the examples emit.
+const REQUIRED_KINDS: [Kind; 13] = [
     Kind::Systemd,
     Kind::Caddy,
     Kind::Nftables,
@@ -144,6 +143,8 @@ const REQUIRED_KINDS: [Kind; 11] = [
     Kind::SynapseSigningKey,
     Kind::SynapseAppservice,
     Kind::Element,
+    Kind::Nginx,
+    Kind::K8s,
 ];
 
 impl fmt::Display for Kind {

@@ -115,6 +115,11 @@ fn overlaps(a: &Listen, b: &Listen) -> bool {
 fn ports(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
     for (mname, m) in &stack.machines {
         let mp = machine_ptr(mname);
+        if m.namespace.is_some() {
+            // Every pod of a namespace has its own address: equal ports
+            // of two services do not clash.
+            continue;
+        }
         for (j, b) in m.listens.iter().enumerate() {
             // Report each clash once, at the later listener, naming the first.
             if let Some((i, a)) = m.listens[..j].iter().enumerate().find(|(_, a)| overlaps(a, b)) {
@@ -226,7 +231,22 @@ fn routes(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                 );
                 continue;
             };
-            if r.machine != *mname && listen.is_loopback() {
+            if r.machine != *mname && target.namespace.is_some() && !listen.public {
+                out.push(
+                    Diagnostic::error(
+                        Code::UnreachableUpstream,
+                        format!(
+                            "site `{}` on machine `{mname}` proxies to `{}.{}` in Kubernetes namespace `{}`, which only the cluster reaches",
+                            r.site, r.service, r.port, r.machine
+                        ),
+                    )
+                    .with_label(pos.at(&format!("{rp}/machine")), format!("another machine than `{mname}`"))
+                    .with_help(format!(
+                        "serve the site from `{}` itself (its proxy sites become Ingresses), or set `kubernetes.expose = 'load_balancer` on `{}`",
+                        r.machine, r.service
+                    )),
+                );
+            } else if r.machine != *mname && listen.is_loopback() {
                 out.push(
                     Diagnostic::error(
                         Code::UnreachableUpstream,

@@ -79,7 +79,7 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         stack.machines.retain(|k, _| k == name);
     }
     let resolved = secrets::resolve(&mut stack, opts.keying, opts.cache, &pos).map_err(sorted)?;
-    let files = render::render(&stack, &pos).map_err(sorted)?;
+    let files = render::render(&stack, &pos, opts.keying).map_err(sorted)?;
     let mut problems = verify::verify(&files, &resolved);
     if problems.is_empty() {
         // Schemas and cross-references together: all findings in one run.

@@ -33,6 +33,13 @@ pub struct Meta {
 pub struct Machine {
     pub address: String,
     pub deploy_root: String,
+    /// Set when the machine is a Kubernetes namespace (its name).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// A namespace's workloads by name, with their mounts in compose's
+    /// `src:dst` form (the pods mount the same paths).
+    #[serde(default)]
+    pub workloads: BTreeMap<String, Workload>,
     #[serde(default)]
     pub listens: Vec<Listen>,
     #[serde(default)]
@@ -43,6 +50,12 @@ pub struct Machine {
     #[serde(default)]
     pub units: Vec<String>,
     pub files: BTreeMap<String, FileSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub volumes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -113,6 +126,9 @@ pub enum Format {
     Compose,
     /// An env file for compose's `env_file:` (values taken literally).
     ComposeEnv,
+    /// A Kubernetes manifest (YAML) that may embed other files of its
+    /// machine (`$stackc_file`) and digests of them (`$stackc_digest`).
+    Kubernetes,
 }
 
 /// One file to emit: structured content that `render` turns into bytes.

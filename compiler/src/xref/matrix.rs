@@ -389,7 +389,20 @@ fn federation(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
     let delegated = caddies
         .iter()
         .find_map(|c| well_known(c, sn, "server").map(|w| (*c, w)));
+    // `serve_server_wellknown`: Synapse answers the well-known itself with
+    // its public_baseurl's host on 443, if the server name routes it there.
+    let self_delegated = delegated.is_none()
+        && syn.get("/serve_server_wellknown").and_then(Value::as_bool) == Some(true)
+        && ix
+            .sites_for(sn, 443)
+            .first()
+            .is_some_and(|(p, s)| ix.route(p, s, "/.well-known/matrix/server").is_ok_and(|r| is(syn, &r)));
+    let base_host = syn
+        .str("/public_baseurl")
+        .and_then(Url::parse)
+        .map(|u| format!("{}:{}", u.host, u.port));
     let target = match &delegated {
+        None if self_delegated && base_host.is_some() => base_host.clone().unwrap_or_default(),
         Some((_, (_, _, body))) => match body.get("m.server").and_then(Value::as_str) {
             Some(t) if t.contains(':') && !t.ends_with(']') => t.to_owned(),
             Some(t) => format!("{t}:8448"),
@@ -399,7 +412,9 @@ fn federation(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
         None if sn.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => sn.to_owned(),
         None => format!("{sn}:8448"),
     };
-    let via = if delegated.is_some() {
+    let via = if self_delegated {
+        format!("Synapse's own `/.well-known/matrix/server` on `{sn}` delegates federation to `{target}`")
+    } else if delegated.is_some() {
         format!("`/.well-known/matrix/server` of `{sn}` delegates federation to `{target}`")
     } else {
         format!("without `/.well-known/matrix/server` on `{sn}`, other servers connect to `{target}`")

@@ -190,6 +190,16 @@ impl<'a> Index<'a> {
         let mut compose = BTreeMap::new();
         let mut parsed = Vec::new();
         for (mname, m) in &stack.machines {
+            // A namespace's pods resolve Service names and mount files as
+            // compose services do: the same index serves both.
+            if m.namespace.is_some() {
+                let services: serde_json::Map<String, Value> = m
+                    .workloads
+                    .iter()
+                    .map(|(name, w)| (name.clone(), serde_json::json!({ "volumes": w.volumes })))
+                    .collect();
+                compose.insert(mname.as_str(), serde_json::json!({ "services": services }));
+            }
             for (path, spec) in &m.files {
                 let Some(written) = files.get(&format!("{mname}/{path}")) else {
                     continue;
@@ -461,7 +471,7 @@ impl<'a> Index<'a> {
         {
             if container.is_none() {
                 return Err(format!(
-                    "`{host}` is a compose service name, which only containers of `{mname}` can resolve"
+                    "`{host}` is a service name, which only containers of `{mname}` can resolve"
                 ));
             }
             return Ok(Reached {
@@ -510,13 +520,18 @@ impl<'a> Index<'a> {
             return self.route(pname, site, path);
         }
         Err(format!(
-            "`{host}` is not a compose service of `{mname}`, the address of a machine, or a proxy site"
+            "`{host}` is not a service of `{mname}`, the address of a machine, or a proxy site"
         ))
     }
 
     /// Where a proxy site sends a request path: through its route to the
     /// upstream, as the proxy (its `caddy` container, or native) connects.
     pub fn route(&self, proxy: &str, site: &str, path: &str) -> Result<Reached<'a>, String> {
+        if let Some((pname, p)) = self.stack.machines.get_key_value(proxy)
+            && p.namespace.is_some()
+        {
+            return ingress_route(pname, p, site, path);
+        }
         let upstream = self
             .proxy_upstream(proxy, site, path)
             .ok_or_else(|| format!("site `{site}` of `{proxy}` does not forward `{path}`"))?;
@@ -629,6 +644,70 @@ impl<'a> Index<'a> {
         }
         out
     }
+}
+
+/// Where a namespace's Ingress for `site` sends a request path, as the
+/// ingress controller chooses: an `Exact` path first, then the longest
+/// `Prefix` (compared element by element on `/`).
+fn ingress_route<'a>(
+    machine: &'a str,
+    m: &'a crate::model::Machine,
+    site: &str,
+    path: &str,
+) -> Result<Reached<'a>, String> {
+    let ingress = m
+        .files
+        .values()
+        .filter(|f| f.format == Format::Kubernetes)
+        .map(|f| &f.content)
+        .find(|c| {
+            c.get("kind").and_then(Value::as_str) == Some("Ingress")
+                && c.pointer("/spec/rules/0/host").and_then(Value::as_str) == Some(site)
+        })
+        .ok_or_else(|| format!("namespace `{machine}` has no Ingress for `{site}`"))?;
+    let matches = |p: &Value| -> Option<(bool, usize)> {
+        let want = p.get("path")?.as_str()?;
+        match p.get("pathType")?.as_str()? {
+            "Exact" => (want == path).then_some((true, want.len())),
+            _ => {
+                let prefix = want.trim_end_matches('/');
+                (prefix.is_empty() || path == prefix || path.starts_with(&format!("{prefix}/")))
+                    .then_some((false, prefix.len()))
+            }
+        }
+    };
+    let best = ingress
+        .pointer("/spec/rules/0/http/paths")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| matches(p).map(|rank| (rank, p)))
+        .max_by_key(|(rank, _)| *rank)
+        .map(|(_, p)| p)
+        .ok_or_else(|| format!("the Ingress for `{site}` in namespace `{machine}` does not route `{path}`"))?;
+    let service = best
+        .pointer("/backend/service/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let port_name = best
+        .pointer("/backend/service/port/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let port = m
+        .listens
+        .iter()
+        .find(|l| l.service == service && l.name == port_name)
+        .map(|l| l.port)
+        .ok_or_else(|| {
+            format!(
+                "the Ingress for `{site}` sends `{path}` to `{service}:{port_name}`, which no pod of `{machine}` serves"
+            )
+        })?;
+    Ok(Reached {
+        machine,
+        service: service.to_owned(),
+        port,
+    })
 }
 
 fn field_path(c: &Conf, ptr: &str) -> String {
