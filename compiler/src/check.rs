@@ -236,7 +236,7 @@ fn routes(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                     Diagnostic::error(
                         Code::UnreachableUpstream,
                         format!(
-                            "site `{}` on machine `{mname}` proxies to `{}.{}` in Kubernetes namespace `{}`, which only the cluster reaches",
+                            "site `{}` on machine `{mname}` proxies to `{}.{}` on Kubernetes machine `{}`, a ClusterIP Service only the cluster reaches",
                             r.site, r.service, r.port, r.machine
                         ),
                     )

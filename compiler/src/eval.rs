@@ -423,7 +423,14 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
         .collect();
     // Nickel's own hints (did-you-mean, expected values) make the best help
     // line; our per-code advice comes after.
-    d.help = if notes.is_empty() {
+    d.help = if notes.is_empty() && d.message.contains("infinite recursion") {
+        // Nearly always a record field shadowing an outer `let` or argument.
+        Some(
+            "inside a record, a field's name means that field: `{ port = port }` is defined as itself; \
+             rename the outer `let` or argument"
+                .to_owned(),
+        )
+    } else if notes.is_empty() {
         default_help(code).map(str::to_owned)
     } else {
         Some(notes.remove(0))
