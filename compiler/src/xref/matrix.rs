@@ -389,20 +389,23 @@ fn federation(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
     let delegated = caddies
         .iter()
         .find_map(|c| well_known(c, sn, "server").map(|w| (*c, w)));
-    // `serve_server_wellknown`: Synapse answers the well-known itself with
-    // its public_baseurl's host on 443, if the server name routes it there.
+    // `serve_server_wellknown`: Synapse answers the well-known itself, if
+    // the server name routes it there.
     let self_delegated = delegated.is_none()
         && syn.get("/serve_server_wellknown").and_then(Value::as_bool) == Some(true)
         && ix
             .sites_for(sn, 443)
             .first()
             .is_some_and(|(p, s)| ix.route(p, s, "/.well-known/matrix/server").is_ok_and(|r| is(syn, &r)));
-    let base_host = syn
-        .str("/public_baseurl")
-        .and_then(Url::parse)
-        .map(|u| format!("{}:{}", u.host, u.port));
+    // It answers `m.server` with the server name on 443 (or its own port).
     let target = match &delegated {
-        None if self_delegated && base_host.is_some() => base_host.clone().unwrap_or_default(),
+        None if self_delegated => {
+            if sn.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+                sn.to_owned()
+            } else {
+                format!("{sn}:443")
+            }
+        }
         Some((_, (_, _, body))) => match body.get("m.server").and_then(Value::as_str) {
             Some(t) if t.contains(':') && !t.ends_with(']') => t.to_owned(),
             Some(t) => format!("{t}:8448"),
