@@ -115,11 +115,7 @@ pub fn manifest(stack: &Stack, files: &Rendered, inputs: &BTreeMap<String, Vec<u
         files: files
             .iter()
             .map(|(path, f)| {
-                let (algo, digest) = if f.secret {
-                    secrets::secret_file_digest(keying, &f.bytes)
-                } else {
-                    ("sha256".into(), hex(&Sha256::digest(&f.bytes)))
-                };
+                let (algo, digest) = f.digest(keying);
                 FileEntry {
                     path,
                     size: f.bytes.len(),

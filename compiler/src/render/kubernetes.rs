@@ -9,7 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{ContentError, Rendered};
-use crate::secrets::{self, Keying};
+use crate::secrets::Keying;
 
 const FILE: &str = "$stackc_file";
 const DIGEST: &str = "$stackc_digest";
@@ -19,6 +19,13 @@ pub struct Machine<'a> {
     pub name: &'a str,
     pub files: &'a Rendered,
     pub keying: &'a Keying,
+}
+
+impl Machine<'_> {
+    /// A file of this machine rendered so far, by its path in the machine.
+    fn file(&self, path: &str) -> Option<&super::RenderedFile> {
+        self.files.get(&format!("{}/{path}", self.name))
+    }
 }
 
 /// Whether `v` asks for a digest anywhere (rendered after the others).
@@ -67,21 +74,16 @@ fn fill(v: &Value, ptr: &str, secret: bool, m: &Machine, errors: &mut Vec<Conten
                 errors.push(ContentError::new(ptr, "`$stackc_digest` needs an array of paths"));
                 return Value::Null;
             };
-            // One line per file: its path and its manifest digest (keyed
-            // for secrets, so no secret is ever guessable from a pod).
+            // One line per file: its path and its manifest digest.
             let mut h = Sha256::new();
             for (i, p) in paths.iter().enumerate() {
                 let Some(path) = p.as_str() else {
                     errors.push(ContentError::new(format!("{ptr}/{i}"), "a path must be a string"));
                     continue;
                 };
-                match m.files.get(&format!("{}/{path}", m.name)) {
+                match m.file(path) {
                     Some(f) => {
-                        let (algo, digest) = if f.secret {
-                            secrets::secret_file_digest(m.keying, &f.bytes)
-                        } else {
-                            ("sha256".into(), crate::load::hex(&Sha256::digest(&f.bytes)))
-                        };
+                        let (algo, digest) = f.digest(m.keying);
                         h.update(format!("{path} {algo}:{digest}\n"));
                     }
                     None => errors.push(ContentError::new(
@@ -114,8 +116,7 @@ fn fill(v: &Value, ptr: &str, secret: bool, m: &Machine, errors: &mut Vec<Conten
 /// manifest.
 fn carried<'a>(path: &str, secret: bool, m: &'a Machine) -> Result<&'a super::RenderedFile, String> {
     let f = m
-        .files
-        .get(&format!("{}/{path}", m.name))
+        .file(path)
         .ok_or_else(|| format!("there is no file `{path}` on machine `{}` to carry", m.name))?;
     if f.secret && !secret {
         return Err(format!(

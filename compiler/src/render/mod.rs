@@ -33,6 +33,21 @@ pub struct RenderedFile {
     pub secret: bool,
 }
 
+impl RenderedFile {
+    /// The digest the manifest records: plain sha256, keyed `hmac_sha256`
+    /// for secret files (no low-entropy secret is guessable from it).
+    pub fn digest(&self, keying: &Keying) -> (String, String) {
+        if self.secret {
+            crate::secrets::secret_file_digest(keying, &self.bytes)
+        } else {
+            (
+                "sha256".into(),
+                crate::load::hex(&<sha2::Sha256 as sha2::Digest>::digest(&self.bytes)),
+            )
+        }
+    }
+}
+
 /// Hand-written so that a stray `{:?}` (a panic message, a log line) can
 /// never print a secret's bytes: only the length is shown, for every file.
 impl std::fmt::Debug for RenderedFile {

@@ -397,22 +397,17 @@ fn federation(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
             .sites_for(sn, 443)
             .first()
             .is_some_and(|(p, s)| ix.route(p, s, "/.well-known/matrix/server").is_ok_and(|r| is(syn, &r)));
-    // It answers `m.server` with the server name on 443 (or its own port).
+    // A server name with a port is connected to there; Synapse's own
+    // well-known answers it on 443.
+    let sn_port = sn.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
     let target = match &delegated {
-        None if self_delegated => {
-            if sn.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-                sn.to_owned()
-            } else {
-                format!("{sn}:443")
-            }
-        }
+        None if sn_port => sn.to_owned(),
+        None if self_delegated => format!("{sn}:443"),
         Some((_, (_, _, body))) => match body.get("m.server").and_then(Value::as_str) {
             Some(t) if t.contains(':') && !t.ends_with(']') => t.to_owned(),
             Some(t) => format!("{t}:8448"),
             None => return,
         },
-        // A server name with a port is connected to there.
-        None if sn.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => sn.to_owned(),
         None => format!("{sn}:8448"),
     };
     let via = if self_delegated {
