@@ -27,6 +27,14 @@ pub struct Cli {
     /// When to use colour in diagnostics. `auto` honours NO_COLOR and CLICOLOR_FORCE.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
     color: Color,
+    /// Seconds an evaluation of the stack may take before it is stopped (SC0113).
+    #[arg(long, value_name = "SECONDS", global = true, env = "STACKC_MAX_EVAL_TIME",
+          default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    max_eval_time: u64,
+    /// Memory, in MiB, an evaluation of the stack may hold before it is stopped (SC0114).
+    #[arg(long, value_name = "MIB", global = true, env = "STACKC_MAX_EVAL_MEMORY",
+          default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
+    max_eval_memory: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -155,8 +163,19 @@ enum SecretsCommand {
     },
 }
 
+/// The evaluation budget every command uses, set once from the options.
+static LIMITS: std::sync::OnceLock<crate::eval::Limits> = std::sync::OnceLock::new();
+
+fn limits() -> crate::eval::Limits {
+    LIMITS.get().copied().unwrap_or_default()
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = LIMITS.set(crate::eval::Limits {
+        time: std::time::Duration::from_secs(cli.max_eval_time),
+        memory: usize::try_from(cli.max_eval_memory << 20).unwrap_or(usize::MAX),
+    });
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,
@@ -289,6 +308,7 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         return report(&[d], color, "nothing written").max(2);
     }
     let opts = crate::Options {
+        limits: limits(),
         project_root: req.root,
         keying: &keying,
         cache,
@@ -475,6 +495,7 @@ fn check(file: &Path, format: CheckFormat, root: Option<&Path>, quiet: bool, col
     // Placeholders exercise the whole pipeline (resolve, render, verify)
     // without a key; nothing is written.
     let opts = crate::Options {
+        limits: limits(),
         project_root: root,
         keying: &Keying::Placeholder,
         cache: &crate::secrets::NoCache,
@@ -510,6 +531,7 @@ fn check(file: &Path, format: CheckFormat, root: Option<&Path>, quiet: bool, col
 
 fn plan(file: &Path, root: Option<&Path>, color: bool) -> u8 {
     let opts = crate::Options {
+        limits: limits(),
         project_root: root,
         keying: &Keying::Placeholder,
         cache: &crate::secrets::NoCache,
@@ -555,6 +577,7 @@ fn diff(old: &str, new: &str, stat: bool, name_only: bool, format: Format, key: 
 fn diff_side(spec: &str, keying: &Keying) -> Result<crate::render::Rendered, Vec<Diagnostic>> {
     let build = |entry: &Path, root: Option<&Path>| {
         let opts = crate::Options {
+            limits: limits(),
             project_root: root,
             keying,
             cache: &crate::secrets::NoCache,

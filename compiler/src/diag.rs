@@ -55,6 +55,10 @@ codes! {
     NotAStack = "SC0109", 1, "the file does not evaluate to a stack";
     UnknownField = "SC0110", 1, "unknown option (misspelt or misplaced)";
     EmptyFile = "SC0111", 1, "the stack file is empty";
+    ImportUnreadable = "SC0112", 1, "an imported file is not a regular UTF-8 file of bounded size";
+    EvalTime = "SC0113", 1, "evaluation took longer than its time budget";
+    EvalMemory = "SC0114", 1, "evaluation needed more memory than its budget";
+    TooDeep = "SC0115", 1, "the stack nests deeper than stackc accepts";
     PortConflict = "SC0201", 1, "two services listen on the same port of one machine";
     UnknownMachine = "SC0202", 1, "reference to a machine that is not declared";
     UnknownUpstream = "SC0203", 1, "a proxy site points to a service or port that does not exist";

@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use codespan_reporting::diagnostic::Severity as CsSeverity;
 use nickel_lang_core::{
-    cache::{InputFormat, SourcePath},
+    cache::SourcePath,
     error::{Error as NickelError, EvalErrorKind, ImportErrorKind, IntoDiagnostics, LabelStyle, TypecheckErrorKind},
     eval::{
         cache::CacheImpl,
@@ -22,8 +23,9 @@ use nickel_lang_core::{
     program::{Program, ProgramBuilder},
 };
 
+use crate::budget;
 use crate::diag::{Code, Diagnostic, Label, Severity, SourceFile, Span};
-use crate::load::{self, Project};
+use crate::load::{self, InputFormat, Project};
 
 /// Where a field of the evaluated value was written.
 #[derive(Debug, Clone, Default)]
@@ -47,39 +49,109 @@ pub type Locs = BTreeMap<String, Loc>;
 pub struct Evaluated {
     pub value: serde_json::Value,
     pub locs: Locs,
-    /// Project files Nickel read, by display name (relative to the project).
-    pub inputs: BTreeMap<String, PathBuf>,
+    /// Bytes of the project files Nickel evaluated, by display name
+    /// (relative to the project), for the manifest.
+    pub inputs: BTreeMap<String, Vec<u8>>,
 }
 
-/// Evaluates on a thread with a large stack: Nickel recurses deeply on big
+/// What one evaluation may use. The defaults leave room for stacks far
+/// larger than any real deployment (10 000 services take about 2 GiB and a
+/// minute) while stopping a runaway recursion long before the machine's
+/// memory is gone.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub time: Duration,
+    pub memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            time: Duration::from_secs(300),
+            memory: 4 << 30,
+        }
+    }
+}
+
+/// Evaluates on a thread with a large stack (Nickel recurses deeply on big
 /// records, and its values are `!Send`, so everything Nickel-typed stays on
-/// that thread and only plain data comes back.
-pub fn evaluate(project: &Project) -> Result<Evaluated, Vec<Diagnostic>> {
+/// that thread and only plain data comes back), within `limits`: a thread
+/// over its budget is stopped (see `budget`) and the budget is the finding.
+pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diagnostic>> {
     let root = project.root.clone();
-    let entry = project.entry.clone();
+    let sources: Vec<(PathBuf, InputFormat, String)> = project
+        .sources
+        .iter()
+        .map(|s| (s.nickel_path.clone(), s.format, s.text.clone()))
+        .collect();
+    let slot = budget::Slot::new(limits.memory);
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("nickel-eval".into())
         .stack_size(256 << 20)
-        .spawn(move || evaluate_here(root, entry))
-        .expect("spawning the evaluation thread")
-        .join()
-        .unwrap_or_else(|_| {
+        .spawn(move || {
+            struct Finish(&'static budget::Slot);
+            impl Drop for Finish {
+                fn drop(&mut self) {
+                    self.0.finish();
+                }
+            }
+            slot.enter();
+            let _finish = Finish(slot);
+            let _ = tx.send(evaluate_here(root, sources));
+        })
+        .expect("spawning the evaluation thread");
+    match slot.wait(limits.time) {
+        budget::Outcome::OverMemory => Err(vec![
+            Diagnostic::error(
+                Code::EvalMemory,
+                format!(
+                    "evaluating the stack needed more than {} MiB of memory",
+                    limits.memory >> 20
+                ),
+            )
+            .with_help(
+                "look for a recursion without an end or a huge generated array; \
+                 a stack that really is this large can raise the budget with `--max-eval-memory MIB`",
+            ),
+        ]),
+        budget::Outcome::OverTime => Err(vec![
+            Diagnostic::error(
+                Code::EvalTime,
+                format!("evaluating the stack took longer than {} s", limits.time.as_secs()),
+            )
+            .with_help(
+                "look for a recursion without an end; \
+                 a stack that really is this large can raise the budget with `--max-eval-time SECONDS`",
+            ),
+        ]),
+        budget::Outcome::OverStack => {
+            Err(vec![too_deep_finding(MAX_DEPTH).with_note(
+                "evaluation recursed past the end of its stack while building or exporting this value",
+            )])
+        }
+        budget::Outcome::Done | budget::Outcome::Running => rx.recv().unwrap_or_else(|_| {
             Err(vec![
                 Diagnostic::error(Code::Internal, "the Nickel evaluator panicked")
                     .with_help("this is a bug in stackc or Nickel: please report it with the stack file"),
             ])
-        })
+        }),
+    }
 }
 
-fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnostic>> {
+fn evaluate_here(root: PathBuf, sources: Vec<(PathBuf, InputFormat, String)>) -> Result<Evaluated, Vec<Diagnostic>> {
+    let mut sources = sources.into_iter();
+    let (entry, _, text) = sources.next().expect("load gives the stack file first");
+    let mut texts: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
+    texts.insert(entry.clone(), text.as_bytes().to_vec());
     let mut program: Program<CacheImpl> = ProgramBuilder::new()
-        .add_path(entry.clone())
+        .add_source_string(text, entry.clone())
         .add_import_paths([PathBuf::from(load::STDLIB_ROOT)])
         .build()
         .map_err(|e| {
             vec![Diagnostic::error(
-                Code::InputUnreadable,
-                format!("cannot load `{}`: {e}", entry.display()),
+                Code::Internal,
+                format!("cannot hand the stack file to Nickel: {e}"),
             )]
         })?;
 
@@ -89,10 +161,11 @@ fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnos
         vec![convert_error(err, &mut files, spans)]
     };
 
-    // The stdlib is registered as in-memory sources under STDLIB_ROOT, which
-    // is also an import path: `import "stackc.ncl"` finds it there with no
-    // file on disk. This needs the main file parsed first (Nickel's cache
-    // hook), which also surfaces syntax errors early.
+    // The stdlib and the project files `load` read are registered as
+    // in-memory sources under two virtual roots (the stdlib's is also an
+    // import path): Nickel finds every import in memory and never opens a
+    // file. This needs the main file parsed first (Nickel's cache hook),
+    // which also surfaces syntax errors early.
     if let Err(e) = program.compile() {
         return Err(fail(e, &program, &mut spans));
     }
@@ -103,6 +176,10 @@ fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnos
                 cache
                     .sources
                     .add_string(SourcePath::Path(path, InputFormat::Nickel), (*text).to_owned());
+            }
+            for (path, format, text) in sources.by_ref() {
+                texts.insert(path.clone(), text.as_bytes().to_vec());
+                cache.sources.add_string(SourcePath::Path(path, format), text);
             }
             Ok::<_, std::convert::Infallible>(value)
         })
@@ -121,6 +198,9 @@ fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnos
         let err = NickelError::ExportError(Box::new(e.with_pos_table(program.pos_table().clone())));
         return Err(fail(err, &program, &mut spans));
     }
+    if let Some(depth) = too_deep_nickel(&value) {
+        return Err(vec![too_deep_finding(depth)]);
+    }
     let json = serde_json::to_value(&value).map_err(|e| {
         vec![Diagnostic::error(
             Code::NotExportable,
@@ -132,40 +212,21 @@ fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnos
     let mut locs = Locs::new();
     collect_locs(&value, &mut String::new(), program.pos_table(), &mut spans, &mut locs);
 
-    // Every file Nickel read: project inputs (recorded in the manifest), the
-    // stdlib, Nickel's own generated snippets. Anything else was read from
-    // outside the project — through an import the lexical scan in `load`
-    // cannot see, such as one inside a string interpolation — and is refused.
+    // The project files Nickel used, for the manifest (the bytes `load`
+    // read). Every other name is the stdlib or a snippet Nickel generates:
+    // `load` registered all files, and the virtual roots exist nowhere on
+    // disk, so nothing else can have been read.
     let mut inputs = BTreeMap::new();
-    let mut escaped = Vec::new();
     for name in spans.files.filenames() {
         let path = PathBuf::from(name);
-        if !path.is_absolute() || path.starts_with(load::STDLIB_ROOT) {
-            continue;
+        if let Some(bytes) = texts.get(&path) {
+            inputs.insert(load::display_name(&root, &name.to_string_lossy()), bytes.clone());
+        } else if path.is_absolute() && !path.starts_with(load::STDLIB_ROOT) {
+            return Err(vec![
+                Diagnostic::error(Code::Internal, "Nickel read a file that `load` did not hand it")
+                    .with_help("this is a bug in stackc: please report it with the stack file"),
+            ]);
         }
-        if path.starts_with(&root) {
-            inputs.insert(load::display_name(&root, &name.to_string_lossy()), path);
-        } else {
-            escaped.push(path);
-        }
-    }
-    if !escaped.is_empty() {
-        return Err(escaped
-            .iter()
-            .map(|p| {
-                Diagnostic::error(Code::ImportEscapes, format!("the stack read `{}`, outside the project directory", p.display()))
-                    .with_help("keep every imported file inside the project directory, so the stack builds the same from any checkout")
-            })
-            .collect());
-    }
-    if let Some(depth) = too_deep(&json) {
-        return Err(vec![
-            Diagnostic::error(
-                Code::NotExportable,
-                format!("the stack's value is nested more than {depth} levels deep"),
-            )
-            .with_help("configuration data this deep is a mistake (a recursive definition?); flatten it"),
-        ]);
     }
     Ok(Evaluated {
         value: json,
@@ -174,19 +235,37 @@ fn evaluate_here(root: PathBuf, entry: PathBuf) -> Result<Evaluated, Vec<Diagnos
     })
 }
 
-/// Deepest nesting later stages accept: they recurse over the value.
+fn too_deep_finding(depth: usize) -> Diagnostic {
+    Diagnostic::error(
+        Code::TooDeep,
+        format!("the stack's value is nested more than {depth} levels deep"),
+    )
+    .with_help("configuration data this deep is a mistake (a recursive definition?); flatten it")
+}
+
+/// Deepest nesting later stages accept: they, and the export itself,
+/// recurse over the value.
 const MAX_DEPTH: usize = 128;
 
-/// `Some(MAX_DEPTH)` if `v` nests deeper than that (checked without recursion).
-fn too_deep(v: &serde_json::Value) -> Option<usize> {
+/// `Some(MAX_DEPTH)` if `v` nests deeper than that (checked without
+/// recursion, before anything recursive walks the value).
+fn too_deep_nickel(v: &NickelValue) -> Option<usize> {
     let mut stack = vec![(v, 0usize)];
     while let Some((v, d)) = stack.pop() {
         if d > MAX_DEPTH {
             return Some(MAX_DEPTH);
         }
-        match v {
-            serde_json::Value::Array(a) => stack.extend(a.iter().map(|c| (c, d + 1))),
-            serde_json::Value::Object(o) => stack.extend(o.values().map(|c| (c, d + 1))),
+        match v.content_ref() {
+            ValueContentRef::Record(Container::Alloc(record)) => {
+                stack.extend(
+                    record
+                        .fields
+                        .values()
+                        .filter_map(|f| f.value.as_ref())
+                        .map(|c| (c, d + 1)),
+                );
+            }
+            ValueContentRef::Array(Container::Alloc(array)) => stack.extend(array.array.iter().map(|c| (c, d + 1))),
             _ => {}
         }
     }
@@ -351,6 +430,7 @@ fn sanitize(message: &str, root: &std::path::Path) -> String {
     let root = root.to_string_lossy();
     m.replace(&format!("{root}/"), "")
         .replace(root.as_ref(), ".")
+        .replace(&format!("{}/", load::PROJECT_ROOT), "")
         .replace(load::STDLIB_ROOT, load::STDLIB_DISPLAY)
 }
 

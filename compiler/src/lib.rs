@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod archive;
+pub mod budget;
 pub mod bundle;
 pub mod cache;
 pub mod check;
@@ -25,6 +26,11 @@ pub mod verify;
 pub mod xref;
 
 use std::path::Path;
+
+/// Every allocation of an evaluation thread counts against its budget
+/// (`budget`); other threads allocate as usual.
+#[global_allocator]
+static ALLOCATOR: budget::Counting = budget::Counting;
 
 use diag::Diagnostic;
 use render::Rendered;
@@ -46,6 +52,8 @@ pub struct Options<'a> {
     pub cache: &'a dyn secrets::Cache,
     /// Only this machine's files (and manifest entries).
     pub machine: Option<&'a str>,
+    /// Time and memory the evaluation may use.
+    pub limits: eval::Limits,
 }
 
 /// The pure core: from a stack file to bundle bytes. Reads the project's
@@ -58,7 +66,7 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         d
     };
     let project = load::load(entry, opts.project_root).map_err(sorted)?;
-    let evaluated = eval::evaluate(&project).map_err(sorted)?;
+    let evaluated = eval::evaluate(&project, opts.limits).map_err(sorted)?;
     let mut stack = model::from_value(&evaluated.value).map_err(sorted)?;
     let pos = check::Positions(&evaluated.locs);
     let findings = check::check(&stack, &evaluated.locs);
@@ -89,8 +97,7 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
     if !problems.is_empty() {
         return Err(sorted(problems));
     }
-    let inputs = load::read_inputs(&evaluated.inputs).map_err(sorted)?;
-    let manifest = bundle::manifest(&stack, &files, &inputs, opts.keying);
+    let manifest = bundle::manifest(&stack, &files, &evaluated.inputs, opts.keying);
     Ok(Compiled {
         stack,
         files,

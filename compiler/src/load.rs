@@ -1,14 +1,19 @@
-//! `load`: find the stack file and its project, check that every import stays
-//! inside the project, and hand out the embedded standard library.
+//! `load`: find the stack file and its project, read every file the stack
+//! imports, and hand out the embedded standard library.
 //!
 //! The project is the directory of the entry file (or `--project-root`).
 //! Imports resolve relative to the importing file, then in the embedded
-//! stdlib; an import that leaves the project is refused before evaluation so
-//! a build never depends on files outside the repository it is reviewed in.
+//! stdlib. `load` reads the project's files itself — only regular files
+//! inside the project, after resolving every symbolic link — and Nickel gets
+//! them from memory under a virtual root, so evaluation never opens a file:
+//! an import that would leave the project is refused before a byte of it is
+//! read, whatever its form.
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+
+pub use nickel_lang_core::cache::InputFormat;
 
 use crate::diag::{Code, Diagnostic, SourceFile, Span};
 
@@ -19,13 +24,10 @@ include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 pub const STDLIB_ROOT: &str = "/__stackc_stdlib__";
 /// How diagnostics name stdlib files.
 pub const STDLIB_DISPLAY: &str = "<stackc>";
-
-pub struct Project {
-    /// Canonical project directory.
-    pub root: PathBuf,
-    /// Canonical path of the stack file.
-    pub entry: PathBuf,
-}
+/// Absolute path under which the project's files are registered with
+/// Nickel (`<PROJECT_ROOT>/prod.ncl`). Nothing exists there on disk, so an
+/// import `load` did not read finds nothing.
+pub const PROJECT_ROOT: &str = "/__stackc_project__";
 
 /// How a file path is shown to the user: relative to the project, or
 /// `<stackc>/…` for the stdlib. Never an absolute path of the build machine.
@@ -33,10 +35,15 @@ pub fn display_name(root: &Path, name: &str) -> String {
     if let Some(rest) = name.strip_prefix(STDLIB_ROOT) {
         return format!("{STDLIB_DISPLAY}{rest}");
     }
+    if let Some(rest) = name.strip_prefix(PROJECT_ROOT) {
+        return rest.trim_start_matches('/').to_owned();
+    }
     let p = Path::new(name);
     match p.strip_prefix(root) {
         Ok(rel) => rel.to_string_lossy().into_owned(),
-        Err(_) => name.to_owned(),
+        // Nickel's own snippets (`<generated>`, `<stdlib/std.ncl>`).
+        Err(_) if !p.is_absolute() => name.to_owned(),
+        Err(_) => "<outside the project>".to_owned(),
     }
 }
 
@@ -61,15 +68,43 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// Largest file a stack may import (or be): configuration this large is a
+/// mistake, and reading it must not exhaust memory.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Deepest syntactic nesting accepted in a project file. Nickel's passes
+/// recurse over the syntax tree: beyond a few tens of thousands of levels they
+/// overflow the stack, and long before that their memory grows quadratically.
+/// Real configuration stays far below this.
+pub const MAX_SYNTAX_DEPTH: usize = 512;
+
+/// One project file, read once by `load`. Nickel gets these bytes from memory
+/// and never opens a file itself.
+pub struct Source {
+    /// Where Nickel knows the file: `PROJECT_ROOT/<path relative to the root>`.
+    pub nickel_path: PathBuf,
+    pub format: InputFormat,
+    pub text: String,
+}
+
+pub struct Project {
+    /// Canonical project directory.
+    pub root: PathBuf,
+    /// Canonical path of the stack file.
+    pub entry: PathBuf,
+    /// The stack file first, then every file it imports, transitively.
+    pub sources: Vec<Source>,
+}
+
 pub fn load(entry: &Path, root: Option<&Path>) -> Result<Project, Vec<Diagnostic>> {
+    let shown = entry.display().to_string();
     let unreadable = |e: std::io::Error| {
         vec![
-            Diagnostic::error(Code::InputUnreadable, format!("cannot read `{}`: {e}", entry.display()))
+            Diagnostic::error(Code::InputUnreadable, format!("cannot read `{shown}`: {e}"))
                 .with_help("check the path of the stack file"),
         ]
     };
-    let entry = fs::canonicalize(entry).map_err(unreadable)?;
-    let text = fs::read_to_string(&entry).map_err(unreadable)?;
+    let canonical = fs::canonicalize(entry).map_err(unreadable)?;
     let root = match root {
         Some(r) => fs::canonicalize(r).map_err(|e| {
             vec![Diagnostic::error(
@@ -77,101 +112,341 @@ pub fn load(entry: &Path, root: Option<&Path>) -> Result<Project, Vec<Diagnostic
                 format!("cannot use `{}` as the project root: {e}", r.display()),
             )]
         })?,
-        None => entry.parent().expect("a file has a parent").to_path_buf(),
+        None => canonical.parent().expect("a file has a parent").to_path_buf(),
     };
-    if !entry.starts_with(&root) {
+    let Ok(rel) = canonical.strip_prefix(&root).map(Path::to_path_buf) else {
         return Err(vec![
             Diagnostic::error(
                 Code::ImportEscapes,
-                format!("the stack file `{}` is outside the project root", entry.display()),
+                format!("the stack file `{shown}` is outside the project root"),
             )
             .with_help("pass a --project-root that contains the stack file"),
         ]);
-    }
-    let project = Project { root, entry };
+    };
+    let text = match read_regular(&canonical) {
+        Ok(t) => t,
+        Err(Refusal::Io(e)) => return Err(unreadable(e)),
+        Err(why) => {
+            return Err(vec![
+                Diagnostic::error(
+                    Code::ImportUnreadable,
+                    format!("the stack file `{shown}` {}", why.says()),
+                )
+                .with_help(why.help()),
+            ]);
+        }
+    };
+    let project_path = Path::new(PROJECT_ROOT).join(&rel);
     if text
         .lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
     {
-        let name = display_name(&project.root, &project.entry.to_string_lossy());
         return Err(vec![
-            Diagnostic::error(Code::EmptyFile, format!("`{name}` is empty (or only comments)"))
-                .with_help("a stack file starts with `let stackc = import \"stackc.ncl\" in stackc.stack { … }`"),
+            Diagnostic::error(
+                Code::EmptyFile,
+                format!("`{}` is empty (or only comments)", rel.display()),
+            )
+            .with_help("a stack file starts with `let stackc = import \"stackc.ncl\" in stackc.stack { … }`"),
         ]);
     }
+    let mut project = Project {
+        root,
+        entry: canonical,
+        sources: vec![Source {
+            nickel_path: project_path,
+            format: InputFormat::Nickel,
+            text,
+        }],
+    };
     let mut diags = Vec::new();
-    let mut seen = Vec::new();
-    check_imports(&project, &project.entry, text, &mut seen, &mut diags);
+    // Breadth-first over the import graph; `sources` grows as it goes.
+    let mut next = 0;
+    while next < project.sources.len() {
+        if project.sources[next].format == InputFormat::Nickel {
+            scan(&mut project, next, &mut diags);
+        }
+        next += 1;
+    }
     if diags.is_empty() { Ok(project) } else { Err(diags) }
 }
 
-/// Follows the static imports of a project file, refusing any that resolves
-/// outside the project root (symlinks included: paths are canonicalised).
-fn check_imports(project: &Project, file: &Path, text: String, seen: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
-    if seen.iter().any(|s| s == file) {
+/// Why a file is not read.
+enum Refusal {
+    Io(std::io::Error),
+    NotRegular(&'static str),
+    TooLarge,
+    NotUtf8,
+}
+
+impl Refusal {
+    fn says(&self) -> String {
+        match self {
+            Refusal::Io(e) => format!("cannot be read: {e}"),
+            Refusal::NotRegular(kind) => format!("is a {kind}, not a regular file"),
+            Refusal::TooLarge => format!("is larger than {} MiB", MAX_FILE_BYTES >> 20),
+            Refusal::NotUtf8 => "is not UTF-8 text".to_owned(),
+        }
+    }
+
+    fn help(&self) -> &'static str {
+        match self {
+            Refusal::Io(_) => "check the file's permissions",
+            Refusal::NotRegular(_) => {
+                "stackc reads only regular files: a FIFO or device could hang the build or feed it endless data"
+            }
+            Refusal::TooLarge => "configuration this large is a mistake; import a smaller file",
+            Refusal::NotUtf8 => "Nickel reads text as UTF-8: convert the file, or keep binary data out of the stack",
+        }
+    }
+}
+
+/// Reads a file that `canonicalize` resolved (no symbolic link left in the
+/// path) if, once open, it is a regular file of bounded size holding UTF-8.
+/// Opened non-blocking (a FIFO does not wait for a writer) and without
+/// following a link swapped in since; the type is checked on the open file.
+fn read_regular(path: &Path) -> Result<String, Refusal> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+        .map_err(Refusal::Io)?;
+    let meta = file.metadata().map_err(Refusal::Io)?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        return Err(Refusal::NotRegular(if ft.is_fifo() {
+            "FIFO"
+        } else if ft.is_socket() {
+            "socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "device"
+        } else if ft.is_dir() {
+            "directory"
+        } else {
+            "special file"
+        }));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(Refusal::TooLarge);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Refusal::Io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Refusal::TooLarge);
+    }
+    String::from_utf8(bytes).map_err(|_| Refusal::NotUtf8)
+}
+
+/// An import found in a project file: target, format, literal's byte range.
+struct Import {
+    path: PathBuf,
+    format: InputFormat,
+    range: std::ops::Range<usize>,
+}
+
+/// Parses source `index` with Nickel's own parser, refuses nesting past
+/// [`MAX_SYNTAX_DEPTH`], and resolves each import exactly as Nickel will —
+/// first next to the importing file, then in the stdlib — reading the
+/// project files it lands on into `project.sources`. An import that would
+/// make Nickel open anything else is refused here, before a byte is read.
+/// Syntax errors are left to Nickel, which reports them better; the imports
+/// of what did parse are still checked.
+fn scan(project: &mut Project, index: usize, diags: &mut Vec<Diagnostic>) {
+    let src = &project.sources[index];
+    let file = Arc::new(SourceFile {
+        name: display_name(&project.root, &src.nickel_path.to_string_lossy()),
+        text: Arc::from(src.text.as_str()),
+    });
+    let (imports, too_deep) = syntax_facts(&src.text);
+    if let Some(range) = too_deep {
+        diags.push(
+            Diagnostic::error(
+                Code::TooDeep,
+                format!(
+                    "`{}` nests expressions more than {MAX_SYNTAX_DEPTH} levels deep",
+                    file.name
+                ),
+            )
+            .with_label(
+                Some(Span {
+                    file: file.clone(),
+                    range,
+                }),
+                "this is where the limit is crossed",
+            )
+            .with_help(
+                "configuration this deep is a mistake (generated?); flatten it, or build the structure with a function",
+            ),
+        );
         return;
     }
-    seen.push(file.to_path_buf());
-    let source = Arc::new(SourceFile {
-        name: display_name(&project.root, &file.to_string_lossy()),
-        text: Arc::from(text.as_str()),
-    });
-    let dir = file.parent().expect("a file has a parent");
-    for (target, range) in static_imports(&text) {
-        let candidate = dir.join(&target);
-        let resolved = match fs::canonicalize(&candidate) {
-            Ok(p) => p,
-            // Not on disk: either the stdlib or a missing file, which Nickel
-            // reports with its own diagnostic. A missing path that would
-            // still leave the project is refused here.
-            Err(_) => {
-                let lexical = normalize(&candidate);
-                if lexical.starts_with(&project.root) || is_stdlib_name(&target) {
-                    continue;
-                }
-                lexical
-            }
+    let dir = src
+        .nickel_path
+        .parent()
+        .expect("a project path has a parent")
+        .to_path_buf();
+    for import in imports {
+        let span = || {
+            Some(Span {
+                file: file.clone(),
+                range: import.range.clone(),
+            })
         };
-        if !resolved.starts_with(&project.root) {
-            diags.push(
-                Diagnostic::error(Code::ImportEscapes, format!("import of `{target}` leaves the project directory"))
-                    .with_label(
-                        Some(Span { file: source.clone(), range }),
-                        "this file is outside the project",
-                    )
-                    .with_help(
-                        "keep every imported file inside the project directory, so the stack builds the same from any checkout",
-                    ),
-            );
+        let shown = import.path.to_string_lossy().into_owned();
+        let beside = normalize(&dir.join(&import.path));
+        let in_stdlib = normalize(&Path::new(STDLIB_ROOT).join(&import.path));
+        let escapes = || {
+            Diagnostic::error(
+                Code::ImportEscapes,
+                format!("import of `{shown}` leaves the project directory"),
+            )
+            .with_label(span(), "this file is outside the project")
+            .with_help(
+                "keep every imported file inside the project directory, so the stack builds the same from any checkout",
+            )
+        };
+        let Ok(rel) = beside.strip_prefix(PROJECT_ROOT).map(Path::to_path_buf) else {
+            diags.push(escapes());
+            continue;
+        };
+        let real = project.root.join(&rel);
+        if fs::symlink_metadata(&real).is_err() {
+            // Not in the project: Nickel looks in the stdlib next, which
+            // holds only in-memory files. A name that would climb out of it
+            // would send Nickel to the real file system.
+            if !in_stdlib.starts_with(STDLIB_ROOT) {
+                diags.push(escapes());
+            }
             continue;
         }
-        if resolved.extension().is_some_and(|e| e == "ncl")
-            && let Ok(t) = fs::read_to_string(&resolved)
-        {
-            check_imports(project, &resolved, t, seen, diags);
+        match fs::canonicalize(&real) {
+            Ok(c) if !c.starts_with(&project.root) => {
+                diags.push(escapes().with_note(format!(
+                    "`{}` is a symbolic link (or passes through one) to a file outside the project",
+                    rel.display()
+                )));
+                continue;
+            }
+            Ok(c) => {
+                if project
+                    .sources
+                    .iter()
+                    .any(|s| s.nickel_path == beside && s.format == import.format)
+                {
+                    continue;
+                }
+                match read_regular(&c) {
+                    Ok(text) => project.sources.push(Source {
+                        nickel_path: beside,
+                        format: import.format,
+                        text,
+                    }),
+                    Err(why) => diags.push(
+                        Diagnostic::error(
+                            Code::ImportUnreadable,
+                            format!("the imported file `{shown}` {}", why.says()),
+                        )
+                        .with_label(span(), "imported here")
+                        .with_help(why.help()),
+                    ),
+                }
+            }
+            // A dangling link, or a loop: Nickel would fail on it too.
+            Err(_) => diags.push(
+                Diagnostic::error(
+                    Code::ImportNotFound,
+                    format!("cannot resolve the imported file `{shown}`"),
+                )
+                .with_label(span(), "imported here")
+                .with_help("the path is a symbolic link that leads nowhere (or in a loop)"),
+            ),
         }
     }
 }
 
-/// The bytes of the project files Nickel evaluated, for the manifest.
-pub fn read_inputs(
-    inputs: &std::collections::BTreeMap<String, PathBuf>,
-) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Vec<Diagnostic>> {
-    inputs
-        .iter()
-        .map(|(name, path)| {
-            fs::read(path).map(|b| (name.clone(), b)).map_err(|e| {
-                vec![Diagnostic::error(
-                    Code::InputUnreadable,
-                    format!("cannot re-read input `{name}`: {e}"),
-                )]
-            })
-        })
-        .collect()
+/// Every import of a Nickel source (with the byte range of its path
+/// literal), and where nesting first exceeds [`MAX_SYNTAX_DEPTH`], if it
+/// does. Nickel's import paths are always literals, so the syntax tree holds
+/// every file evaluation can open — including imports inside string
+/// interpolations, which a textual scan misses.
+fn syntax_facts(text: &str) -> (Vec<Import>, Option<std::ops::Range<usize>>) {
+    use nickel_lang_parser::{
+        ErrorTolerantParser,
+        ast::{AstAlloc, Import as AstImport, Node},
+        files::Files,
+        grammar::TermParser,
+        lexer::Lexer,
+        traverse::{TraverseAlloc, TraverseControl},
+    };
+    if let Some(at) = bracket_depth_exceeded(text) {
+        return (Vec::new(), Some(at..at + 1));
+    }
+    let mut files = Files::empty();
+    let id = files.add("scan", text);
+    let alloc = AstAlloc::new();
+    let Ok((ast, _errors)) = TermParser::new().parse_tolerant(&alloc, id, Lexer::new(text)) else {
+        return (Vec::new(), None);
+    };
+    let mut imports = Vec::new();
+    let deep = ast.traverse_ref(
+        &mut |node: &nickel_lang_parser::ast::Ast<'_>, depth: &usize| {
+            let range = || node.pos.into_opt().map(|s| s.to_range()).unwrap_or(0..0);
+            if *depth > MAX_SYNTAX_DEPTH {
+                return TraverseControl::Return(range());
+            }
+            if let Node::Import(AstImport::Path { path, format }) = &node.node {
+                imports.push(Import {
+                    path: PathBuf::from(path),
+                    format: *format,
+                    range: literal_range(text, range()),
+                });
+            }
+            TraverseControl::ContinueWithScope(depth + 1)
+        },
+        &0,
+    );
+    (imports, deep)
 }
 
-fn is_stdlib_name(target: &str) -> bool {
-    STDLIB.iter().any(|(name, _)| *name == target)
+/// Nickel's parser and passes recurse per level of brackets; a file with
+/// tens of thousands of them must be refused before it is parsed. Counts
+/// `(`, `[`, `{` (also `%{` of interpolations) against their closers,
+/// outside comments, which is enough for a bound.
+fn bracket_depth_exceeded(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut comment = false;
+    for (i, b) in text.bytes().enumerate() {
+        match b {
+            b'\n' => comment = false,
+            _ if comment => {}
+            b'#' => comment = true,
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_SYNTAX_DEPTH {
+                    return Some(i);
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The import node spans `import "path" [as 'Fmt]`; labels point at the
+/// path's literal, which is what the user would change.
+fn literal_range(text: &str, node: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let Some(slice) = text.get(node.clone()) else {
+        return node;
+    };
+    let Some(open) = slice.find('"') else { return node };
+    match slice[open + 1..].find('"') {
+        Some(close) => node.start + open..node.start + open + close + 2,
+        None => node,
+    }
 }
 
 fn normalize(p: &Path) -> PathBuf {
@@ -188,96 +463,52 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-/// `import "path"` occurrences outside comments, with the byte range of the
-/// string literal. Nickel only accepts a plain string literal after
-/// `import`, so a lexical scan finds every static import.
-fn static_imports(text: &str) -> Vec<(String, std::ops::Range<usize>)> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    let mut in_string = false;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if in_string {
-            match b {
-                b'\\' => i += 1,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            i += 1;
-            continue;
-        }
-        match b {
-            b'#' => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            // Multi-line string `m%"…"%`: quotes inside do not end it.
-            b'm' if text[i..].starts_with("m%\"") && (i == 0 || !is_ident(bytes[i - 1])) => {
-                i = text[i + 3..].find("\"%").map_or(bytes.len(), |end| i + 3 + end + 2);
-            }
-            b'"' => {
-                in_string = true;
-                i += 1;
-            }
-            b'i' if text[i..].starts_with("import")
-                && (i == 0 || !is_ident(bytes[i - 1]))
-                && !bytes.get(i + 6).copied().is_some_and(is_ident) =>
-            {
-                let mut j = i + 6;
-                while j < bytes.len() && bytes[j].is_ascii_whitespace() {
-                    j += 1;
-                }
-                if bytes.get(j) == Some(&b'"') {
-                    let start = j;
-                    let mut k = j + 1;
-                    while k < bytes.len() && bytes[k] != b'"' && bytes[k] != b'\n' {
-                        k += if bytes[k] == b'\\' { 2 } else { 1 };
-                    }
-                    if k < bytes.len() && bytes[k] == b'"' {
-                        out.push((text[start + 1..k].to_owned(), start..k + 1));
-                        i = k + 1;
-                        continue;
-                    }
-                }
-                i += 6;
-            }
-            _ => i += 1,
-        }
-    }
-    out
-}
-
-fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'\''
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn imported(src: &str) -> Vec<String> {
+        syntax_facts(src)
+            .0
+            .into_iter()
+            .map(|i| i.path.to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
-    fn finds_imports_but_not_in_comments_or_strings() {
-        let src = "let a = import \"a.ncl\" in\n# import \"no.ncl\"\nlet s = \"import \\\"x\\\"\" in\nlet d = m%\"import \"z.ncl\" \"% in\nimport  \"../b.ncl\"";
-        let found: Vec<_> = static_imports(src).into_iter().map(|(p, _)| p).collect();
-        assert_eq!(found, vec!["a.ncl", "../b.ncl"]);
+    fn finds_imports_in_code_and_interpolations_but_not_comments_or_plain_strings() {
+        let src = "let a = import \"a.ncl\" in\n# import \"no.ncl\"\nlet s = \"import \\\"x\\\"\" in\nlet d = m%\"import \"z.ncl\" %{import \"t.txt\" as 'Text} \"% in\n{ x = \"%{import \"../b.ncl\"}\" }";
+        let mut found = imported(src);
+        found.sort();
+        assert_eq!(found, vec!["../b.ncl", "a.ncl", "t.txt"]);
     }
 
     #[test]
     fn import_range_covers_the_literal() {
-        let src = "import \"x.ncl\"";
-        let (_, r) = &static_imports(src)[0];
-        assert_eq!(&src[r.clone()], "\"x.ncl\"");
+        let src = "{ x = import \"x.ncl\" }";
+        let facts = syntax_facts(src).0;
+        assert_eq!(&src[facts[0].range.clone()], "\"x.ncl\"");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = "[".repeat(60_000);
+        assert!(syntax_facts(&deep).1.is_some());
+        let chain = "let x = 1 in ".repeat(MAX_SYNTAX_DEPTH + 10) + "x";
+        assert!(syntax_facts(&chain).1.is_some(), "let chains nest without brackets");
+        let fine = "let x = 1 in ".repeat(50) + "[[[x]]]";
+        assert!(syntax_facts(&fine).1.is_none());
     }
 
     #[test]
     fn display_names_are_relative() {
         let root = Path::new("/p/proj");
-        assert_eq!(display_name(root, "/p/proj/prod.ncl"), "prod.ncl");
+        assert_eq!(display_name(root, &format!("{PROJECT_ROOT}/prod.ncl")), "prod.ncl");
+        assert_eq!(display_name(root, &format!("{PROJECT_ROOT}/lib/a.ncl")), "lib/a.ncl");
         assert_eq!(
             display_name(root, &format!("{STDLIB_ROOT}/caddy.ncl")),
             "<stackc>/caddy.ncl"
         );
+        assert_eq!(display_name(root, "/etc/passwd"), "<outside the project>");
     }
 }

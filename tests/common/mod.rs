@@ -178,6 +178,7 @@ pub fn compile_with_key(
         keying: &keying,
         cache,
         machine: None,
+        limits: Default::default(),
     };
     stackc::compile(entry, &opts)
 }
