@@ -58,6 +58,8 @@ struct InputEntry {
 #[derive(Serialize)]
 struct MachineInfo<'a> {
     address: &'a str,
+    /// The machine's address on each network, for deploy tools.
+    addresses: &'a std::collections::BTreeMap<String, String>,
     deploy_root: &'a str,
     units: &'a [String],
 }
@@ -106,6 +108,7 @@ pub fn manifest(stack: &Stack, files: &Rendered, inputs: &BTreeMap<String, Vec<u
                     name.as_str(),
                     MachineInfo {
                         address: &m.address,
+                        addresses: &m.addresses,
                         deploy_root: &m.deploy_root,
                         units: &m.units,
                     },

@@ -47,7 +47,204 @@ pub fn check(stack: &Stack, locs: &Locs) -> Vec<Diagnostic> {
     ports(stack, &pos, &mut out);
     routes(stack, &pos, &mut out);
     sites(stack, &pos, &mut out);
+    networks(stack, &pos, &mut out);
     out
+}
+
+/// `10.0.0.0/24` as an address and a prefix length.
+pub fn parse_cidr(cidr: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = cidr.split_once('/')?;
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+/// Whether `addr` lies in `net/len` (a `/0` of either family holds all).
+#[allow(clippy::precedence)]
+pub fn in_cidr(addr: std::net::IpAddr, (net, len): (std::net::IpAddr, u8)) -> bool {
+    use std::net::IpAddr::*;
+    let bits = |a: std::net::IpAddr| match a {
+        V4(v) => u128::from(u32::from(v)) << 96,
+        V6(v) => u128::from(v),
+    };
+    if len == 0 {
+        return true;
+    }
+    if addr.is_ipv4() != net.is_ipv4() {
+        return false;
+    }
+    // IPv4 addresses sit in the top 32 bits, so one mask serves both.
+    let mask = u128::MAX << (128 - u32::from(len));
+    bits(addr) & mask == bits(net) & mask
+}
+
+/// Networks and addresses: every machine has one, each on a declared
+/// network and inside its prefix; declared networks do not overlap;
+/// machines a proxy route joins share a network; every firewall opening
+/// names something the stack knows.
+fn networks(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
+    let nets: BTreeMap<&str, Option<(std::net::IpAddr, u8)>> = stack
+        .networks
+        .iter()
+        .map(|(n, net)| (n.as_str(), parse_cidr(&net.cidr)))
+        .collect();
+    let known_nets = || nets.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+    let declared = nets.iter().filter_map(|(n, c)| c.map(|c| (*n, c))).collect::<Vec<_>>();
+    for (i, (a, ca)) in declared.iter().enumerate() {
+        for (b, cb) in &declared[i + 1..] {
+            if in_cidr(ca.0, *cb) || in_cidr(cb.0, *ca) {
+                out.push(
+                    Diagnostic::error(
+                        Code::NetworkAddress,
+                        format!(
+                            "networks `{a}` ({}) and `{b}` ({}) overlap",
+                            stack.networks[*a].cidr, stack.networks[*b].cidr
+                        ),
+                    )
+                    .with_primary(pos.at(&format!("/networks/{}/cidr", pointer_escape(b))), "this network")
+                    .with_secondary(
+                        pos.at(&format!("/networks/{}/cidr", pointer_escape(a))),
+                        "overlaps this one",
+                    )
+                    .with_help("give each network its own prefix: an address must say which network it is on"),
+                );
+            }
+        }
+    }
+    for (mname, m) in &stack.machines {
+        let mp = machine_ptr(mname);
+        if m.addresses.is_empty() {
+            let help = if nets.len() > 1 {
+                format!(
+                    "the stack declares several networks ({}): give the machine `addresses.<network> = \"…\"` for each it is on",
+                    known_nets()
+                )
+            } else {
+                "give the machine an `address`".to_owned()
+            };
+            out.push(
+                Diagnostic::error(
+                    Code::NetworkAddress,
+                    format!("machine `{mname}` has no address on any network"),
+                )
+                .with_label(
+                    pos.at(&format!("{mp}/address"))
+                        .or_else(|| pos.0.get(&mp).and_then(|l| l.key.clone())),
+                    "this machine",
+                )
+                .with_help(help),
+            );
+            continue;
+        }
+        for (net, addr) in &m.addresses {
+            let ap = format!("{mp}/addresses/{}", pointer_escape(net));
+            let Some(cidr) = nets.get(net.as_str()) else {
+                out.push(
+                    Diagnostic::error(
+                        Code::NetworkAddress,
+                        format!(
+                            "machine `{mname}` has an address on network `{net}`, which the stack does not declare"
+                        ),
+                    )
+                    .with_label(
+                        pos.0.get(&ap).and_then(|l| l.key.clone()).or_else(|| pos.at(&ap)),
+                        "no network of this name",
+                    )
+                    .with_help(format!("declared networks: {}", known_nets())),
+                );
+                continue;
+            };
+            if let (Some(cidr), Ok(ip)) = (cidr, addr.parse::<std::net::IpAddr>())
+                && !in_cidr(ip, *cidr)
+            {
+                out.push(
+                    Diagnostic::error(
+                        Code::NetworkAddress,
+                        format!(
+                            "machine `{mname}`'s address {addr} is not inside network `{net}` ({})",
+                            stack.networks[net].cidr
+                        ),
+                    )
+                    .with_primary(pos.at(&ap), "this address")
+                    .with_secondary(pos.at(&format!("/networks/{}/cidr", pointer_escape(net))), "the network's prefix")
+                    .with_help("fix the address or the network's prefix: the firewall and routing assume the address is on that network"),
+                );
+            }
+        }
+        if !m.address.is_empty() && !m.addresses.values().any(|a| *a == m.address) {
+            out.push(
+                Diagnostic::error(
+                    Code::NetworkAddress,
+                    format!("machine `{mname}`'s `address` {} is none of its `addresses`", m.address),
+                )
+                .with_label(pos.at(&format!("{mp}/address")), "the address DNS records use")
+                .with_help(
+                    "`address` names the one of `addresses` DNS records use: copy it from there, or leave it out",
+                ),
+            );
+        }
+        // Proxy routes to other machines need a network in common.
+        for (i, r) in m.routes.iter().enumerate() {
+            let Some(target) = stack.machines.get(&r.machine) else {
+                continue;
+            };
+            if r.machine == *mname || target.namespace.is_some() || target.addresses.is_empty() {
+                continue;
+            }
+            if !m.addresses.keys().any(|n| target.addresses.contains_key(n)) {
+                let on = |x: &crate::model::Machine| {
+                    x.addresses
+                        .keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                out.push(
+                    Diagnostic::error(
+                        Code::NoSharedNetwork,
+                        format!(
+                            "site `{}` on machine `{mname}` proxies to machine `{}`, but they share no network (`{mname}` is on {}, `{}` on {})",
+                            r.site, r.machine, on(m), r.machine, on(target)
+                        ),
+                    )
+                    .with_label(pos.at(&format!("{mp}/routes/{i}/machine")), "this machine cannot be reached")
+                    .with_help(format!(
+                        "put both machines on one network (an address for each in `addresses`), or serve the site from `{}`",
+                        r.machine
+                    )),
+                );
+            }
+        }
+        for (i, o) in m.openings.iter().enumerate().filter(|(_, o)| !o.resolved) {
+            let what = if o.ssh {
+                "SSH".to_owned()
+            } else {
+                format!("{} port {}", o.protocol, o.port)
+            };
+            let why = match stack.machines.get(&o.source) {
+                Some(_) => format!("machine `{}` shares no network with `{mname}`", o.source),
+                None => format!("`{}` is no machine, network, address or CIDR of the stack", o.source),
+            };
+            let machines = stack
+                .machines
+                .keys()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push(
+                Diagnostic::error(
+                    Code::UnknownSource,
+                    format!("{what} on machine `{mname}` is opened to `{}`: {why}", o.source),
+                )
+                .with_label(pos.at(&format!("{mp}/openings/{i}/source")), "this source")
+                .with_help(format!(
+                    "sources: `any`, machines ({machines}), networks ({}), addresses or CIDRs",
+                    known_nets()
+                )),
+            );
+        }
+    }
 }
 
 fn names(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
@@ -364,5 +561,25 @@ mod tests {
         ] {
             assert!(!valid_host(bad), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+
+    #[test]
+    fn cidr_membership() {
+        let net = |s| parse_cidr(s).unwrap();
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(in_cidr(ip("10.0.0.3"), net("10.0.0.0/24")));
+        assert!(!in_cidr(ip("10.0.1.3"), net("10.0.0.0/24")));
+        assert!(in_cidr(ip("203.0.113.10"), net("203.0.113.0/24")));
+        assert!(in_cidr(ip("10.1.2.3"), net("10.0.0.0/8")));
+        assert!(in_cidr(ip("2001:db8::5"), net("2001:db8::/64")));
+        assert!(!in_cidr(ip("2001:db9::5"), net("2001:db8::/64")));
+        assert!(!in_cidr(ip("10.0.0.3"), net("2001:db8::/64")));
+        assert!(in_cidr(ip("2001:db8::5"), net("0.0.0.0/0")));
+        assert!(parse_cidr("10.0.0.0/33").is_none());
     }
 }

@@ -67,6 +67,9 @@ codes! {
     InvalidName = "SC0206", 1, "a machine or service name is not usable in file names";
     DuplicateSite = "SC0207", 1, "two proxy sites serve the same host name";
     InvalidHost = "SC0208", 1, "a proxy site is not a valid host name";
+    NoSharedNetwork = "SC0209", 1, "two machines that must talk share no network";
+    NetworkAddress = "SC0210", 1, "a machine's address does not fit the stack's networks";
+    UnknownSource = "SC0211", 1, "a firewall opening names no machine, network or address";
     NoSecretsKey = "SC0301", 2, "build needs a master key or --placeholder-secrets";
     KeyPermissions = "SC0302", 1, "the master key file is readable by others";
     KeyMalformed = "SC0303", 1, "the master key file is not a stackc key";

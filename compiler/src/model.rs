@@ -19,7 +19,30 @@ pub const OUTPUT_VERSION: u64 = 1;
 pub struct Stack {
     pub stackc: Meta,
     pub name: String,
+    /// Every network, with the implicit `default` of a stack without any.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
     pub machines: BTreeMap<String, Machine>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub cidr: String,
+    pub public: bool,
+    pub prefer: f64,
+}
+
+/// A source a firewall opening names, as written, and whether the stdlib
+/// could turn it into addresses.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Opening {
+    pub source: String,
+    pub port: u16,
+    pub protocol: String,
+    pub ssh: bool,
+    pub resolved: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,7 +54,13 @@ pub struct Meta {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Machine {
+    /// The address DNS records use ("" if the machine has none).
     pub address: String,
+    /// The machine's address on each network it is on.
+    #[serde(default)]
+    pub addresses: BTreeMap<String, String>,
+    #[serde(default)]
+    pub openings: Vec<Opening>,
     pub deploy_root: String,
     /// Set when the machine is a Kubernetes namespace (its name).
     #[serde(default)]

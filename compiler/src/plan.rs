@@ -12,12 +12,43 @@ use crate::check::split_site;
 
 pub fn markdown(c: &Compiled) -> String {
     let stack = &c.stack;
-    let by_address: BTreeMap<&str, &str> = stack
+    // Every address of every machine, with the network it is on.
+    let by_address: BTreeMap<&str, (&str, &str)> = stack
         .machines
         .iter()
-        .map(|(n, m)| (m.address.as_str(), n.as_str()))
+        .flat_map(|(n, m)| {
+            m.addresses
+                .iter()
+                .map(move |(net, a)| (a.as_str(), (n.as_str(), net.as_str())))
+        })
         .collect();
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### Networks
+
+| network | prefix | public | machines |
+| --- | --- | --- | --- |"
+    );
+    for (name, net) in &stack.networks {
+        let on: Vec<String> = stack
+            .machines
+            .iter()
+            .filter_map(|(m, mm)| mm.addresses.get(name).map(|a| format!("{m} `{a}`")))
+            .collect();
+        let prefix = if net.cidr == "0.0.0.0/0" {
+            "any"
+        } else {
+            net.cidr.as_str()
+        };
+        let _ = writeln!(
+            out,
+            "| `{name}` | {prefix} | {} | {} |",
+            if net.public { "yes" } else { "no" },
+            on.join(", ")
+        );
+    }
+    let _ = writeln!(out);
     let _ = writeln!(out, "### DNS\n\n| name | type | points at |\n| --- | --- | --- |");
     let mut names: BTreeMap<&str, &str> = BTreeMap::new();
     for (mname, m) in &stack.machines {
@@ -32,7 +63,7 @@ pub fn markdown(c: &Compiled) -> String {
     }
     let _ = writeln!(
         out,
-        "\n### Connections between machines\n\n| from | to | port | for |\n| --- | --- | --- | --- |"
+        "\n### Connections between machines\n\n| from | to | port | over | for |\n| --- | --- | --- | --- | --- |"
     );
     for (mname, m) in &stack.machines {
         for r in m.routes.iter().filter(|r| r.machine != *mname) {
@@ -42,9 +73,31 @@ pub fn markdown(c: &Compiled) -> String {
                     .find(|l| l.service == r.service && l.name == r.port)
                     .map(|l| format!("{}/{}", l.protocol.as_str(), l.port))
             });
+            // The network the connection uses: the one whose address of the
+            // target the proxy's upstream names.
+            let over = stack
+                .machines
+                .get(&r.machine)
+                .and_then(|t| {
+                    let mut shared: Vec<(&String, &String)> = t
+                        .addresses
+                        .iter()
+                        .filter(|(n, _)| m.addresses.contains_key(*n))
+                        .collect();
+                    shared.sort_by_key(|(n, _)| {
+                        let net = stack.networks.get(*n);
+                        (
+                            net.map_or(0, |x| -(x.prefer as i64)),
+                            net.is_some_and(|x| x.public),
+                            (*n).clone(),
+                        )
+                    });
+                    shared.first().map(|(n, a)| format!("`{n}`: {} → {a}", m.addresses[*n]))
+                })
+                .unwrap_or_else(|| "none shared".into());
             let _ = writeln!(
                 out,
-                "| {mname} | {} ({}) | {} | proxy site `{}` |",
+                "| {mname} | {} ({}) | {} | {over} | proxy site `{}` |",
                 r.machine,
                 r.service,
                 port.unwrap_or_else(|| "?".into()),
@@ -69,6 +122,20 @@ pub fn markdown(c: &Compiled) -> String {
             if !udp.is_empty() {
                 open.push(format!("udp {}", udp.join(", ")));
             }
+            match fw.content.get("ssh").filter(|v| !v.is_null()) {
+                Some(ssh) => {
+                    let from: Vec<&str> = ssh["from"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str())
+                        .collect();
+                    let _ = writeln!(out, "- SSH (tcp/{}) open to: {}", ssh["port"], from.join(", "));
+                }
+                None => {
+                    let _ = writeln!(out, "- SSH: closed (deliberately, `firewall.ssh.enable = false`)");
+                }
+            }
             let _ = writeln!(
                 out,
                 "- firewall, open to everyone: {}",
@@ -81,10 +148,11 @@ pub fn markdown(c: &Compiled) -> String {
             let mut from: BTreeMap<String, std::collections::BTreeSet<(String, u64)>> = BTreeMap::new();
             for a in fw.content["allow_from"].as_array().into_iter().flatten() {
                 let src = a["source"].as_str().unwrap_or("?");
-                let who = by_address
-                    .get(src)
-                    .map(|n| format!("{n} ({src})"))
-                    .unwrap_or(src.to_owned());
+                let who = match (src, by_address.get(src)) {
+                    ("any", _) => "everyone (by opening)".to_owned(),
+                    (_, Some((n, net))) => format!("{n} ({src} on `{net}`)"),
+                    _ => src.to_owned(),
+                };
                 from.entry(who).or_default().insert((
                     a["protocol"].as_str().unwrap_or("?").to_owned(),
                     a["port"].as_u64().unwrap_or(0),

@@ -20,6 +20,17 @@ struct Firewall {
     /// forward chain, where DNAT-ed connections to them pass.
     #[serde(default)]
     published: Vec<Published>,
+    /// Operator access; absent when SSH is closed deliberately.
+    #[serde(default)]
+    ssh: Option<Ssh>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct Ssh {
+    port: u16,
+    /// Addresses, CIDRs or `any`.
+    from: Vec<String>,
 }
 
 #[derive(Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord, Clone)]
@@ -29,7 +40,7 @@ struct Published {
     port: u16,
 }
 
-/// A port opened to one source address (another machine's proxy).
+/// A port opened to one source: an address, a CIDR or `any`.
 #[derive(Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(deny_unknown_fields)]
 struct Allow {
@@ -60,6 +71,14 @@ table inet {{ table }} {
 		icmp type echo-request accept
 		icmpv6 type echo-request accept
 {% endif %}
+{% if ssh %}
+
+		# Operator access (SSH): kept open so that loading this ruleset never
+		# locks the operator out.
+{% for r in ssh %}
+		{{ r }} accept
+{% endfor %}
+{% endif %}
 {% if tcp_ports %}
 
 		tcp dport { {{ tcp_ports | join(", ") }} } accept
@@ -69,9 +88,9 @@ table inet {{ table }} {
 {% endif %}
 {% if allow_from %}
 
-		# Ports other machines' proxies forward to, open to them only.
+		# Ports other machines use (proxy routes, connections, openings), open to them only.
 {% for a in allow_from %}
-		{{ a.family }} saddr {{ a.source }} {{ a.protocol }} dport {{ a.port }} accept
+		{{ a.match }}{{ a.protocol }} dport {{ a.port }} accept
 {% endfor %}
 {% endif %}
 	}
@@ -85,7 +104,7 @@ table inet {{ table }} {
 
 		ct state established,related accept
 {% for a in published_allow %}
-		{{ a.family }} saddr {{ a.source }} ct status dnat meta l4proto {{ a.protocol }} ct original proto-dst {{ a.port }} accept
+		{{ a.match }}ct status dnat meta l4proto {{ a.protocol }} ct original proto-dst {{ a.port }} accept
 {% endfor %}
 {% for p in published %}
 		ct status dnat meta l4proto {{ p.protocol }} ct original proto-dst {{ p.port }} drop
@@ -113,10 +132,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
     allow.dedup();
     let mut errors = Vec::new();
     for (i, a) in allow.iter().enumerate() {
-        let ok_source = !a.source.is_empty()
-            && a.source
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".:-".contains(&b));
+        let ok_source = valid_source(&a.source);
         if !ok_source || !["tcp", "udp"].contains(&a.protocol.as_str()) {
             errors.push(ContentError::new(
                 format!("/allow_from/{i}"),
@@ -137,14 +153,56 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         )]);
     }
     let allow_ctx = |a: &Allow| {
-        let family = if a.source.contains(':') { "ip6" } else { "ip" };
-        minijinja::context! { family, source => a.source, protocol => a.protocol, port => a.port }
+        minijinja::context! { match => source_match(&a.source), protocol => a.protocol, port => a.port }
     };
+    // Extra ports opened to everyone count as openings from `any` here: a
+    // port docker publishes is forwarded, never delivered to `input`.
+    let extra: Vec<Allow> = [("tcp", &fw.tcp_ports), ("udp", &fw.udp_ports)]
+        .into_iter()
+        .flat_map(|(protocol, ports)| {
+            ports.iter().map(move |&port| Allow {
+                source: "any".into(),
+                protocol: protocol.into(),
+                port,
+            })
+        })
+        .collect();
     let published_allow: Vec<_> = allow
         .iter()
+        .chain(&extra)
         .filter(|a| published.iter().any(|p| p.protocol == a.protocol && p.port == a.port))
         .map(allow_ctx)
         .collect();
+    let ssh: Vec<String> = match &fw.ssh {
+        None => Vec::new(),
+        Some(ssh) => {
+            if let Some(bad) = ssh.from.iter().find(|s| !valid_source(s)) {
+                return Err(vec![ContentError::new(
+                    "/ssh/from",
+                    format!("cannot admit SSH from `{bad}`"),
+                )]);
+            }
+            if ssh.from.is_empty() {
+                return Err(vec![ContentError::new(
+                    "/ssh/from",
+                    "SSH is enabled with no source: the ruleset would lock the operator out",
+                )]);
+            }
+            if ssh.from.iter().any(|s| s == "any") {
+                vec![format!("tcp dport {}", ssh.port)]
+            } else {
+                let (v6, v4): (Vec<&String>, Vec<&String>) = ssh.from.iter().partition(|s| s.contains(':'));
+                [("ip", v4), ("ip6", v6)]
+                    .into_iter()
+                    .filter(|(_, set)| !set.is_empty())
+                    .map(|(family, set)| {
+                        let set: Vec<&str> = set.iter().map(|s| s.as_str()).collect();
+                        format!("{family} saddr {{ {} }} tcp dport {}", set.join(", "), ssh.port)
+                    })
+                    .collect()
+            }
+        }
+    };
     let published: Vec<_> = published
         .iter()
         .map(|p| minijinja::context! { protocol => p.protocol, port => p.port })
@@ -161,6 +219,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         tcp_ports => fw.tcp_ports,
         udp_ports => fw.udp_ports,
         allow_ping => fw.allow_ping,
+        ssh,
         allow_from,
         published,
         published_allow,
@@ -170,6 +229,24 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         .and_then(|t| t.render(ctx))
         .map_err(|e| vec![ContentError::new("", format!("rendering the ruleset failed: {e}"))])?;
     Ok(if text.ends_with('\n') { text } else { text + "\n" })
+}
+
+/// An address, a CIDR or `any`: nothing nft would have to resolve.
+fn valid_source(s: &str) -> bool {
+    s == "any"
+        || (!s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_hexdigit() || b".:/".contains(&b))
+            && s.bytes().any(|b| b == b'.' || b == b':'))
+}
+
+/// The `ip saddr X ` prefix of a rule (with its trailing space), or nothing
+/// for `any`.
+fn source_match(source: &str) -> String {
+    match source {
+        "any" => String::new(),
+        s if s.contains(':') => format!("ip6 saddr {s} "),
+        s => format!("ip saddr {s} "),
+    }
 }
 
 #[cfg(test)]
@@ -185,5 +262,52 @@ mod tests {
         assert!(!text.contains("udp dport"));
         assert!(!text.contains("echo-request"));
         assert!(text.contains("policy drop;"));
+        assert!(!text.contains("dport 22"), "no SSH unless asked for");
+    }
+
+    #[test]
+    fn ssh_is_admitted_from_its_sources_per_family() {
+        let fw = |from: serde_json::Value| {
+            render(
+                &json!({ "table": "t", "tcp_ports": [], "udp_ports": [], "allow_ping": true,
+                            "ssh": { "port": 2222, "from": from } }),
+            )
+        };
+        assert!(fw(json!(["any"])).unwrap().contains("\t\ttcp dport 2222 accept\n"));
+        let text = fw(json!(["192.0.2.0/24", "2001:db8::/64", "198.51.100.7"])).unwrap();
+        assert!(
+            text.contains("ip saddr { 192.0.2.0/24, 198.51.100.7 } tcp dport 2222 accept"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ip6 saddr { 2001:db8::/64 } tcp dport 2222 accept"),
+            "{text}"
+        );
+        assert!(
+            fw(json!([])).is_err(),
+            "an empty source list would lock the operator out"
+        );
+        assert!(
+            fw(json!(["bastion.example.com"])).is_err(),
+            "names are never resolved by nft"
+        );
+    }
+
+    #[test]
+    fn extra_ports_open_published_ports_in_the_forward_chain() {
+        let text = render(
+            &json!({ "table": "t", "tcp_ports": [5432], "udp_ports": [], "allow_ping": false,
+            "allow_from": [{ "source": "10.0.0.0/24", "protocol": "tcp", "port": 6379 }],
+            "published": [{ "protocol": "tcp", "port": 5432 }, { "protocol": "tcp", "port": 6379 }] }),
+        )
+        .unwrap();
+        assert!(
+            text.contains("\t\tct status dnat meta l4proto tcp ct original proto-dst 5432 accept"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ip saddr 10.0.0.0/24 ct status dnat meta l4proto tcp ct original proto-dst 6379 accept"),
+            "{text}"
+        );
     }
 }

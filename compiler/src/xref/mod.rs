@@ -481,7 +481,7 @@ impl<'a> Index<'a> {
             });
         }
         // 2. This machine, by loopback or by its own address.
-        if is_loopback(host) || host == m.address {
+        if is_loopback(host) || host == m.address || m.addresses.values().any(|a| a == host) {
             if let (Some(c), true) = (container, is_loopback(host)) {
                 return Err(format!(
                     "inside container `{c}`, `{host}` is the container itself; name the compose service instead"
@@ -492,7 +492,26 @@ impl<'a> Index<'a> {
                 .ok_or_else(|| format!("nothing on `{mname}` listens on port {port}"));
         }
         // 3. Another machine, by address: bind and firewall must let us in.
-        if let Some((tname, t)) = self.stack.machines.iter().find(|(_, t)| t.address == host) {
+        if let Some((tname, t)) = self
+            .stack
+            .machines
+            .iter()
+            .find(|(_, t)| t.address == host || t.addresses.values().any(|a| a == host))
+        {
+            // The caller connects from its address on the network `host` is
+            // on; a machine not on that network cannot reach it at all.
+            let net = t.addresses.iter().find(|(_, a)| *a == host).map(|(n, _)| n);
+            let source = match net {
+                Some(n) => match m.addresses.get(n) {
+                    Some(a) => a.as_str(),
+                    None => {
+                        return Err(format!(
+                            "`{host}` is `{tname}`'s address on network `{n}`, which `{mname}` is not on"
+                        ));
+                    }
+                },
+                None => m.address.as_str(),
+            };
             let reached = self
                 .on_machine(tname, port)
                 .ok_or_else(|| format!("nothing on `{tname}` listens on port {port}"))?;
@@ -504,10 +523,9 @@ impl<'a> Index<'a> {
                         l.service, l.bind
                     ));
                 }
-                if !l.public && !self.firewall_allows(tname, &m.address, port) {
+                if !l.public && !self.firewall_allows(tname, source, port) {
                     return Err(format!(
-                        "the firewall of `{tname}` does not open port {port} to `{mname}` ({})",
-                        m.address
+                        "the firewall of `{tname}` does not open port {port} to `{mname}` ({source})",
                     ));
                 }
             }
@@ -594,7 +612,9 @@ impl<'a> Index<'a> {
                 || c.get("allow_from").and_then(Value::as_array).is_some_and(|a| {
                     a.iter().any(|r| {
                         r.get("port").and_then(Value::as_u64) == Some(port.into())
-                            && r.get("source").and_then(Value::as_str).is_some_and(|s| s == source)
+                            && r.get("source")
+                                .and_then(Value::as_str)
+                                .is_some_and(|s| source_admits(s, source))
                     })
                 })
         })
@@ -865,5 +885,16 @@ mod tests {
             "upstream_oauth2.providers[0].id"
         );
         assert_eq!(dotted("/a~1b"), "a/b");
+    }
+}
+
+/// Whether an nft source (`any`, an address, a CIDR) admits `addr`.
+fn source_admits(rule: &str, addr: &str) -> bool {
+    if rule == "any" || rule == addr {
+        return true;
+    }
+    match (crate::check::parse_cidr(rule), addr.parse()) {
+        (Some(cidr), Ok(ip)) => crate::check::in_cidr(ip, cidr),
+        _ => false,
     }
 }
