@@ -73,21 +73,20 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
     if !findings.is_empty() {
         return Err(sorted(findings));
     }
-    if let Some(name) = opts.machine {
-        if !stack.machines.contains_key(name) {
-            let known: Vec<String> = stack.machines.keys().map(|k| format!("`{k}`")).collect();
-            return Err(vec![
-                Diagnostic::error(
-                    diag::Code::UnknownMachine,
-                    format!("there is no machine `{name}` in the stack"),
-                )
-                .with_help(format!("machines: {}", known.join(", "))),
-            ]);
-        }
-        stack.machines.retain(|k, _| k == name);
+    if let Some(name) = opts.machine
+        && !stack.machines.contains_key(name)
+    {
+        let known: Vec<String> = stack.machines.keys().map(|k| format!("`{k}`")).collect();
+        return Err(vec![
+            Diagnostic::error(
+                diag::Code::UnknownMachine,
+                format!("there is no machine `{name}` in the stack"),
+            )
+            .with_help(format!("machines: {}", known.join(", "))),
+        ]);
     }
     let resolved = secrets::resolve(&mut stack, opts.keying, opts.cache, &pos).map_err(sorted)?;
-    let files = render::render(&stack, &pos, opts.keying).map_err(sorted)?;
+    let mut files = render::render(&stack, &pos, opts.keying).map_err(sorted)?;
     let mut problems = verify::verify(&files, &resolved);
     if problems.is_empty() {
         // Schemas and cross-references together: all findings in one run.
@@ -96,6 +95,13 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
     }
     if !problems.is_empty() {
         return Err(sorted(problems));
+    }
+    // One machine's output is cut from the whole stack's, after every check
+    // ran on all of it: cross-machine facts (routes, firewalls) need them all.
+    if let Some(name) = opts.machine {
+        stack.machines.retain(|k, _| k == name);
+        let prefix = format!("{name}/");
+        files.retain(|path, _| path.starts_with(&prefix));
     }
     let manifest = bundle::manifest(&stack, &files, &evaluated.inputs, opts.keying);
     Ok(Compiled {
