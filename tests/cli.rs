@@ -418,3 +418,51 @@ fn machine_selection_needs_a_stream_format() {
     assert_eq!(o.status.code(), Some(2));
     assert!(!out.exists());
 }
+
+#[test]
+fn a_finding_past_column_65535_is_rendered_not_a_panic() {
+    // miette pads to a label's column with a formatting width, which
+    // panicked past 65 535: the line is now shown clipped around the label.
+    let tmp = TempDir::new("column");
+    std::fs::write(tmp.path().join("prod.ncl"), format!("{}]\n", " ".repeat(65_536))).unwrap();
+    for format in ["human", "json"] {
+        let o = stackc()
+            .args(["check", "--format", format, "prod.ncl"])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{format}: {stderr}");
+        let all = format!("{stdout}{stderr}");
+        assert!(all.contains("SC0101"), "{all}");
+        assert!(
+            all.contains("prod.ncl:1:65537"),
+            "the header names the real column: {all}"
+        );
+        assert!(all.len() < 5_000, "the long line is clipped, not printed whole");
+    }
+}
+
+#[test]
+fn a_panic_is_a_short_internal_error_without_absolute_paths() {
+    // STACKC_TEST_PANIC=1 panics on purpose, with an absolute path in the
+    // message (tests/README.md).
+    let o = stackc()
+        .args(["check", "prod.ncl"])
+        .env("STACKC_TEST_PANIC", "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(101), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("SC0999") && stderr.contains("internal error"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("compiler/src/cli.rs:"), "the place, relative: {stderr}");
+    for absolute in ["/root", "/home", ".cargo", "/rustc/", repo().to_str().unwrap()] {
+        assert!(!stderr.contains(absolute), "`{absolute}` in {stderr}");
+    }
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+}

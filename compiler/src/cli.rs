@@ -156,6 +156,12 @@ enum SecretsCommand {
 }
 
 pub fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(panic_hook));
+    // Test hook (tests/README.md): prove the panic hook prints no path of
+    // the build machine. The payload carries one on purpose.
+    if std::env::var_os("STACKC_TEST_PANIC").is_some_and(|v| v == "1") {
+        panic!("deliberate panic (STACKC_TEST_PANIC) in /root/.cargo/registry/src/x/y.rs");
+    }
     let cli = Cli::parse();
     let color = match cli.color {
         Color::Always => true,
@@ -226,6 +232,92 @@ pub fn main() -> ExitCode {
         Command::Secrets(SecretsCommand::Init { path }) => secrets_init(&path, color),
     };
     ExitCode::from(status)
+}
+
+/// Replaces Rust's panic message, which names the panicking source file by
+/// its absolute path on the build machine (`/root/.cargo/registry/…`): a
+/// short SC0999 diagnostic, the place relative to its crate, and the
+/// message with absolute paths left out. The exit status stays 101. A panic
+/// on the evaluation thread is also reported by `eval` as SC0999.
+fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    let at = info
+        .location()
+        .map(|l| format!(" at {}:{}:{}", source_place(l.file()), l.line(), l.column()))
+        .unwrap_or_default();
+    let thread = match std::thread::current().name() {
+        Some("main") | None => String::new(),
+        Some(name) => format!(" (thread `{}`)", diag::escape(name)),
+    };
+    let mut message = diag::escape(&without_absolute_paths(&payload)).into_owned();
+    if message.chars().count() > 300 {
+        message = message.chars().take(300).collect::<String>() + "…";
+    }
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{}\n\n  × internal error: stackc panicked{thread}{at}: {message}\n  help: this is a bug in stackc: please report it; `stackc explain {}` says what to include\n",
+        Code::Internal,
+        Code::Internal,
+    );
+}
+
+/// A source file named in a panic location, without the build machine's
+/// directories: stackc's own files are relative already
+/// (`compiler/src/diag.rs`); a dependency's is shown from its crate
+/// directory (`miette-7.6.0/src/…`), the standard library's from
+/// `library/`, anything else by its file name.
+fn source_place(file: &str) -> String {
+    let path = Path::new(file);
+    if !path.is_absolute() {
+        return file.to_owned();
+    }
+    let parts: Vec<&str> = file.split('/').filter(|p| !p.is_empty()).collect();
+    let is_crate_dir = |p: &&str| {
+        p.rsplit_once('-').is_some_and(|(name, version)| {
+            !name.is_empty() && version.starts_with(|c: char| c.is_ascii_digit()) && version.contains('.')
+        })
+    };
+    let from = parts
+        .iter()
+        .rposition(is_crate_dir)
+        .or_else(|| parts.iter().rposition(|p| *p == "library"));
+    match from {
+        Some(i) => parts[i..].join("/"),
+        None => format!("<…>/{}", parts.last().copied().unwrap_or_default()),
+    }
+}
+
+/// `text` with every absolute path (a `/` at the start of a word, followed
+/// by more of the path) replaced by `<path>`.
+fn without_absolute_paths(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    let mut prev: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        let starts_word = prev.is_none_or(|p| p.is_whitespace() || "\"'`([{<=:,".contains(p));
+        if c == '/' && starts_word {
+            let mut end = rest
+                .find(|ch: char| ch.is_whitespace() || "\"'`)]}>,".contains(ch))
+                .unwrap_or(rest.len());
+            // Punctuation after a path is the sentence's.
+            end = rest[..end].trim_end_matches([':', ';', '.', '!', '?']).len().max(1);
+            if rest[1..end].contains(|ch: char| ch.is_alphanumeric()) {
+                out.push_str("<path>");
+                prev = rest[..end].chars().last();
+                rest = &rest[end..];
+                continue;
+            }
+        }
+        out.push(c);
+        prev = Some(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// Prints findings to stderr, then a one-line summary; returns the status.
@@ -496,7 +588,7 @@ fn check(file: &Path, format: CheckFormat, root: Option<&Path>, quiet: bool, col
                 let machines = c.stack.machines.len();
                 eprintln!(
                     "ok: `{}`, {machines} machine{}, {} file{}",
-                    c.stack.name,
+                    diag::escape(&c.stack.name),
                     if machines == 1 { "" } else { "s" },
                     c.files.len(),
                     if c.files.len() == 1 { "" } else { "s" }
@@ -708,5 +800,38 @@ fn secrets_init(path: &Path, color: bool) -> u8 {
             Diagnostic::error(Code::Io, format!("cannot create `{}`: {e}", path.display()))
                 .with_help("secrets init never overwrites a key: every secret is derived from it"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_places_name_no_directory_of_the_build_machine() {
+        assert_eq!(source_place("compiler/src/diag.rs"), "compiler/src/diag.rs");
+        assert_eq!(
+            source_place(
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/miette-7.6.0/src/handlers/graphical.rs"
+            ),
+            "miette-7.6.0/src/handlers/graphical.rs"
+        );
+        assert_eq!(
+            source_place("/rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/core/src/fmt/rt.rs"),
+            "library/core/src/fmt/rt.rs"
+        );
+        assert_eq!(source_place("/home/me/src/thing.rs"), "<…>/thing.rs");
+    }
+
+    #[test]
+    fn panic_messages_lose_absolute_paths() {
+        assert_eq!(
+            without_absolute_paths("cannot open /home/me/.ssh/id_rsa: denied"),
+            "cannot open <path>: denied"
+        );
+        assert_eq!(
+            without_absolute_paths("at \"/tmp/x\" and (/etc/passwd), 1/2 and a/b stay, / too"),
+            "at \"<path>\" and (<path>), 1/2 and a/b stay, / too"
+        );
     }
 }
