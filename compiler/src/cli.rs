@@ -655,22 +655,7 @@ fn diff_side(spec: &str, keying: &Keying) -> Result<crate::render::Rendered, Vec
         crate::compile(entry, &opts).map(|c| c.files)
     };
     if let Some(rest) = spec.strip_prefix("git:") {
-        let (rev, path) = rest.split_once(':').ok_or_else(|| {
-            vec![Diagnostic::error(
-                Code::Io,
-                format!("`{spec}` is not `git:REV:path/to/stack.ncl`"),
-            )]
-        })?;
-        if Path::new(path).is_absolute()
-            || Path::new(path)
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-        {
-            return Err(vec![Diagnostic::error(
-                Code::Io,
-                format!("`{path}` must be a path inside the repository, relative to its top directory"),
-            )]);
-        }
+        let (rev, path) = parse_git_side(spec, rest)?;
         let tree = GitTree::export(rev)?;
         let entry = tree.dir.join(path);
         return build(&entry, None);
@@ -680,6 +665,44 @@ fn diff_side(spec: &str, keying: &Keying) -> Result<crate::render::Rendered, Vec
         return crate::bundle::read(p).map_err(|d| vec![d]);
     }
     build(p, None)
+}
+
+/// `git:REV:PATH` → (REV, PATH), or SC0903. A revision is handed to git,
+/// so one that git could read as an option (`--output=FILE`) is refused
+/// here, before git runs; git also gets `--end-of-options` before it.
+fn parse_git_side<'a>(spec: &str, rest: &'a str) -> Result<(&'a str, &'a str), Vec<Diagnostic>> {
+    let refuse = |what: String, help: &str| vec![Diagnostic::error(Code::DiffSide, what).with_help(help)];
+    let shown = diag::escape(spec);
+    let (rev, path) = rest.split_once(':').ok_or_else(|| {
+        refuse(
+            format!("`{shown}` is not `git:REV:path/to/stack.ncl`"),
+            "name a revision and the stack file's path in it, as in `git:HEAD~1:prod.ncl`",
+        )
+    })?;
+    if rev.is_empty() || rev.starts_with('-') {
+        return Err(refuse(
+            format!(
+                "`{}` is not a revision: a revision cannot be empty or start with `-`",
+                diag::escape(rev)
+            ),
+            "name a commit, branch or tag (`HEAD~1`, `main`, `v1.2`); a revision starting with `-` would be read by git as an option",
+        ));
+    }
+    if path.is_empty()
+        || Path::new(path).is_absolute()
+        || Path::new(path)
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(refuse(
+            format!(
+                "`{}` must be a path inside the repository, relative to its top directory",
+                diag::escape(path)
+            ),
+            "give the stack file's path as git shows it, as in `git:HEAD:deploy/prod.ncl`",
+        ));
+    }
+    Ok((rev, path))
 }
 
 /// A revision of the current git repository, exported to a temporary
@@ -712,15 +735,29 @@ impl GitTree {
         let dir = std::env::temp_dir().join(format!("stackc-diff-{}-{n}", std::process::id()));
         std::fs::create_dir(&dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         let tree = GitTree { dir };
+        // The revision is user input: `--end-of-options` (git ≥ 2.24) keeps
+        // git from reading it as an option, whatever `parse_git_side` let
+        // through, and only the object id it resolves to reaches `archive`.
+        let shown = diag::escape(rev);
+        let tree_id = Command::new("git")
+            .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
+            .arg(format!("{rev}^{{tree}}"))
+            .current_dir(&top)
+            .output()
+            .map_err(|e| fail(format!("cannot run git rev-parse: {e}")))?;
+        let tree_id = String::from_utf8_lossy(&tree_id.stdout).trim().to_owned();
+        if tree_id.is_empty() || !tree_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(fail(format!("`{shown}` is not a revision of this repository")));
+        }
         let archive = Command::new("git")
-            .args(["archive", "--format=tar", rev])
+            .args(["archive", "--format=tar", "--end-of-options", &tree_id])
             .current_dir(&top)
             .output()
             .map_err(|e| fail(format!("cannot run git archive: {e}")))?;
         if !archive.status.success() {
             return Err(fail(format!(
-                "git archive {rev}: {}",
-                String::from_utf8_lossy(&archive.stderr).trim()
+                "git archive {shown}: {}",
+                diag::escape(String::from_utf8_lossy(&archive.stderr).trim())
             )));
         }
         let mut tar = Command::new("tar")
@@ -735,7 +772,7 @@ impl GitTree {
             .write_all(&archive.stdout)
             .map_err(|e| fail(format!("tar: {e}")))?;
         if !tar.wait().map(|s| s.success()).unwrap_or(false) {
-            return Err(fail(format!("cannot unpack revision {rev}")));
+            return Err(fail(format!("cannot unpack revision `{shown}`")));
         }
         Ok(tree)
     }

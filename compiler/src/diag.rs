@@ -90,6 +90,7 @@ codes! {
     SigningKeyVersion = "SC0517", 1, "the federation signing key has an unusable version";
     NotABundle = "SC0901", 2, "the output directory exists and is not a stackc bundle";
     Io = "SC0902", 2, "input/output error";
+    DiffSide = "SC0903", 2, "a `git:` side of `stackc diff` is malformed";
     Internal = "SC0999", 2, "internal error";
 }
 
