@@ -466,3 +466,44 @@ fn a_panic_is_a_short_internal_error_without_absolute_paths() {
     }
     assert!(!stderr.contains("stack backtrace"), "{stderr}");
 }
+
+#[test]
+fn an_output_directory_that_is_not_a_bundle_says_why() {
+    let tmp = TempDir::new("outdir");
+    let key = test_key(tmp.path());
+    let bundle = tmp.path().join("bundle");
+    assert!(build(&bundle, &key).status.success());
+    let before = tree(&bundle);
+    // A link to a bundle is not replaced (nor is the bundle behind it).
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&bundle, &link).unwrap();
+    // A web app's manifest, and a file.
+    let web = tmp.path().join("web");
+    std::fs::create_dir(&web).unwrap();
+    std::fs::write(web.join("manifest.json"), "{\"name\": \"My PWA\"}").unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "precious").unwrap();
+    for (out, why) in [
+        (&link, "it is a symbolic link"),
+        (&web, "its manifest.json was not written by stackc"),
+        (&file, "it is not a directory"),
+    ] {
+        let o = build(out, &key);
+        let stderr = text(&o).1;
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("SC0901") && stderr.contains(why), "{why}: {stderr}");
+        assert!(!stderr.contains("has no manifest.json"), "{stderr}");
+    }
+    assert_eq!(tree(&bundle), before);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+    // A master key kept inside the bundle would go with the old bundle.
+    let inner_key = test_key(&bundle);
+    let o = build(&bundle, &inner_key);
+    let stderr = text(&o).1;
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("SC0904") && stderr.contains("the master key"),
+        "{stderr}"
+    );
+    assert!(inner_key.exists());
+}

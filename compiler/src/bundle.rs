@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::diag::{Code, Diagnostic};
+use crate::diag::{Code, Diagnostic, escape};
 use crate::load::hex;
 use crate::model::Stack;
 use crate::render::{MODE_FILE, Rendered};
@@ -135,6 +135,10 @@ pub fn manifest(stack: &Stack, files: &Rendered, inputs: &BTreeMap<String, Vec<u
 /// fields. Another program's `manifest.json` (a web app's, say) is not one,
 /// and its directory is never replaced.
 fn is_stackc_manifest(path: &Path) -> bool {
+    // A regular file, not a link to a manifest elsewhere.
+    if !fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let Ok(bytes) = fs::read(path) else { return false };
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return false;
@@ -144,40 +148,233 @@ fn is_stackc_manifest(path: &Path) -> bool {
         && v.get("files").is_some_and(serde_json::Value::is_array)
 }
 
+/// A file the build read: its output never replaces it.
+pub struct Input {
+    pub path: PathBuf,
+    /// What it is, for the message: `the stack file`, `the master key`, …
+    pub what: String,
+}
+
+/// A path as the user gave it, for messages (relative stays relative).
+fn shown(path: &Path) -> String {
+    escape(&path.display().to_string()).into_owned()
+}
+
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// The input `meta` is, if any (compared by device and inode, so a hard
+/// link or a symlinked spelling of an input is caught too).
+fn input_at<'a>(meta: &fs::Metadata, inputs: &'a [Input]) -> Option<&'a Input> {
+    inputs
+        .iter()
+        .find(|i| fs::metadata(&i.path).is_ok_and(|m| same_file(&m, meta)))
+}
+
+fn clobber(message: String, help: &str) -> Diagnostic {
+    Diagnostic::error(Code::OutputClobbers, message).with_help(help)
+}
+
+/// The largest file `write_stream` reads to see whether it is its own.
+const MAX_OWN_STREAM: u64 = 256 << 20;
+
+/// Is the regular file at `path` (`meta`, from `symlink_metadata`) a tar or
+/// JSON bundle stackc wrote? Opened without following links and without
+/// blocking, and checked to be the file `meta` describes.
+fn is_own_stream(path: &Path, meta: &fs::Metadata) -> bool {
+    use std::io::Read;
+    if meta.len() > MAX_OWN_STREAM {
+        return false;
+    }
+    let Ok(mut f) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file() && same_file(&m, meta)) {
+        return false;
+    }
+    let mut bytes = Vec::new();
+    if Read::take(&mut f, MAX_OWN_STREAM + 1).read_to_end(&mut bytes).is_err() {
+        return false;
+    }
+    crate::archive::is_stackc_tar(&bytes) || crate::archive::is_stackc_json(&bytes)
+}
+
+/// Writes a tar or JSON stream to the file `out`, atomically: a temporary
+/// sibling (0600 when the stream holds secrets, else 0644), then a rename.
+/// Refused (SC0904) when `out` is a symbolic link, not a regular file, one
+/// of the build's `inputs`, or a file that is not a tar or JSON bundle
+/// stackc wrote; SC0902, naming the path, when its directory is missing.
+pub fn write_stream(out: &Path, bytes: &[u8], secret: bool, inputs: &[Input]) -> Result<(), Diagnostic> {
+    let name = out.file_name().ok_or_else(|| {
+        Diagnostic::error(Code::Io, format!("`{}` names no file to write", shown(out)))
+            .with_help("give the path of a file with -o, such as `bundle.tar`")
+    })?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    const ELSEWHERE: &str = "choose another file with -o, or leave -o out to write to standard output";
+    let replace = match fs::symlink_metadata(out) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(clobber(
+                format!("`{}` is a symbolic link: stackc does not write through one", shown(out)),
+                "give the path of the file itself with -o (the link and its target are left alone)",
+            ));
+        }
+        Ok(meta) if !meta.is_file() => {
+            return Err(clobber(
+                format!("`{}` exists and is not a regular file", shown(out)),
+                ELSEWHERE,
+            ));
+        }
+        Ok(meta) => {
+            if let Some(input) = input_at(&meta, inputs) {
+                return Err(clobber(
+                    format!(
+                        "`{}` is {}, an input of this build: the bundle would replace it",
+                        shown(out),
+                        input.what
+                    ),
+                    ELSEWHERE,
+                ));
+            }
+            if !is_own_stream(out, &meta) {
+                return Err(clobber(
+                    format!(
+                        "`{}` exists and is not a tar or JSON bundle written by stackc",
+                        shown(out)
+                    ),
+                    "choose another file with -o, or remove this one yourself if it is not needed",
+                ));
+            }
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match fs::metadata(&parent) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(Diagnostic::error(
+                        Code::Io,
+                        format!("cannot write `{}`: `{}` is not a directory", shown(out), shown(&parent)),
+                    )
+                    .with_help("choose another path with -o"));
+                }
+                Err(e) => {
+                    return Err(Diagnostic::error(
+                        Code::Io,
+                        format!("cannot write `{}`: directory `{}`: {e}", shown(out), shown(&parent)),
+                    )
+                    .with_help("create the directory first, or choose another path with -o"));
+                }
+            }
+            false
+        }
+        Err(e) => return Err(io_error(format!("cannot inspect `{}`", shown(out)), e)),
+    };
+    let tmp = parent.join(format!(".{}.stackc-tmp-{}", name.to_string_lossy(), std::process::id()));
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .map_err(|e| io_error(format!("cannot write `{}`", shown(&tmp)), e))
+        .and_then(|()| {
+            // A file that appeared since it was checked is not replaced.
+            let moved = if replace {
+                fs::rename(&tmp, out)
+            } else {
+                rename_noreplace(&tmp, out)
+            };
+            moved.map_err(|e| io_error(format!("cannot move the bundle to `{}`", shown(out)), e))
+        });
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// `rename`, but failing if `to` exists (Linux `renameat2` with
+/// `RENAME_NOREPLACE`); a plain rename where the file system lacks it.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    match renameat2(from, to, libc::RENAME_NOREPLACE) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => fs::rename(from, to),
+        other => other,
+    }
+}
+
 fn io_error(what: String, e: std::io::Error) -> Diagnostic {
     Diagnostic::error(Code::Io, format!("{what}: {e}")).with_help("nothing was changed in the output directory")
 }
 
-/// Writes `files` and the manifest as directory `out`, atomically.
-pub fn write(out: &Path, files: &Rendered, manifest: &[u8]) -> Result<(), Diagnostic> {
+/// Writes `files` and the manifest as directory `out`, atomically. `out`
+/// must not exist, be empty, or hold a bundle stackc wrote that holds none
+/// of the build's `inputs` (SC0901, SC0904 otherwise).
+pub fn write(out: &Path, files: &Rendered, manifest: &[u8], inputs: &[Input]) -> Result<(), Diagnostic> {
     let name = out.file_name().ok_or_else(|| {
         Diagnostic::error(
             Code::NotABundle,
-            format!("`{}` cannot be an output directory", out.display()),
+            format!("`{}` cannot be an output directory", shown(out)),
         )
     })?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let not_a_bundle = |why: String| {
+        Diagnostic::error(
+            Code::NotABundle,
+            format!("`{}` exists and is not a stackc bundle: {why}", shown(out)),
+        )
+        .with_help("choose another directory with -o, or remove this one yourself")
+    };
     let existing = match fs::symlink_metadata(out) {
-        Ok(meta) => {
-            let is_bundle = meta.is_dir() && is_stackc_manifest(&out.join(MANIFEST));
-            let is_empty = meta.is_dir() && fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
-            if !is_bundle && !is_empty {
-                return Err(Diagnostic::error(
-                    Code::NotABundle,
-                    format!(
-                        "`{}` exists and is not a stackc bundle (it has no {MANIFEST})",
-                        out.display()
-                    ),
-                )
-                .with_help("choose another directory with -o, or remove this one yourself"));
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(
+                not_a_bundle("it is a symbolic link, and stackc does not replace one".into())
+                    .with_help("give the directory itself with -o (the link and what it points to are left alone)"),
+            );
+        }
+        Ok(meta) if !meta.is_dir() => return Err(not_a_bundle("it is not a directory".into())),
+        Ok(_) => {
+            let manifest = out.join(MANIFEST);
+            let is_empty = fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if !is_empty && !is_stackc_manifest(&manifest) {
+                let why = match fs::symlink_metadata(&manifest) {
+                    Err(_) => format!("it has no {MANIFEST}"),
+                    Ok(m) if !m.is_file() => format!("its {MANIFEST} is not a regular file"),
+                    Ok(_) => format!("its {MANIFEST} was not written by stackc"),
+                };
+                return Err(not_a_bundle(why));
+            }
+            // Replacing the bundle removes everything in it: no input of
+            // this build may live there (a key kept next to the bundle).
+            if let Ok(dir) = fs::canonicalize(out) {
+                let inside = inputs
+                    .iter()
+                    .find(|i| fs::canonicalize(&i.path).is_ok_and(|p| p.starts_with(&dir)));
+                if let Some(input) = inside {
+                    return Err(clobber(
+                        format!(
+                            "`{}` holds `{}`, {}, an input of this build: replacing the bundle would delete it",
+                            shown(out),
+                            shown(&input.path),
+                            input.what
+                        ),
+                        "move the file out of the bundle directory, or choose another directory with -o",
+                    ));
+                }
             }
             true
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(io_error(format!("cannot inspect `{}`", out.display()), e)),
+        Err(e) => return Err(io_error(format!("cannot inspect `{}`", shown(out)), e)),
     };
     fs::create_dir_all(&parent).map_err(|e| io_error(format!("cannot create `{}`", parent.display()), e))?;
 
@@ -302,6 +499,11 @@ fn swap(tmp: &Path, out: &Path, existing: bool) -> Result<(), Diagnostic> {
 
 /// Atomically exchanges two paths (Linux `renameat2` with `RENAME_EXCHANGE`).
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    renameat2(a, b, libc::RENAME_EXCHANGE)
+}
+
+/// Linux `renameat2` (relative paths from the working directory).
+fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let ca = CString::new(a.as_os_str().as_bytes())?;
@@ -314,7 +516,7 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
             ca.as_ptr(),
             libc::AT_FDCWD,
             cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
+            flags,
         )
     };
     if rc == 0 {

@@ -391,6 +391,7 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         Err(diags) => return report(&diags, color, "nothing written"),
     };
     let default_dir = PathBuf::from("out");
+    let inputs = build_inputs(req, &compiled.manifest);
     if req.check {
         return check_bundle(
             req.output.unwrap_or(&default_dir),
@@ -432,7 +433,10 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         Some(bytes) => {
             let secret = files.values().any(|f| f.secret);
             let written = match req.output {
-                Some(path) => write_stream_file(path, &bytes, secret),
+                Some(path) => match crate::bundle::write_stream(path, &bytes, secret, &inputs) {
+                    Ok(()) => Ok(()),
+                    Err(d) => return report(&[d], color, "nothing written"),
+                },
                 None if req.format == OutputFormat::Tar && std::io::stdout().is_terminal() => {
                     let d = Diagnostic::error(Code::Io, "refusing to write a tar archive to a terminal")
                         .with_help("redirect standard output, or pass -o FILE");
@@ -450,7 +454,7 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         }
         None => {
             let out = req.output.unwrap_or(&default_dir);
-            if let Err(d) = crate::bundle::write(out, &compiled.files, &compiled.manifest) {
+            if let Err(d) = crate::bundle::write(out, &compiled.files, &compiled.manifest, &inputs) {
                 return report(&[d], color, "the previous bundle, if any, is untouched");
             }
             if !req.quiet {
@@ -470,25 +474,38 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
     0
 }
 
-/// Writes a tar or JSON stream to `path` atomically: a temporary sibling
-/// (0600 when the stream holds secrets, else 0644), then a rename.
-fn write_stream_file(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the output path names no file"))?;
-    let tmp = path.with_file_name(format!(".{}.stackc-tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// The files this build read, which its output must never replace: the
+/// stack file, every project file Nickel read (listed in the manifest,
+/// relative to the project directory) and the master key.
+fn build_inputs(req: &BuildRequest, manifest: &[u8]) -> Vec<crate::bundle::Input> {
+    use crate::bundle::Input;
+    let mut inputs = vec![Input {
+        path: req.file.to_path_buf(),
+        what: "the stack file".into(),
+    }];
+    if let Some(key) = req.key {
+        inputs.push(Input {
+            path: key.to_path_buf(),
+            what: "the master key".into(),
+        });
     }
-    result
+    let root = match req.root {
+        Some(r) => r.to_path_buf(),
+        None => match req.file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(manifest).unwrap_or_default();
+    for f in manifest["inputs"]["files"].as_array().into_iter().flatten() {
+        if let Some(p) = f["path"].as_str() {
+            inputs.push(Input {
+                path: root.join(p),
+                what: format!("a file the stack reads (`{}`)", diag::escape(p)),
+            });
+        }
+    }
+    inputs
 }
 
 /// Data to standard output. A closed pipe (`stackc diff … | head`) is the

@@ -91,6 +91,7 @@ codes! {
     NotABundle = "SC0901", 2, "the output directory exists and is not a stackc bundle";
     Io = "SC0902", 2, "input/output error";
     DiffSide = "SC0903", 2, "a `git:` side of `stackc diff` is malformed";
+    OutputClobbers = "SC0904", 2, "the output would replace an input or a file stackc did not write";
     Internal = "SC0999", 2, "internal error";
 }
 
