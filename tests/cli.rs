@@ -507,3 +507,154 @@ fn an_output_directory_that_is_not_a_bundle_says_why() {
     );
     assert!(inner_key.exists());
 }
+
+/// A pid no process has: one that just exited.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// Names in `dir` that look like stackc's temporary siblings.
+fn siblings(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".stackc-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_fallback_swap_survives_a_kill_between_its_renames() {
+    // STACKC_TEST_NO_EXCHANGE=1 takes the path of file systems without
+    // RENAME_EXCHANGE; STACKC_TEST_ABORT_MID_SWAP=1 stops between its two
+    // renames, as a kill -9 would, with no clean-up (tests/README.md).
+    let tmp = TempDir::new("fallback");
+    let key = test_key(tmp.path());
+    let out = tmp.path().join("out");
+    let build_with = |env: &[(&str, &str)]| {
+        let mut c = stackc();
+        c.args(["build", "--quiet", "-o"])
+            .arg(&out)
+            .arg("--secrets-key")
+            .arg(&key)
+            .arg(lair());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    assert!(build(&out, &key).status.success());
+    let before = tree(&out);
+    let o = build_with(&[("STACKC_TEST_NO_EXCHANGE", "1")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert_eq!(tree(&out), before);
+    assert!(siblings(tmp.path()).is_empty(), "{:?}", siblings(tmp.path()));
+    // Killed between the renames, twice in a row: the output is missing,
+    // the old bundle is set aside under a name of the killed process.
+    let kill = [("STACKC_TEST_NO_EXCHANGE", "1"), ("STACKC_TEST_ABORT_MID_SWAP", "1")];
+    for _ in 0..2 {
+        let o = build_with(&kill);
+        assert_eq!(o.status.code(), Some(137), "stopped: {}", text(&o).1);
+        assert!(!out.exists());
+        let left = siblings(tmp.path());
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.iter().any(|n| n.starts_with(".out.stackc-old-")), "{left:?}");
+    }
+    // The next build puts the previous bundle back, then replaces it.
+    let o = build_with(&[]);
+    let stderr = text(&o).1;
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("warning: restored the previous bundle"), "{stderr}");
+    assert_eq!(tree(&out), before);
+    assert!(siblings(tmp.path()).is_empty(), "{:?}", siblings(tmp.path()));
+}
+
+#[test]
+fn stale_temporary_folders_are_removed_only_when_they_are_stackcs() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("stale");
+    let dir = tmp.path();
+    let key = test_key(dir);
+    let out = dir.join("out");
+    assert!(build(&out, &key).status.success());
+    let mk = |name: &str, marker: bool| {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.join("chat/secrets")).unwrap();
+        std::fs::write(p.join("chat/secrets/x.env"), "SECRET=1\n").unwrap();
+        if marker {
+            std::fs::write(p.join(".stackc-partial"), "").unwrap();
+        }
+        p
+    };
+    // Removed: killed mid-fill (marker), killed after the exchange (a
+    // previous bundle), killed right after mkdir (empty), a stream's file.
+    let gone = [
+        mk(&format!(".out.stackc-tmp-{}", dead_pid()), true),
+        {
+            let p = dir.join(format!(".out.stackc-tmp-{}", dead_pid()));
+            Command::new("cp").arg("-a").arg(&out).arg(&p).status().unwrap();
+            p
+        },
+        {
+            let p = dir.join(format!(".out.stackc-tmp-{}", dead_pid()));
+            std::fs::create_dir(&p).unwrap();
+            p
+        },
+    ];
+    let stream_tmp = dir.join(format!(".out.tar.stackc-tmp-{}", dead_pid()));
+    std::fs::write(&stream_tmp, "partial tar with secrets").unwrap();
+    // Kept: a live process's, one without stackc's marks, a symlink (and
+    // what it points to), another user's, a locked one, other names.
+    let target = mk("target", true);
+    let kept = vec![
+        mk(&format!(".out.stackc-tmp-{}", std::process::id()), true),
+        mk(&format!(".out.stackc-tmp-{}", dead_pid()), false),
+        {
+            let p = dir.join(format!(".out.stackc-tmp-{}", dead_pid()));
+            std::os::unix::fs::symlink(&target, &p).unwrap();
+            p
+        },
+        mk(&format!(".out.stackc-tmp-{}x", dead_pid()), true),
+        mk(&format!(".other.stackc-tmp-{}", dead_pid()), true),
+    ];
+    let locked = mk(&format!(".out.stackc-tmp-{}", dead_pid()), true);
+    let lock = std::fs::File::open(&locked).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor, for the lifetime of `lock`.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let foreign = mk(&format!(".out.stackc-tmp-{}", dead_pid()), true);
+    // SAFETY: a valid path; chown only fails when we are not root.
+    let path = std::ffi::CString::new(foreign.to_str().unwrap()).unwrap();
+    let chowned = unsafe { libc::chown(path.as_ptr(), 65534, 65534) } == 0;
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let o = build(&out, &key);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let o = stackc()
+        .args(["build", "--quiet", "--format", "tar", "-o"])
+        .arg(dir.join("out.tar"))
+        .arg("--secrets-key")
+        .arg(&key)
+        .arg(lair())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    for p in gone.iter().chain([&stream_tmp]) {
+        assert!(std::fs::symlink_metadata(p).is_err(), "not removed: {}", p.display());
+    }
+    for p in kept.iter().chain([&locked]).chain(chowned.then_some(&foreign)) {
+        assert!(std::fs::symlink_metadata(p).is_ok(), "removed: {}", p.display());
+    }
+    assert!(
+        target.join("chat/secrets/x.env").exists(),
+        "a link's target is never touched"
+    );
+    drop(lock);
+}

@@ -454,7 +454,13 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         }
         None => {
             let out = req.output.unwrap_or(&default_dir);
-            if let Err(d) = crate::bundle::write(out, &compiled.files, &compiled.manifest, &inputs) {
+            // Test hooks (tests/README.md): the fallback swap, and a kill in it.
+            let set = |v: &str| std::env::var_os(v).is_some_and(|s| s == "1");
+            let hooks = crate::bundle::TestHooks {
+                no_exchange: set("STACKC_TEST_NO_EXCHANGE"),
+                abort_mid_swap: set("STACKC_TEST_ABORT_MID_SWAP"),
+            };
+            if let Err(d) = crate::bundle::write(out, &compiled.files, &compiled.manifest, &inputs, &hooks) {
                 return report(&[d], color, "the previous bundle, if any, is untouched");
             }
             if !req.quiet {
