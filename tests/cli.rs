@@ -658,3 +658,26 @@ fn stale_temporary_folders_are_removed_only_when_they_are_stackcs() {
     );
     drop(lock);
 }
+
+#[test]
+fn a_key_file_that_is_not_text_is_a_finding() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("binary-key");
+    let out = tmp.path().join("out");
+    for (name, bytes) in [
+        ("binary.key", b"\xff\xfe\x00key\n".to_vec()),
+        ("huge.key", vec![b'A'; 1 << 20]),
+    ] {
+        let key = tmp.path().join(name);
+        std::fs::write(&key, bytes).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let o = build(&out, &key);
+        let stderr = text(&o).1;
+        assert_eq!(o.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains("SC0303") && stderr.contains("help: a key file holds"),
+            "{stderr}"
+        );
+        assert!(!out.exists());
+    }
+}
