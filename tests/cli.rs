@@ -681,3 +681,59 @@ fn a_key_file_that_is_not_text_is_a_finding() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn check_refuses_file_names_build_could_not_write() {
+    // NAME_MAX is 255 bytes per component; a whole bundle path is kept
+    // under PATH_MAX with room for the output directory.
+    let tmp = TempDir::new("long-name");
+    let key = test_key(tmp.path());
+    let stack = |path: &str| {
+        format!(
+            "let stackc = import \"stackc.ncl\" in\nstackc.stack {{ name = \"x\", machines.web.address = \"192.0.2.1\" }}\n& {{ machines.web.files.\"{path}\" = {{ format = 'lines, content = [\"hi\"] }} }}\n"
+        )
+    };
+    let long = "a".repeat(300);
+    let deep = vec!["d".repeat(200); 20].join("/");
+    for (path, why) in [
+        (long.as_str(), "has a component longer than 255 bytes"),
+        (deep.as_str(), "is longer than 3840 bytes"),
+    ] {
+        std::fs::write(tmp.path().join("prod.ncl"), stack(path)).unwrap();
+        let o = stackc()
+            .args(["check", "--format", "json", "prod.ncl"])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o).1);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let d = &v["diagnostics"][0];
+        assert_eq!(d["code"], "SC0401");
+        assert!(d["message"].as_str().unwrap().contains(why), "{d}");
+        assert_eq!(d["labels"][0]["file"], "prod.ncl", "a span on the file's name");
+        assert_eq!(d["labels"][0]["start"]["line"], 3);
+        let o = stackc()
+            .args(["build", "-o", "out", "prod.ncl", "--secrets-key"])
+            .arg(&key)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "build refuses it the same way: {}",
+            text(&o).1
+        );
+        assert!(text(&o).1.contains("SC0401"));
+    }
+    // The longest accepted name is written.
+    std::fs::write(tmp.path().join("prod.ncl"), stack(&"a".repeat(255))).unwrap();
+    let o = stackc()
+        .args(["build", "-q", "-o", "out", "prod.ncl", "--secrets-key"])
+        .arg(&key)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert!(tmp.path().join("out/web").join("a".repeat(255)).is_file());
+}
