@@ -724,7 +724,8 @@ fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> std::io::Result<()> {
 
 /// Reads a bundle directory back (for `build --check` and `diff`): every
 /// file but the manifest, with its mode, and the secret flags the manifest
-/// records.
+/// records; a file the manifest does not list counts as secret, so `diff`
+/// names it and never shows its content.
 pub fn read(dir: &Path) -> Result<Rendered, Diagnostic> {
     let not_a_bundle = |why: String| {
         Diagnostic::error(
@@ -739,13 +740,15 @@ pub fn read(dir: &Path) -> Result<Rendered, Diagnostic> {
     let manifest = fs::read(dir.join(MANIFEST)).map_err(|e| not_a_bundle(format!("no readable {MANIFEST} ({e})")))?;
     let manifest: serde_json::Value =
         serde_json::from_slice(&manifest).map_err(|e| not_a_bundle(format!("{MANIFEST} is not JSON ({e})")))?;
-    let secret: std::collections::BTreeSet<&str> = manifest["files"]
+    let listed = manifest["files"]
         .as_array()
-        .ok_or_else(|| not_a_bundle(format!("{MANIFEST} lists no files")))?
+        .ok_or_else(|| not_a_bundle(format!("{MANIFEST} lists no files")))?;
+    let secret: std::collections::BTreeSet<&str> = listed
         .iter()
         .filter(|f| f["secret"] == true)
         .filter_map(|f| f["path"].as_str())
         .collect();
+    let listed: std::collections::BTreeSet<&str> = listed.iter().filter_map(|f| f["path"].as_str()).collect();
     let mut out = Rendered::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -769,7 +772,10 @@ pub fn read(dir: &Path) -> Result<Rendered, Diagnostic> {
                 return Err(not_a_bundle(format!("`{rel}` is not a regular file")));
             } else if rel != MANIFEST {
                 let bytes = fs::read(&path).map_err(|e| io_error(format!("cannot read `{}`", path.display()), e))?;
-                let secret = secret.contains(rel.as_str());
+                // A file the manifest does not list is not stackc's (a
+                // key dropped into the bundle, a deploy tool's state): it
+                // is opaque like a secret, compared but never shown.
+                let secret = secret.contains(rel.as_str()) || !listed.contains(rel.as_str());
                 out.insert(
                     rel,
                     crate::render::RenderedFile {
