@@ -285,7 +285,7 @@ pub fn exit_status(diags: &[Diagnostic]) -> u8 {
 /// Characters that reorder text on screen (Unicode bidirectional formatting:
 /// embeddings, overrides, isolates and marks), so a name can look like
 /// something else ("Trojan Source").
-fn is_bidi(c: char) -> bool {
+pub fn is_bidi(c: char) -> bool {
     matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
