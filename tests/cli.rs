@@ -418,3 +418,322 @@ fn machine_selection_needs_a_stream_format() {
     assert_eq!(o.status.code(), Some(2));
     assert!(!out.exists());
 }
+
+#[test]
+fn a_finding_past_column_65535_is_rendered_not_a_panic() {
+    // miette pads to a label's column with a formatting width, which
+    // panicked past 65 535: the line is now shown clipped around the label.
+    let tmp = TempDir::new("column");
+    std::fs::write(tmp.path().join("prod.ncl"), format!("{}]\n", " ".repeat(65_536))).unwrap();
+    for format in ["human", "json"] {
+        let o = stackc()
+            .args(["check", "--format", format, "prod.ncl"])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{format}: {stderr}");
+        let all = format!("{stdout}{stderr}");
+        assert!(all.contains("SC0101"), "{all}");
+        assert!(
+            all.contains("prod.ncl:1:65537"),
+            "the header names the real column: {all}"
+        );
+        assert!(all.len() < 5_000, "the long line is clipped, not printed whole");
+    }
+}
+
+#[test]
+fn a_panic_is_a_short_internal_error_without_absolute_paths() {
+    // STACKC_TEST_PANIC=1 panics on purpose, with an absolute path in the
+    // message (tests/README.md).
+    let o = stackc()
+        .args(["check", "prod.ncl"])
+        .env("STACKC_TEST_PANIC", "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(101), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("SC0999") && stderr.contains("internal error"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("compiler/src/cli.rs:"), "the place, relative: {stderr}");
+    for absolute in ["/root", "/home", ".cargo", "/rustc/", repo().to_str().unwrap()] {
+        assert!(!stderr.contains(absolute), "`{absolute}` in {stderr}");
+    }
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+}
+
+#[test]
+fn an_output_directory_that_is_not_a_bundle_says_why() {
+    let tmp = TempDir::new("outdir");
+    let key = test_key(tmp.path());
+    let bundle = tmp.path().join("bundle");
+    assert!(build(&bundle, &key).status.success());
+    let before = tree(&bundle);
+    // A link to a bundle is not replaced (nor is the bundle behind it).
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&bundle, &link).unwrap();
+    // A web app's manifest, and a file.
+    let web = tmp.path().join("web");
+    std::fs::create_dir(&web).unwrap();
+    std::fs::write(web.join("manifest.json"), "{\"name\": \"My PWA\"}").unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "precious").unwrap();
+    for (out, why) in [
+        (&link, "it is a symbolic link"),
+        (&web, "its manifest.json was not written by stackc"),
+        (&file, "it is not a directory"),
+    ] {
+        let o = build(out, &key);
+        let stderr = text(&o).1;
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("SC0901") && stderr.contains(why), "{why}: {stderr}");
+        assert!(!stderr.contains("has no manifest.json"), "{stderr}");
+    }
+    assert_eq!(tree(&bundle), before);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+    // A master key kept inside the bundle would go with the old bundle.
+    let inner_key = test_key(&bundle);
+    let o = build(&bundle, &inner_key);
+    let stderr = text(&o).1;
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("SC0904") && stderr.contains("the master key"),
+        "{stderr}"
+    );
+    assert!(inner_key.exists());
+}
+
+/// A pid no process has: one that just exited.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// Names in `dir` that look like stackc's temporary siblings.
+fn siblings(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".stackc-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_fallback_swap_survives_a_kill_between_its_renames() {
+    // STACKC_TEST_NO_EXCHANGE=1 takes the path of file systems without
+    // RENAME_EXCHANGE; STACKC_TEST_ABORT_MID_SWAP=1 stops between its two
+    // renames, as a kill -9 would, with no clean-up (tests/README.md).
+    let tmp = TempDir::new("fallback");
+    let key = test_key(tmp.path());
+    let out = tmp.path().join("out");
+    let build_with = |env: &[(&str, &str)]| {
+        let mut c = stackc();
+        c.args(["build", "--quiet", "-o"])
+            .arg(&out)
+            .arg("--secrets-key")
+            .arg(&key)
+            .arg(lair());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    assert!(build(&out, &key).status.success());
+    let before = tree(&out);
+    let o = build_with(&[("STACKC_TEST_NO_EXCHANGE", "1")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert_eq!(tree(&out), before);
+    assert!(siblings(tmp.path()).is_empty(), "{:?}", siblings(tmp.path()));
+    // Killed between the renames, twice in a row: the output is missing,
+    // the old bundle is set aside under a name of the killed process.
+    let kill = [("STACKC_TEST_NO_EXCHANGE", "1"), ("STACKC_TEST_ABORT_MID_SWAP", "1")];
+    for _ in 0..2 {
+        let o = build_with(&kill);
+        assert_eq!(o.status.code(), Some(137), "stopped: {}", text(&o).1);
+        assert!(!out.exists());
+        let left = siblings(tmp.path());
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.iter().any(|n| n.starts_with(".out.stackc-old-")), "{left:?}");
+    }
+    // The next build puts the previous bundle back, then replaces it.
+    let o = build_with(&[]);
+    let stderr = text(&o).1;
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("warning: restored the previous bundle"), "{stderr}");
+    assert_eq!(tree(&out), before);
+    assert!(siblings(tmp.path()).is_empty(), "{:?}", siblings(tmp.path()));
+}
+
+#[test]
+fn stale_temporary_folders_are_removed_only_when_they_are_stackcs() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("stale");
+    let dir = tmp.path();
+    let key = test_key(dir);
+    let out = dir.join("out");
+    assert!(build(&out, &key).status.success());
+    let mk = |name: &str, marker: bool| {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.join("chat/secrets")).unwrap();
+        std::fs::write(p.join("chat/secrets/x.env"), "SECRET=1\n").unwrap();
+        if marker {
+            std::fs::write(p.join(".stackc-partial"), "").unwrap();
+        }
+        p
+    };
+    // Removed: killed mid-fill (marker), killed after the exchange (a
+    // previous bundle), killed right after mkdir (empty), a stream's file.
+    let gone = [
+        mk(&format!(".out.stackc-tmp-{}", dead_pid()), true),
+        {
+            let p = dir.join(format!(".out.stackc-tmp-{}", dead_pid()));
+            Command::new("cp").arg("-a").arg(&out).arg(&p).status().unwrap();
+            p
+        },
+        {
+            let p = dir.join(format!(".out.stackc-tmp-{}", dead_pid()));
+            std::fs::create_dir(&p).unwrap();
+            p
+        },
+    ];
+    let stream_tmp = dir.join(format!(".out.tar.stackc-tmp-{}", dead_pid()));
+    std::fs::write(&stream_tmp, "partial tar with secrets").unwrap();
+    // Kept: a live process's, one without stackc's marks, a symlink (and
+    // what it points to), another user's, a locked one, other names.
+    let target = mk("target", true);
+    let kept = vec![
+        mk(&format!(".out.stackc-tmp-{}", std::process::id()), true),
+        mk(&format!(".out.stackc-tmp-{}", dead_pid()), false),
+        {
+            let p = dir.join(format!(".out.stackc-tmp-{}", dead_pid()));
+            std::os::unix::fs::symlink(&target, &p).unwrap();
+            p
+        },
+        mk(&format!(".out.stackc-tmp-{}x", dead_pid()), true),
+        mk(&format!(".other.stackc-tmp-{}", dead_pid()), true),
+    ];
+    let locked = mk(&format!(".out.stackc-tmp-{}", dead_pid()), true);
+    let lock = std::fs::File::open(&locked).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor, for the lifetime of `lock`.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let foreign = mk(&format!(".out.stackc-tmp-{}", dead_pid()), true);
+    // SAFETY: a valid path; chown only fails when we are not root.
+    let path = std::ffi::CString::new(foreign.to_str().unwrap()).unwrap();
+    let chowned = unsafe { libc::chown(path.as_ptr(), 65534, 65534) } == 0;
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let o = build(&out, &key);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let o = stackc()
+        .args(["build", "--quiet", "--format", "tar", "-o"])
+        .arg(dir.join("out.tar"))
+        .arg("--secrets-key")
+        .arg(&key)
+        .arg(lair())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    for p in gone.iter().chain([&stream_tmp]) {
+        assert!(std::fs::symlink_metadata(p).is_err(), "not removed: {}", p.display());
+    }
+    for p in kept.iter().chain([&locked]).chain(chowned.then_some(&foreign)) {
+        assert!(std::fs::symlink_metadata(p).is_ok(), "removed: {}", p.display());
+    }
+    assert!(
+        target.join("chat/secrets/x.env").exists(),
+        "a link's target is never touched"
+    );
+    drop(lock);
+}
+
+#[test]
+fn a_key_file_that_is_not_text_is_a_finding() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("binary-key");
+    let out = tmp.path().join("out");
+    for (name, bytes) in [
+        ("binary.key", b"\xff\xfe\x00key\n".to_vec()),
+        ("huge.key", vec![b'A'; 1 << 20]),
+    ] {
+        let key = tmp.path().join(name);
+        std::fs::write(&key, bytes).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let o = build(&out, &key);
+        let stderr = text(&o).1;
+        assert_eq!(o.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains("SC0303") && stderr.contains("help: a key file holds"),
+            "{stderr}"
+        );
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn check_refuses_file_names_build_could_not_write() {
+    // NAME_MAX is 255 bytes per component; a whole bundle path is kept
+    // under PATH_MAX with room for the output directory.
+    let tmp = TempDir::new("long-name");
+    let key = test_key(tmp.path());
+    let stack = |path: &str| {
+        format!(
+            "let stackc = import \"stackc.ncl\" in\nstackc.stack {{ name = \"x\", machines.web.address = \"192.0.2.1\" }}\n& {{ machines.web.files.\"{path}\" = {{ format = 'lines, content = [\"hi\"] }} }}\n"
+        )
+    };
+    let long = "a".repeat(300);
+    let deep = vec!["d".repeat(200); 20].join("/");
+    for (path, why) in [
+        (long.as_str(), "has a component longer than 255 bytes"),
+        (deep.as_str(), "is longer than 3840 bytes"),
+    ] {
+        std::fs::write(tmp.path().join("prod.ncl"), stack(path)).unwrap();
+        let o = stackc()
+            .args(["check", "--format", "json", "prod.ncl"])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o).1);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let d = &v["diagnostics"][0];
+        assert_eq!(d["code"], "SC0401");
+        assert!(d["message"].as_str().unwrap().contains(why), "{d}");
+        assert_eq!(d["labels"][0]["file"], "prod.ncl", "a span on the file's name");
+        assert_eq!(d["labels"][0]["start"]["line"], 3);
+        let o = stackc()
+            .args(["build", "-o", "out", "prod.ncl", "--secrets-key"])
+            .arg(&key)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "build refuses it the same way: {}",
+            text(&o).1
+        );
+        assert!(text(&o).1.contains("SC0401"));
+    }
+    // The longest accepted name is written.
+    std::fs::write(tmp.path().join("prod.ncl"), stack(&"a".repeat(255))).unwrap();
+    let o = stackc()
+        .args(["build", "-q", "-o", "out", "prod.ncl", "--secrets-key"])
+        .arg(&key)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert!(tmp.path().join("out/web").join("a".repeat(255)).is_file());
+}

@@ -240,3 +240,103 @@ fn pre_commit_hooks_run_for_real() {
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("SC0102") || out.contains("SC0104"), "{out}");
 }
+
+#[test]
+fn a_stream_never_replaces_an_input_or_a_foreign_file() {
+    let tmp = TempDir::new("clobber");
+    let dir = tmp.path();
+    let key = test_key(dir);
+    std::fs::copy(repo().join("examples/lair-chat/prod.ncl"), dir.join("prod.ncl")).unwrap();
+    // A project file the stack imports, through a variant of the example.
+    std::fs::write(dir.join("name.ncl"), "\"lair-chat\"\n").unwrap();
+    let prod = std::fs::read_to_string(dir.join("prod.ncl")).unwrap();
+    let name_line = prod.lines().find(|l| l.trim_start().starts_with("name =")).unwrap();
+    std::fs::write(
+        dir.join("imports.ncl"),
+        prod.replace(name_line, "  name = import \"name.ncl\","),
+    )
+    .unwrap();
+    std::fs::hard_link(&key, dir.join("hard.key")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "precious\n").unwrap();
+    std::fs::create_dir(dir.join("subdir")).unwrap();
+    std::os::unix::fs::symlink("notes.txt", dir.join("link.tar")).unwrap();
+    // A tar GNU tar wrote, as alike as it gets: not stackc's, so not replaced.
+    let o = Command::new("tar")
+        .args([
+            "--format=ustar",
+            "--owner=0",
+            "--group=0",
+            "--mtime=@0",
+            "--sort=name",
+            "-cf",
+            "gnu.tar",
+            "notes.txt",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let before = tree(dir);
+    let run = |format: &str, out: &str, entry: &str| {
+        stackc()
+            .args(["build", "--format", format, "-o", out, entry, "--secrets-key"])
+            .arg(&key)
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    for (out, entry, says) in [
+        (
+            "TEST-ONLY-master.key",
+            "prod.ncl",
+            "is the master key, an input of this build",
+        ),
+        ("hard.key", "prod.ncl", "is the master key, an input of this build"),
+        ("prod.ncl", "prod.ncl", "is the stack file, an input of this build"),
+        (
+            "./imports.ncl",
+            "imports.ncl",
+            "is the stack file, an input of this build",
+        ),
+        ("name.ncl", "imports.ncl", "is a file the stack reads (`name.ncl`)"),
+        (
+            "notes.txt",
+            "prod.ncl",
+            "exists and is not a tar or JSON bundle written by stackc",
+        ),
+        (
+            "gnu.tar",
+            "prod.ncl",
+            "exists and is not a tar or JSON bundle written by stackc",
+        ),
+        ("link.tar", "prod.ncl", "is a symbolic link"),
+        ("subdir", "prod.ncl", "exists and is not a regular file"),
+    ] {
+        for format in ["tar", "json"] {
+            let o = run(format, out, entry);
+            let stderr = text(&o).1;
+            assert_eq!(o.status.code(), Some(2), "{format} -o {out}: {stderr}");
+            assert!(stderr.contains("SC0904"), "{format} -o {out}: {stderr}");
+            assert!(
+                stderr.contains(&format!("`{out}` {says}")),
+                "{format} -o {out}: {stderr}"
+            );
+            assert!(stderr.contains("help: "), "{stderr}");
+        }
+    }
+    assert_eq!(tree(dir), before, "nothing was changed, nothing was left behind");
+    // The bundle's own earlier output is replaced, in either format.
+    for format in ["tar", "json", "tar"] {
+        let o = run(format, "bundle.out", "prod.ncl");
+        assert_eq!(o.status.code(), Some(0), "{format}: {}", text(&o).1);
+    }
+    // A missing directory is named.
+    let o = run("tar", "missing/bundle.tar", "prod.ncl");
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = text(&o).1;
+    assert!(
+        stderr.contains("SC0902") && stderr.contains("`missing/bundle.tar`") && stderr.contains("`missing`"),
+        "{stderr}"
+    );
+    assert!(!dir.join("missing").exists());
+}

@@ -115,3 +115,95 @@ fn bundle_directories_and_git_revisions_as_sides() {
         Some(2)
     );
 }
+
+#[test]
+fn a_revision_never_becomes_an_option_of_git() {
+    let tmp = TempDir::new("diff-option");
+    let key = test_key(tmp.path());
+    let project = tmp.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::copy(
+        repo().join("tests/diff/lair-chat-change/old.ncl"),
+        project.join("prod.ncl"),
+    )
+    .unwrap();
+    std::fs::write(project.join("victim.txt"), "precious\n").unwrap();
+    git(&project, &["init", "-q"]);
+    git(&project, &["add", "prod.ncl"]);
+    git(&project, &["commit", "-qm", "old"]);
+    // `git archive --output=victim.txt` would truncate the file.
+    for side in [
+        "git:--output=victim.txt:prod.ncl",
+        "git:-o:prod.ncl",
+        "git::prod.ncl",
+        "git:HEAD:",
+        "git:HEAD:../prod.ncl",
+        "git:HEAD",
+    ] {
+        for args in [[side, "prod.ncl"], ["prod.ncl", side]] {
+            let o = diff(&args, &project, &key);
+            let (stdout, stderr) = text(&o);
+            assert_eq!(o.status.code(), Some(2), "{side}: {stderr}");
+            assert!(
+                stderr.contains("SC0903") && stderr.contains("help:"),
+                "{side}: {stderr}"
+            );
+            assert!(stdout.is_empty(), "{side}: {stdout}");
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(project.join("victim.txt")).unwrap(),
+        "precious\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(&project)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left.len(), 3, "git wrote nothing: {left:?}");
+    // A revision that only looks odd is still a revision.
+    let o = diff(&["git:HEAD~0:prod.ncl", "prod.ncl"], &project, &key);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+}
+
+#[test]
+fn files_the_manifest_does_not_list_are_named_never_shown() {
+    let tmp = TempDir::new("diff-unlisted");
+    let key = test_key(tmp.path());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for out in [&a, &b] {
+        let o = stackc()
+            .args(["build", "-q", "-o"])
+            .arg(out)
+            .arg(lair())
+            .arg("--secrets-key")
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o).1);
+    }
+    // Dropped into a bundle by hand or by a tool: stackc did not write them.
+    std::fs::write(b.join("chat/notes.txt"), "UNLISTED-ADDED-CONTENT\n").unwrap();
+    std::fs::write(a.join("chat/state.json"), "{\"token\": \"UNLISTED-OLD\"}\n").unwrap();
+    std::fs::write(b.join("chat/state.json"), "{\"token\": \"UNLISTED-NEW\"}\n").unwrap();
+    let a_s = a.to_str().unwrap();
+    let b_s = b.to_str().unwrap();
+    for format in [&[][..], &["--stat"], &["--name-only"], &["--format", "json"]] {
+        let o = diff(&[&[a_s, b_s][..], format].concat(), tmp.path(), &key);
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{format:?}: {stderr}");
+        assert!(
+            stdout.contains("chat/notes.txt") && stdout.contains("chat/state.json"),
+            "{stdout}"
+        );
+        assert!(
+            !stdout.contains("UNLISTED") && !stderr.contains("UNLISTED"),
+            "{format:?}: {stdout}"
+        );
+    }
+    let o = diff(&[a_s, b_s, "--format", "json"], tmp.path(), &key);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for f in v["files"].as_array().unwrap() {
+        assert_eq!(f["secret"], true, "{f}");
+        assert!(f.get("diff").is_none() && f.get("changes").is_none(), "{f}");
+    }
+}

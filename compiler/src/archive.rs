@@ -136,6 +136,108 @@ pub fn json(files: &Rendered, manifest: Option<&[u8]>) -> String {
     s
 }
 
+/// Is `bytes` a tar `tar` wrote? Every header is a ustar header exactly as
+/// `header` fills it (owner `0`/`0` and `root`/`root`, no link name, no
+/// device numbers, stackc's checksum layout, one mtime for all), entries
+/// strictly sorted, data padded with zeros, and the archive ends with exactly
+/// the two zero blocks. GNU tar and others differ in at least one of these
+/// (device fields, per-file mtimes, padding to 10 KiB records), so a foreign
+/// tar is not replaced by `build --format tar -o`.
+pub fn is_stackc_tar(bytes: &[u8]) -> bool {
+    if bytes.len() < 1024 || !bytes.len().is_multiple_of(512) {
+        return false;
+    }
+    let octal = |field: &[u8]| -> Option<u64> {
+        let (digits, rest) = field.split_at(field.len() - 1);
+        (rest == [0] && !digits.is_empty() && digits.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .then(|| digits.iter().fold(0u64, |n, d| n * 8 + u64::from(d - b'0')))
+    };
+    let padded = |field: &[u8], text: &[u8]| field.starts_with(text) && field[text.len()..].iter().all(|&b| b == 0);
+    let mut at = 0;
+    let mut mtime: Option<&[u8]> = None;
+    let mut last: Option<Vec<u8>> = None;
+    loop {
+        let h = &bytes[at..at + 512];
+        if h.iter().all(|&b| b == 0) {
+            // The end: the two zero blocks, and nothing after them.
+            return at + 1024 == bytes.len() && bytes[at..].iter().all(|&b| b == 0);
+        }
+        let mut blank = h.to_vec();
+        blank[148..156].fill(b' ');
+        let sum: u64 = blank.iter().map(|&b| u64::from(b)).sum();
+        let well_formed = &h[257..263] == b"ustar\0"
+            && &h[263..265] == b"00"
+            && octal(&h[148..155]) == Some(sum)
+            && h[155] == b' '
+            && octal(&h[100..108]).is_some_and(|m| m <= 0o7777)
+            && &h[108..116] == b"0000000\0"
+            && &h[116..124] == b"0000000\0"
+            && padded(&h[265..297], b"root")
+            && padded(&h[297..329], b"root")
+            && h[157..257].iter().all(|&b| b == 0)
+            && h[329..345].iter().all(|&b| b == 0)
+            && h[500..512].iter().all(|&b| b == 0)
+            && h[0] != 0
+            && matches!(h[156], b'0' | b'5')
+            && mtime.is_none_or(|m| m == &h[136..148])
+            && octal(&h[136..148]).is_some();
+        let Some(size) = octal(&h[124..136]).filter(|_| well_formed) else {
+            return false;
+        };
+        mtime = Some(&h[136..148]);
+        let field = |r: std::ops::Range<usize>| {
+            let f = &h[r];
+            f[..f.iter().position(|&b| b == 0).unwrap_or(f.len())].to_vec()
+        };
+        let (prefix, name) = (field(345..500), field(0..100));
+        let path = if prefix.is_empty() {
+            name
+        } else {
+            [prefix, b"/".to_vec(), name].concat()
+        };
+        if last.as_ref().is_some_and(|l| *l >= path) || (h[156] == b'5' && size != 0) {
+            return false;
+        }
+        last = Some(path);
+        let Some(data_end) = usize::try_from(size).ok().and_then(|s| (at + 512).checked_add(s)) else {
+            return false;
+        };
+        let next = data_end.next_multiple_of(512);
+        if next + 1024 > bytes.len() || bytes[data_end..next].iter().any(|&b| b != 0) {
+            return false;
+        }
+        at = next;
+    }
+}
+
+/// Is `bytes` a document `json` wrote? It starts as `json` writes it, and
+/// has its shape: `version` 1 and `files`, each with a path, an octal
+/// mode, a secret flag and one of `content` and `content_base64`, nothing
+/// else.
+pub fn is_stackc_json(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(b"{\n  \"version\": 1,\n  \"files\": [") || !bytes.ends_with(b"}\n") {
+        return false;
+    }
+    let Ok(serde_json::Value::Object(doc)) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return false;
+    };
+    let Some(files) = doc.get("files").and_then(serde_json::Value::as_array) else {
+        return false;
+    };
+    doc.len() == 2
+        && doc["version"] == 1
+        && files.iter().all(|f| {
+            let Some(f) = f.as_object() else { return false };
+            let mode = f.get("mode").and_then(serde_json::Value::as_str);
+            f.get("path").is_some_and(serde_json::Value::is_string)
+                && mode.is_some_and(|m| m.len() == 4 && m.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+                && f.get("secret").is_some_and(serde_json::Value::is_boolean)
+                && (f.get("content").is_some_and(serde_json::Value::is_string)
+                    ^ f.get("content_base64").is_some_and(serde_json::Value::is_string))
+                && f.len() == 4
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +300,43 @@ mod tests {
             &file_header[345..465],
             format!("{}/{}", "d".repeat(60), "e".repeat(59)).as_bytes()
         );
+    }
+
+    #[test]
+    fn own_streams_are_recognised_and_foreign_ones_are_not() {
+        let t = tar(&files(), Some(b"{}\n"), 1_700_000_000).unwrap();
+        assert!(is_stackc_tar(&t));
+        assert!(is_stackc_tar(&tar(&files(), None, 0).unwrap()));
+        assert!(
+            is_stackc_tar(&tar(&Rendered::new(), None, 0).unwrap()),
+            "an empty bundle"
+        );
+        // One byte changed anywhere in a header, trailing bytes, a GNU-style
+        // 10 KiB record, a truncated archive: not ours.
+        for at in [0, 101, 110, 140, 150, 156, 158, 266, 300, 330, 501] {
+            let mut bad = t.clone();
+            bad[at] ^= 0x01;
+            assert!(!is_stackc_tar(&bad), "byte {at} changed");
+        }
+        let mut padded = t.clone();
+        padded.resize(10_240, 0);
+        assert!(!is_stackc_tar(&padded));
+        assert!(!is_stackc_tar(&t[..t.len() - 512]));
+        assert!(!is_stackc_tar(b"precious notes\n"));
+        assert!(!is_stackc_tar(&[0; 2048]));
+
+        let j = json(&files(), Some(b"{}\n"));
+        assert!(is_stackc_json(j.as_bytes()));
+        assert!(is_stackc_json(json(&Rendered::new(), None).as_bytes()));
+        for foreign in [
+            "{\"version\": 1, \"files\": []}\n".to_owned(),
+            j.replace("\"secret\": false", "\"secret\": \"no\""),
+            j.replace("\"mode\": \"0644\"", "\"mode\": \"0644\", \"owner\": \"me\""),
+            j.replace("  \"files\": [", "  \"files\": [], \"x\": ["),
+            "{\"name\": \"My PWA\"}\n".to_owned(),
+            String::new(),
+        ] {
+            assert!(!is_stackc_json(foreign.as_bytes()), "{foreign}");
+        }
     }
 }

@@ -171,6 +171,12 @@ fn limits() -> crate::eval::Limits {
 }
 
 pub fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(panic_hook));
+    // Test hook (tests/README.md): prove the panic hook prints no path of
+    // the build machine. The payload carries one on purpose.
+    if std::env::var_os("STACKC_TEST_PANIC").is_some_and(|v| v == "1") {
+        panic!("deliberate panic (STACKC_TEST_PANIC) in /root/.cargo/registry/src/x/y.rs");
+    }
     let cli = Cli::parse();
     let _ = LIMITS.set(crate::eval::Limits {
         time: std::time::Duration::from_secs(cli.max_eval_time),
@@ -247,6 +253,92 @@ pub fn main() -> ExitCode {
     ExitCode::from(status)
 }
 
+/// Replaces Rust's panic message, which names the panicking source file by
+/// its absolute path on the build machine (`/root/.cargo/registry/…`): a
+/// short SC0999 diagnostic, the place relative to its crate, and the
+/// message with absolute paths left out. The exit status stays 101. A panic
+/// on the evaluation thread is also reported by `eval` as SC0999.
+fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    let at = info
+        .location()
+        .map(|l| format!(" at {}:{}:{}", source_place(l.file()), l.line(), l.column()))
+        .unwrap_or_default();
+    let thread = match std::thread::current().name() {
+        Some("main") | None => String::new(),
+        Some(name) => format!(" (thread `{}`)", diag::escape(name)),
+    };
+    let mut message = diag::escape(&without_absolute_paths(&payload)).into_owned();
+    if message.chars().count() > 300 {
+        message = message.chars().take(300).collect::<String>() + "…";
+    }
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{}\n\n  × internal error: stackc panicked{thread}{at}: {message}\n  help: this is a bug in stackc: please report it; `stackc explain {}` says what to include\n",
+        Code::Internal,
+        Code::Internal,
+    );
+}
+
+/// A source file named in a panic location, without the build machine's
+/// directories: stackc's own files are relative already
+/// (`compiler/src/diag.rs`); a dependency's is shown from its crate
+/// directory (`miette-7.6.0/src/…`), the standard library's from
+/// `library/`, anything else by its file name.
+fn source_place(file: &str) -> String {
+    let path = Path::new(file);
+    if !path.is_absolute() {
+        return file.to_owned();
+    }
+    let parts: Vec<&str> = file.split('/').filter(|p| !p.is_empty()).collect();
+    let is_crate_dir = |p: &&str| {
+        p.rsplit_once('-').is_some_and(|(name, version)| {
+            !name.is_empty() && version.starts_with(|c: char| c.is_ascii_digit()) && version.contains('.')
+        })
+    };
+    let from = parts
+        .iter()
+        .rposition(is_crate_dir)
+        .or_else(|| parts.iter().rposition(|p| *p == "library"));
+    match from {
+        Some(i) => parts[i..].join("/"),
+        None => format!("<…>/{}", parts.last().copied().unwrap_or_default()),
+    }
+}
+
+/// `text` with every absolute path (a `/` at the start of a word, followed
+/// by more of the path) replaced by `<path>`.
+fn without_absolute_paths(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    let mut prev: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        let starts_word = prev.is_none_or(|p| p.is_whitespace() || "\"'`([{<=:,".contains(p));
+        if c == '/' && starts_word {
+            let mut end = rest
+                .find(|ch: char| ch.is_whitespace() || "\"'`)]}>,".contains(ch))
+                .unwrap_or(rest.len());
+            // Punctuation after a path is the sentence's.
+            end = rest[..end].trim_end_matches([':', ';', '.', '!', '?']).len().max(1);
+            if rest[1..end].contains(|ch: char| ch.is_alphanumeric()) {
+                out.push_str("<path>");
+                prev = rest[..end].chars().last();
+                rest = &rest[end..];
+                continue;
+            }
+        }
+        out.push(c);
+        prev = Some(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 /// Prints findings to stderr, then a one-line summary; returns the status.
 fn report(diags: &[Diagnostic], color: bool, what_happened: &str) -> u8 {
     let mut err = std::io::stderr().lock();
@@ -319,6 +411,7 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         Err(diags) => return report(&diags, color, "nothing written"),
     };
     let default_dir = PathBuf::from("out");
+    let inputs = build_inputs(req, &compiled.manifest);
     if req.check {
         return check_bundle(
             req.output.unwrap_or(&default_dir),
@@ -360,7 +453,10 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         Some(bytes) => {
             let secret = files.values().any(|f| f.secret);
             let written = match req.output {
-                Some(path) => write_stream_file(path, &bytes, secret),
+                Some(path) => match crate::bundle::write_stream(path, &bytes, secret, &inputs) {
+                    Ok(()) => Ok(()),
+                    Err(d) => return report(&[d], color, "nothing written"),
+                },
                 None if req.format == OutputFormat::Tar && std::io::stdout().is_terminal() => {
                     let d = Diagnostic::error(Code::Io, "refusing to write a tar archive to a terminal")
                         .with_help("redirect standard output, or pass -o FILE");
@@ -378,7 +474,13 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         }
         None => {
             let out = req.output.unwrap_or(&default_dir);
-            if let Err(d) = crate::bundle::write(out, &compiled.files, &compiled.manifest) {
+            // Test hooks (tests/README.md): the fallback swap, and a kill in it.
+            let set = |v: &str| std::env::var_os(v).is_some_and(|s| s == "1");
+            let hooks = crate::bundle::TestHooks {
+                no_exchange: set("STACKC_TEST_NO_EXCHANGE"),
+                abort_mid_swap: set("STACKC_TEST_ABORT_MID_SWAP"),
+            };
+            if let Err(d) = crate::bundle::write(out, &compiled.files, &compiled.manifest, &inputs, &hooks) {
                 return report(&[d], color, "the previous bundle, if any, is untouched");
             }
             if !req.quiet {
@@ -398,25 +500,38 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
     0
 }
 
-/// Writes a tar or JSON stream to `path` atomically: a temporary sibling
-/// (0600 when the stream holds secrets, else 0644), then a rename.
-fn write_stream_file(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the output path names no file"))?;
-    let tmp = path.with_file_name(format!(".{}.stackc-tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// The files this build read, which its output must never replace: the
+/// stack file, every project file Nickel read (listed in the manifest,
+/// relative to the project directory) and the master key.
+fn build_inputs(req: &BuildRequest, manifest: &[u8]) -> Vec<crate::bundle::Input> {
+    use crate::bundle::Input;
+    let mut inputs = vec![Input {
+        path: req.file.to_path_buf(),
+        what: "the stack file".into(),
+    }];
+    if let Some(key) = req.key {
+        inputs.push(Input {
+            path: key.to_path_buf(),
+            what: "the master key".into(),
+        });
     }
-    result
+    let root = match req.root {
+        Some(r) => r.to_path_buf(),
+        None => match req.file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(manifest).unwrap_or_default();
+    for f in manifest["inputs"]["files"].as_array().into_iter().flatten() {
+        if let Some(p) = f["path"].as_str() {
+            inputs.push(Input {
+                path: root.join(p),
+                what: format!("a file the stack reads (`{}`)", diag::escape(p)),
+            });
+        }
+    }
+    inputs
 }
 
 /// Data to standard output. A closed pipe (`stackc diff … | head`) is the
@@ -517,7 +632,7 @@ fn check(file: &Path, format: CheckFormat, root: Option<&Path>, quiet: bool, col
                 let machines = c.stack.machines.len();
                 eprintln!(
                     "ok: `{}`, {machines} machine{}, {} file{}",
-                    c.stack.name,
+                    diag::escape(&c.stack.name),
                     if machines == 1 { "" } else { "s" },
                     c.files.len(),
                     if c.files.len() == 1 { "" } else { "s" }
@@ -586,22 +701,7 @@ fn diff_side(spec: &str, keying: &Keying) -> Result<crate::render::Rendered, Vec
         crate::compile(entry, &opts).map(|c| c.files)
     };
     if let Some(rest) = spec.strip_prefix("git:") {
-        let (rev, path) = rest.split_once(':').ok_or_else(|| {
-            vec![Diagnostic::error(
-                Code::Io,
-                format!("`{spec}` is not `git:REV:path/to/stack.ncl`"),
-            )]
-        })?;
-        if Path::new(path).is_absolute()
-            || Path::new(path)
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-        {
-            return Err(vec![Diagnostic::error(
-                Code::Io,
-                format!("`{path}` must be a path inside the repository, relative to its top directory"),
-            )]);
-        }
+        let (rev, path) = parse_git_side(spec, rest)?;
         let tree = GitTree::export(rev)?;
         let entry = tree.dir.join(path);
         return build(&entry, None);
@@ -611,6 +711,44 @@ fn diff_side(spec: &str, keying: &Keying) -> Result<crate::render::Rendered, Vec
         return crate::bundle::read(p).map_err(|d| vec![d]);
     }
     build(p, None)
+}
+
+/// `git:REV:PATH` → (REV, PATH), or SC0903. A revision is handed to git,
+/// so one that git could read as an option (`--output=FILE`) is refused
+/// here, before git runs; git also gets `--end-of-options` before it.
+fn parse_git_side<'a>(spec: &str, rest: &'a str) -> Result<(&'a str, &'a str), Vec<Diagnostic>> {
+    let refuse = |what: String, help: &str| vec![Diagnostic::error(Code::DiffSide, what).with_help(help)];
+    let shown = diag::escape(spec);
+    let (rev, path) = rest.split_once(':').ok_or_else(|| {
+        refuse(
+            format!("`{shown}` is not `git:REV:path/to/stack.ncl`"),
+            "name a revision and the stack file's path in it, as in `git:HEAD~1:prod.ncl`",
+        )
+    })?;
+    if rev.is_empty() || rev.starts_with('-') {
+        return Err(refuse(
+            format!(
+                "`{}` is not a revision: a revision cannot be empty or start with `-`",
+                diag::escape(rev)
+            ),
+            "name a commit, branch or tag (`HEAD~1`, `main`, `v1.2`); a revision starting with `-` would be read by git as an option",
+        ));
+    }
+    if path.is_empty()
+        || Path::new(path).is_absolute()
+        || Path::new(path)
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(refuse(
+            format!(
+                "`{}` must be a path inside the repository, relative to its top directory",
+                diag::escape(path)
+            ),
+            "give the stack file's path as git shows it, as in `git:HEAD:deploy/prod.ncl`",
+        ));
+    }
+    Ok((rev, path))
 }
 
 /// A revision of the current git repository, exported to a temporary
@@ -643,15 +781,29 @@ impl GitTree {
         let dir = std::env::temp_dir().join(format!("stackc-diff-{}-{n}", std::process::id()));
         std::fs::create_dir(&dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         let tree = GitTree { dir };
+        // The revision is user input: `--end-of-options` (git ≥ 2.24) keeps
+        // git from reading it as an option, whatever `parse_git_side` let
+        // through, and only the object id it resolves to reaches `archive`.
+        let shown = diag::escape(rev);
+        let tree_id = Command::new("git")
+            .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
+            .arg(format!("{rev}^{{tree}}"))
+            .current_dir(&top)
+            .output()
+            .map_err(|e| fail(format!("cannot run git rev-parse: {e}")))?;
+        let tree_id = String::from_utf8_lossy(&tree_id.stdout).trim().to_owned();
+        if tree_id.is_empty() || !tree_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(fail(format!("`{shown}` is not a revision of this repository")));
+        }
         let archive = Command::new("git")
-            .args(["archive", "--format=tar", rev])
+            .args(["archive", "--format=tar", "--end-of-options", &tree_id])
             .current_dir(&top)
             .output()
             .map_err(|e| fail(format!("cannot run git archive: {e}")))?;
         if !archive.status.success() {
             return Err(fail(format!(
-                "git archive {rev}: {}",
-                String::from_utf8_lossy(&archive.stderr).trim()
+                "git archive {shown}: {}",
+                diag::escape(String::from_utf8_lossy(&archive.stderr).trim())
             )));
         }
         let mut tar = Command::new("tar")
@@ -666,7 +818,7 @@ impl GitTree {
             .write_all(&archive.stdout)
             .map_err(|e| fail(format!("tar: {e}")))?;
         if !tar.wait().map(|s| s.success()).unwrap_or(false) {
-            return Err(fail(format!("cannot unpack revision {rev}")));
+            return Err(fail(format!("cannot unpack revision `{shown}`")));
         }
         Ok(tree)
     }
@@ -731,5 +883,38 @@ fn secrets_init(path: &Path, color: bool) -> u8 {
             Diagnostic::error(Code::Io, format!("cannot create `{}`: {e}", path.display()))
                 .with_help("secrets init never overwrites a key: every secret is derived from it"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_places_name_no_directory_of_the_build_machine() {
+        assert_eq!(source_place("compiler/src/diag.rs"), "compiler/src/diag.rs");
+        assert_eq!(
+            source_place(
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/miette-7.6.0/src/handlers/graphical.rs"
+            ),
+            "miette-7.6.0/src/handlers/graphical.rs"
+        );
+        assert_eq!(
+            source_place("/rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/core/src/fmt/rt.rs"),
+            "library/core/src/fmt/rt.rs"
+        );
+        assert_eq!(source_place("/home/me/src/thing.rs"), "<…>/thing.rs");
+    }
+
+    #[test]
+    fn panic_messages_lose_absolute_paths() {
+        assert_eq!(
+            without_absolute_paths("cannot open /home/me/.ssh/id_rsa: denied"),
+            "cannot open <path>: denied"
+        );
+        assert_eq!(
+            without_absolute_paths("at \"/tmp/x\" and (/etc/passwd), 1/2 and a/b stay, / too"),
+            "at \"<path>\" and (<path>), 1/2 and a/b stay, / too"
+        );
     }
 }

@@ -97,6 +97,8 @@ codes! {
     SigningKeyVersion = "SC0517", 1, "the federation signing key has an unusable version";
     NotABundle = "SC0901", 2, "the output directory exists and is not a stackc bundle";
     Io = "SC0902", 2, "input/output error";
+    DiffSide = "SC0903", 2, "a `git:` side of `stackc diff` is malformed";
+    OutputClobbers = "SC0904", 2, "the output would replace an input or a file stackc did not write";
     Internal = "SC0999", 2, "internal error";
 }
 
@@ -284,6 +286,70 @@ pub fn exit_status(diags: &[Diagnostic]) -> u8 {
 }
 
 // ---------------------------------------------------------------------------
+// Escaping: no user string reaches the terminal raw
+// ---------------------------------------------------------------------------
+
+/// Characters that reorder text on screen (Unicode bidirectional formatting:
+/// embeddings, overrides, isolates and marks), so a name can look like
+/// something else ("Trojan Source").
+pub fn is_bidi(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A character a diagnostic never prints as is: a control character other
+/// than a tab or a line break (NUL, escape sequences, `\r`), or a bidi
+/// formatting character.
+fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t') || is_bidi(c)
+}
+
+fn escape_char(c: char) -> String {
+    if c.is_control() {
+        c.escape_default().to_string()
+    } else {
+        c.escape_unicode().to_string()
+    }
+}
+
+/// `s` with control characters (but tabs and line breaks) and bidi
+/// formatting characters escaped (`\u{0}`, `\u{1b}`, `\u{202e}`): what a
+/// diagnostic shows of any string it did not write itself (a stack or
+/// machine name, a file name, a revision). Every renderer applies it to
+/// messages, labels, help, notes, paths and file names.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| if needs_escape(c) { escape_char(c) } else { c.to_string() })
+            .collect(),
+    )
+}
+
+/// A copy of `d` whose texts are escaped (spans and sources untouched).
+fn escaped(d: &Diagnostic) -> Diagnostic {
+    let e = |s: &str| escape(s).into_owned();
+    Diagnostic {
+        code: d.code,
+        severity: d.severity,
+        message: e(&d.message),
+        labels: d
+            .labels
+            .iter()
+            .map(|l| Label {
+                span: l.span.clone(),
+                message: e(&l.message),
+                primary: l.primary,
+            })
+            .collect(),
+        help: d.help.as_deref().map(e),
+        notes: d.notes.iter().map(|n| e(n)).collect(),
+        path: d.path.as_deref().map(e),
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Human rendering (miette)
 // ---------------------------------------------------------------------------
 
@@ -294,7 +360,7 @@ struct MietteView {
     code: Option<Code>,
     message: String,
     severity: miette::Severity,
-    source: Option<miette::NamedSource<Arc<str>>>,
+    source: Option<Shown>,
     labels: Vec<miette::LabeledSpan>,
     help: Option<String>,
     related: Vec<MietteView>,
@@ -328,47 +394,265 @@ impl miette::Diagnostic for MietteView {
     }
 }
 
-fn miette_label(l: &Label) -> miette::LabeledSpan {
-    let span = miette::SourceSpan::from(l.span.range.clone());
-    let msg = (!l.message.is_empty()).then(|| l.message.clone());
-    if l.primary {
-        miette::LabeledSpan::new_primary_with_span(msg, span)
-    } else {
-        miette::LabeledSpan::new_with_span(msg, span)
+/// Lines longer than this (in bytes) are shown clipped to a window around
+/// the labels: miette pads to a label's column with a formatting width,
+/// which panics past 65 535, and a megabyte line helps no one.
+const MAX_SHOWN_LINE: usize = 1000;
+/// A window of a clipped line: from this many bytes before a label, this
+/// many bytes long.
+const CLIP_BEFORE: usize = 80;
+const CLIP_WIDTH: usize = 240;
+const MAX_WINDOWS: usize = 8;
+
+/// A place where the shown text differs from the file: `orig` (bytes of
+/// the file) is shown as `shown` (bytes of the shown text).
+#[derive(Debug, Clone)]
+struct Edit {
+    orig: Range<usize>,
+    shown: Range<usize>,
+}
+
+/// A source file as the human renderer shows it: control and bidi
+/// characters escaped, long lines clipped (`…`), labels moved along. Line
+/// numbers are unchanged (no line break is added or removed), and the
+/// column miette prints in the header is the column in the file.
+#[derive(Debug)]
+struct Shown {
+    name: String,
+    orig: Arc<str>,
+    text: String,
+    /// Sorted, disjoint; empty when the text is the file's.
+    edits: Vec<Edit>,
+}
+
+fn floor_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+impl Shown {
+    /// `points`: the label offsets in `file`, to keep in clipped lines' windows.
+    fn new(file: &SourceFile, points: &[usize]) -> Shown {
+        let orig = file.text.clone();
+        let name = escape(&file.name).into_owned();
+        let quick = orig.len() <= MAX_SHOWN_LINE || !orig.split('\n').any(|l| l.len() > MAX_SHOWN_LINE);
+        if quick && !orig.chars().any(|c| needs_escape(c) && c != '\r') && !has_lone_cr(&orig) {
+            return Shown {
+                name,
+                text: orig.to_string(),
+                orig,
+                edits: Vec::new(),
+            };
+        }
+        let mut b = Builder::default();
+        let mut line_start = 0;
+        for line in orig.split_inclusive('\n') {
+            let body_len = line.strip_suffix('\n').map_or(line.len(), str::len);
+            let (start, end) = (line_start, line_start + body_len);
+            if body_len > MAX_SHOWN_LINE {
+                // One window per group of nearby labels (at most
+                // MAX_WINDOWS), `…` for what lies between.
+                let mut starts: Vec<usize> = points.iter().copied().filter(|&p| p >= start && p <= end).collect();
+                starts.sort_unstable();
+                let mut windows: Vec<(usize, usize)> = Vec::new();
+                for p in starts {
+                    let a = floor_boundary(&orig, p.saturating_sub(CLIP_BEFORE).max(start));
+                    let z = floor_boundary(&orig, (a + CLIP_WIDTH).min(end));
+                    let full = windows.len() == MAX_WINDOWS;
+                    match windows.last_mut() {
+                        Some((_, last)) if a <= *last => *last = z.max(*last),
+                        _ if full => {}
+                        _ => windows.push((a, z)),
+                    }
+                }
+                if windows.is_empty() {
+                    windows.push((start, floor_boundary(&orig, start + CLIP_WIDTH)));
+                }
+                let mut at = start;
+                for (a, z) in windows {
+                    if a > at {
+                        b.edit(at..a, "…");
+                    }
+                    b.copy(&orig, a.max(at)..z.max(at));
+                    at = z.max(at);
+                }
+                if at < end {
+                    b.edit(at..end, "…");
+                }
+            } else {
+                b.copy(&orig, start..end);
+            }
+            if end < line_start + line.len() {
+                b.copy(&orig, end..end + 1);
+            }
+            line_start += line.len();
+        }
+        Shown {
+            name,
+            orig,
+            text: b.text,
+            edits: b.edits,
+        }
+    }
+
+    /// Where a byte offset of the file is in the shown text. An offset
+    /// inside an edit goes to its start, or its end for the end of a span.
+    fn to_shown(&self, off: usize, is_end: bool) -> usize {
+        let off = off.min(self.orig.len());
+        let i = self.edits.partition_point(|e| e.orig.start <= off);
+        let Some(e) = i.checked_sub(1).map(|i| &self.edits[i]) else {
+            return off;
+        };
+        if off == e.orig.start {
+            e.shown.start
+        } else if off < e.orig.end {
+            if is_end { e.shown.end } else { e.shown.start }
+        } else {
+            e.shown.end + (off - e.orig.end)
+        }
+    }
+
+    /// Where a byte offset of the shown text is in the file.
+    fn to_orig(&self, off: usize) -> usize {
+        let i = self.edits.partition_point(|e| e.shown.start <= off);
+        let Some(e) = i.checked_sub(1).map(|i| &self.edits[i]) else {
+            return off;
+        };
+        if off < e.shown.end {
+            e.orig.start
+        } else {
+            e.orig.end + (off - e.shown.end)
+        }
+    }
+
+    fn label(&self, l: &Label) -> miette::LabeledSpan {
+        let start = self.to_shown(l.span.range.start, false);
+        let end = self.to_shown(l.span.range.end, true).max(start);
+        let span = miette::SourceSpan::from(start..end);
+        let msg = (!l.message.is_empty()).then(|| l.message.clone());
+        if l.primary {
+            miette::LabeledSpan::new_primary_with_span(msg, span)
+        } else {
+            miette::LabeledSpan::new_with_span(msg, span)
+        }
     }
 }
 
-fn named_source(file: &SourceFile) -> miette::NamedSource<Arc<str>> {
-    miette::NamedSource::new(file.name.clone(), file.text.clone()).with_language("nickel")
+/// A `\r` not followed by `\n`: miette would take it for a line break, and
+/// a terminal returns to the start of the line.
+fn has_lone_cr(s: &str) -> bool {
+    s.match_indices('\r')
+        .any(|(i, _)| s.as_bytes().get(i + 1) != Some(&b'\n'))
+}
+
+#[derive(Default)]
+struct Builder {
+    text: String,
+    edits: Vec<Edit>,
+}
+
+impl Builder {
+    fn edit(&mut self, orig: Range<usize>, with: &str) {
+        let start = self.text.len();
+        self.text.push_str(with);
+        self.edits.push(Edit {
+            orig,
+            shown: start..self.text.len(),
+        });
+    }
+
+    /// Copies `range` of `src`, escaping what must not be shown raw.
+    fn copy(&mut self, src: &str, range: Range<usize>) {
+        let mut done = range.start;
+        for (i, c) in src[range.clone()].char_indices() {
+            let at = range.start + i;
+            let lone_cr = c == '\r' && src.as_bytes().get(at + 1) != Some(&b'\n');
+            if (needs_escape(c) && c != '\r') || lone_cr {
+                self.text.push_str(&src[done..at]);
+                self.edit(at..at + c.len_utf8(), &escape_char(c));
+                done = at + c.len_utf8();
+            }
+        }
+        self.text.push_str(&src[done..range.end]);
+    }
+}
+
+impl miette::SourceCode for Shown {
+    fn read_span<'a>(
+        &'a self,
+        span: &miette::SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let inner = miette::SourceCode::read_span(self.text.as_str(), span, before, after)?;
+        // The header names the position in the file, not in the clipped line.
+        let column = if before == 0 && !self.edits.is_empty() {
+            let at = self.to_orig(inner.span().offset());
+            at - self.orig[..at].rfind('\n').map_or(0, |i| i + 1)
+        } else {
+            inner.column()
+        };
+        Ok(Box::new(
+            miette::MietteSpanContents::new_named(
+                self.name.clone(),
+                inner.data(),
+                *inner.span(),
+                inner.line(),
+                column,
+                inner.line_count(),
+            )
+            .with_language("nickel"),
+        ))
+    }
 }
 
 fn miette_view(d: &Diagnostic) -> MietteView {
+    let d = &escaped(d);
     let main = d.primary().map(|l| l.span.file.clone());
-    let mut labels = Vec::new();
-    // Other files, in order of first appearance.
-    let mut others: Vec<(Arc<SourceFile>, Vec<miette::LabeledSpan>)> = Vec::new();
+    // Labels by file: the primary label's first, then others in order of
+    // first appearance.
+    let mut files: Vec<(Arc<SourceFile>, Vec<&Label>)> = Vec::new();
+    if let Some(m) = &main {
+        files.push((m.clone(), Vec::new()));
+    }
     for l in &d.labels {
-        if main
-            .as_ref()
-            .is_some_and(|m| Arc::ptr_eq(m, &l.span.file) || m.name == l.span.file.name)
-        {
-            labels.push(miette_label(l));
-        } else if let Some((_, v)) = others.iter_mut().find(|(f, _)| f.name == l.span.file.name) {
-            v.push(miette_label(l));
-        } else {
-            others.push((l.span.file.clone(), vec![miette_label(l)]));
+        let same = |f: &Arc<SourceFile>| Arc::ptr_eq(f, &l.span.file) || f.name == l.span.file.name;
+        match files.iter_mut().find(|(f, _)| same(f)) {
+            Some((_, v)) => v.push(l),
+            None => files.push((l.span.file.clone(), vec![l])),
         }
     }
-    let mut related: Vec<MietteView> = others
-        .into_iter()
-        .map(|(file, labels)| MietteView {
-            code: None,
-            message: format!("see also {}", file.name),
-            severity: miette::Severity::Advice,
-            source: Some(named_source(&file)),
-            labels,
-            help: None,
-            related: vec![],
+    let shown = |file: &SourceFile, labels: &[&Label]| {
+        let points: Vec<usize> = labels
+            .iter()
+            .flat_map(|l| [l.span.range.start, l.span.range.end])
+            .collect();
+        let source = Shown::new(file, &points);
+        let labels = labels.iter().map(|l| source.label(l)).collect();
+        (source, labels)
+    };
+    let mut files = files.into_iter();
+    let (source, labels) = match files.next() {
+        Some((file, labels)) => {
+            let (s, l) = shown(&file, &labels);
+            (Some(s), l)
+        }
+        None => (None, Vec::new()),
+    };
+    let mut related: Vec<MietteView> = files
+        .map(|(file, labels)| {
+            let (source, labels) = shown(&file, &labels);
+            MietteView {
+                code: None,
+                message: format!("see also {}", source.name),
+                severity: miette::Severity::Advice,
+                source: Some(source),
+                labels,
+                help: None,
+                related: vec![],
+            }
         })
         .collect();
     for note in &d.notes {
@@ -393,7 +677,7 @@ fn miette_view(d: &Diagnostic) -> MietteView {
             Severity::Error => miette::Severity::Error,
             Severity::Warning => miette::Severity::Warning,
         },
-        source: main.as_deref().map(named_source),
+        source,
         labels,
         help: Some(help),
         related,
@@ -478,11 +762,22 @@ pub fn render_json(diags: &[Diagnostic]) -> String {
             offset: off,
         }
     };
+    let shown: Vec<Diagnostic> = diags.iter().map(escaped).collect();
+    let names: Vec<Vec<String>> = shown
+        .iter()
+        .map(|d| {
+            d.labels
+                .iter()
+                .map(|l| escape(&l.span.file.name).into_owned())
+                .collect()
+        })
+        .collect();
     let report = JsonReport {
         version: JSON_VERSION,
-        diagnostics: diags
+        diagnostics: shown
             .iter()
-            .map(|d| JsonDiagnostic {
+            .zip(&names)
+            .map(|(d, names)| JsonDiagnostic {
                 code: d.code,
                 severity: d.severity,
                 message: &d.message,
@@ -492,8 +787,9 @@ pub fn render_json(diags: &[Diagnostic]) -> String {
                 labels: d
                     .labels
                     .iter()
-                    .map(|l| JsonLabel {
-                        file: &l.span.file.name,
+                    .zip(names)
+                    .map(|(l, name)| JsonLabel {
+                        file: name,
                         start: pos(&l.span, l.span.range.start),
                         end: pos(&l.span, l.span.range.end),
                         message: &l.message,
@@ -531,13 +827,13 @@ pub fn render_github(diags: &[Diagnostic]) -> String {
     let data = |s: &str| s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
     let prop = |s: &str| data(s).replace(':', "%3A").replace(',', "%2C");
     let mut out = String::new();
-    for d in diags {
+    for d in &diags.iter().map(escaped).collect::<Vec<_>>() {
         let level = d.severity.as_str();
         let mut props = vec![format!("title={}", prop(&format!("{} {}", d.code, d.code.title())))];
         if let Some(l) = annotation_label(d) {
             let (line, col) = l.span.line_col(l.span.range.start);
             let (end_line, end_col) = l.span.line_col(l.span.range.end);
-            props.push(format!("file={}", prop(&l.span.file.name)));
+            props.push(format!("file={}", prop(&escape(&l.span.file.name))));
             props.push(format!("line={line}"));
             props.push(format!("col={col}"));
             props.push(format!("endLine={end_line}"));
@@ -594,7 +890,9 @@ pub fn render_sarif(diags: &[Diagnostic]) -> String {
         .collect();
     let results: Vec<_> = diags
         .iter()
+        .map(escaped)
         .map(|d| {
+            let d = &d;
             let primary = annotation_label(d);
             let related: Vec<_> = d
                 .labels
@@ -632,4 +930,100 @@ pub fn render_sarif(diags: &[Diagnostic]) -> String {
     let mut s = serde_json::to_string_pretty(&doc).expect("serialising a report cannot fail");
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(name: &str, text: &str, range: Range<usize>) -> Span {
+        Span {
+            file: Arc::new(SourceFile {
+                name: name.into(),
+                text: text.into(),
+            }),
+            range,
+        }
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped_everywhere() {
+        let evil = "a\u{0}b\u{202e}c\u{2066}d\u{1b}[31m\re\u{200f}";
+        assert_eq!(escape(evil), "a\\u{0}b\\u{202e}c\\u{2066}d\\u{1b}[31m\\re\\u{200f}");
+        assert_eq!(escape("tab\tand\nline"), "tab\tand\nline", "tabs and line breaks stay");
+        assert!(matches!(escape("plain `x`"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escape(&escape(evil)), escape(evil), "escaping is idempotent");
+        let source = format!("name = \"{evil}\"\n");
+        let d = Diagnostic::error(Code::InvalidName, format!("machine name `{evil}`"))
+            .with_label(Some(span(&format!("f{evil}.ncl"), &source, 8..8 + evil.len())), evil)
+            .with_help(evil)
+            .with_note(evil)
+            .with_path(evil);
+        let raw = |s: &str| s.chars().any(|c| (c.is_control() && c != '\n') || is_bidi(c));
+        for out in [
+            render_human(&d, false),
+            render_json(std::slice::from_ref(&d)),
+            render_github(std::slice::from_ref(&d)),
+            render_sarif(std::slice::from_ref(&d)),
+        ] {
+            assert!(!raw(&out), "a raw control or bidi character in\n{out}");
+        }
+        let human = render_human(&d, false);
+        assert!(human.contains("machine name `a\\u{0}b\\u{202e}c"), "{human}");
+        assert!(human.contains("[fa\\u{0}b\\u{202e}"), "the file name too: {human}");
+    }
+
+    #[test]
+    fn a_label_past_column_65535_renders_clipped() {
+        let text = format!("{}]\nnext\n", " ".repeat(70_000));
+        let d = Diagnostic::error(Code::Syntax, "unexpected token")
+            .with_label(Some(span("prod.ncl", &text, 70_000..70_001)), "here");
+        let out = render_human(&d, false);
+        assert!(
+            out.contains("[prod.ncl:1:70001]"),
+            "the header has the file's column:\n{out}"
+        );
+        assert!(out.contains("…"), "{out}");
+        assert!(out.lines().all(|l| l.chars().count() < 400), "{out}");
+        let line = out.lines().find(|l| l.contains('…')).unwrap();
+        let under = out.lines().find(|l| l.contains('┬')).unwrap();
+        assert_eq!(
+            line.chars().position(|c| c == ']'),
+            under.chars().position(|c| c == '┬'),
+            "the label stays under its character:\n{out}"
+        );
+        // A label spanning the whole long line, and one at its very start.
+        let d = Diagnostic::error(Code::Syntax, "x")
+            .with_label(Some(span("prod.ncl", &text, 0..70_001)), "all")
+            .with_label(Some(span("prod.ncl", &text, 70_002..70_006)), "next");
+        assert!(render_human(&d, false).contains("[prod.ncl:1:1]"));
+    }
+
+    #[test]
+    fn shown_offsets_map_both_ways() {
+        let file = SourceFile {
+            name: "f".into(),
+            text: "a\u{0}b\u{202e}c".into(),
+        };
+        let s = Shown::new(&file, &[]);
+        assert_eq!(s.text, "a\\u{0}b\\u{202e}c");
+        assert_eq!(s.to_shown(0, false), 0);
+        assert_eq!(s.to_shown(1, false), 1, "a span starting at NUL starts at its escape");
+        assert_eq!(s.to_shown(2, true), 6, "and ends after it");
+        assert_eq!(s.to_shown(3, false), 7);
+        assert_eq!(s.to_shown(4, false), 7, "inside a character: its start");
+        assert_eq!(s.to_shown(4, true), 15, "or its end, for the end of a span");
+        assert_eq!(s.to_shown(6, false), 15);
+        assert_eq!(s.to_orig(15), 6);
+        assert_eq!(s.to_orig(8), 3);
+        assert_eq!(s.to_orig(6), 2);
+        let plain = Shown::new(
+            &SourceFile {
+                name: "g".into(),
+                text: "abc\n".into(),
+            },
+            &[],
+        );
+        assert!(plain.edits.is_empty() && plain.text == "abc\n");
+    }
 }

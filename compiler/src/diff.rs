@@ -453,16 +453,20 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
-/// Control characters (escape sequences, `\r`) from file names and text
-/// lines are shown escaped, so a file cannot drive the user's terminal.
+/// Control characters (escape sequences, `\r`) and bidi formatting
+/// characters from file names and text lines are shown escaped, so a file
+/// cannot drive the user's terminal or make a line read as another.
 fn sanitize(s: &str) -> String {
-    if !s.chars().any(|c| c.is_control() && c != '\t') {
+    let escaped = |c: char| (c.is_control() && c != '\t') || crate::diag::is_bidi(c);
+    if !s.chars().any(escaped) {
         return s.to_owned();
     }
     s.chars()
         .map(|c| {
             if c.is_control() && c != '\t' {
                 c.escape_default().to_string()
+            } else if escaped(c) {
+                c.escape_unicode().to_string()
             } else {
                 c.to_string()
             }
@@ -1284,6 +1288,9 @@ mod tests {
         let human = render_human(&d, false);
         assert!(!human.contains('\x1b') && !human.contains('\r'), "{human:?}");
         assert!(human.contains("+hello \\u{1b}[2Jworld\\r\n"), "{human:?}");
+        let d = one("m/motd", "hello\n", "if admin \u{202e} \u{2066}then\n");
+        let human = render_human(&d, false);
+        assert!(human.contains("+if admin \\u{202e} \\u{2066}then\n"), "{human:?}");
     }
 
     #[test]

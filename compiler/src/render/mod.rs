@@ -93,14 +93,23 @@ pub fn render(stack: &Stack, pos: &Positions, keying: &Keying) -> Result<Rendere
             .partition(|(_, f)| kubernetes::digests(&f.content));
         for (path, file) in others.into_iter().chain(embedding).chain(digesting) {
             let file_ptr = format!("/machines/{}/files/{}", pointer_escape(mname), pointer_escape(path));
-            if let Err(why) = safe_relative_path(path) {
+            let too_long = mname.len() + 1 + path.len() > MAX_BUNDLE_PATH;
+            let checked = match safe_relative_path(path) {
+                Ok(()) if too_long => Err(TOO_LONG),
+                other => other,
+            };
+            if let Err(why) = checked {
                 diags.push(
                     Diagnostic::error(
                         Code::UnsafePath,
                         format!("file path `{path}` on machine `{mname}` {why}"),
                     )
                     .with_label(pos.at(&file_ptr), "this file")
-                    .with_help("emitted paths are relative to the machine's folder: plain names separated by `/`"),
+                    .with_help(if why == TOO_LONG || why == COMPONENT_TOO_LONG {
+                        "shorten the path: a file system takes at most 255 bytes per name, and the bundle path (machine folder included) is kept under 3840 bytes"
+                    } else {
+                        "emitted paths are relative to the machine's folder: plain names separated by `/`"
+                    }),
                 );
                 continue;
             }
@@ -173,11 +182,24 @@ pub fn render(stack: &Stack, pos: &Positions, keying: &Keying) -> Result<Rendere
     if diags.is_empty() { Ok(out) } else { Err(diags) }
 }
 
+/// The longest name a file system takes for one path component (`NAME_MAX`).
+pub const MAX_COMPONENT: usize = 255;
+/// The longest bundle path (`<machine>/<path>`): `PATH_MAX` (4096 bytes,
+/// with its final NUL) less 256 bytes for the output directory's path and
+/// the temporary directory's name, so what `check` accepts, `build` writes.
+pub const MAX_BUNDLE_PATH: usize = 4096 - 256;
+const TOO_LONG: &str = "is longer than 3840 bytes with its machine's folder";
+const COMPONENT_TOO_LONG: &str = "has a component longer than 255 bytes";
+
 /// Plain names separated by `/`: no absolute paths, no `.` or `..`, no
-/// hidden files, nothing a shell or a deploy tool would trip on.
+/// hidden files, nothing a shell or a deploy tool would trip on, no
+/// component longer than a file system takes.
 pub fn safe_relative_path(path: &str) -> Result<(), &'static str> {
     if path.is_empty() {
         return Err("is empty");
+    }
+    if path.len() > MAX_BUNDLE_PATH {
+        return Err(TOO_LONG);
     }
     if path.starts_with('/') {
         return Err("is absolute");
@@ -191,6 +213,9 @@ pub fn safe_relative_path(path: &str) -> Result<(), &'static str> {
         }
         if !part.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@+".contains(&b)) {
             return Err("has characters other than letters, digits and `._-@+`");
+        }
+        if part.len() > MAX_COMPONENT {
+            return Err(COMPONENT_TOO_LONG);
         }
     }
     Ok(())
@@ -252,5 +277,16 @@ mod tests {
         for bad in ["", "/etc/x", "a/../b", "a//b", "./a", ".env", "a b", "a/\n"] {
             assert!(safe_relative_path(bad).is_err(), "{bad:?} accepted");
         }
+        // No component over NAME_MAX, no path over PATH_MAX less room for
+        // the output directory.
+        assert!(safe_relative_path(&"a".repeat(255)).is_ok());
+        assert_eq!(
+            safe_relative_path(&format!("d/{}", "a".repeat(256))),
+            Err("has a component longer than 255 bytes")
+        );
+        let deep = vec!["a".repeat(200); 19].join("/");
+        assert!(deep.len() < MAX_BUNDLE_PATH && safe_relative_path(&deep).is_ok());
+        let deeper = vec!["a".repeat(200); 20].join("/");
+        assert_eq!(safe_relative_path(&deeper), Err(TOO_LONG));
     }
 }

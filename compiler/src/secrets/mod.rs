@@ -92,16 +92,27 @@ impl MasterKey {
                 format!("the master key `{shown}` is not a file"),
             ));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostic::error(
-                Code::KeyUnreadable,
-                format!("cannot read the master key `{shown}`: {e}"),
-            )
-        })?;
+        // A key is 45 bytes; a larger file is not one, and is not read whole.
+        const MAX_KEY_FILE: u64 = 4096;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_KEY_FILE + 1), &mut bytes))
+            .map_err(|e| {
+                Diagnostic::error(
+                    Code::KeyUnreadable,
+                    format!("cannot read the master key `{shown}`: {e}"),
+                )
+            })?;
         let malformed = || {
             Diagnostic::error(Code::KeyMalformed, format!("`{shown}` is not a stackc master key"))
                 .with_help(format!("a key file holds {KEY_LEN} random bytes in base64 on one line"))
         };
+        // Not text (a binary file, a key in another encoding): a finding
+        // about the file's content, like any other malformed key.
+        let text = String::from_utf8(bytes).map_err(|_| malformed())?;
+        if text.len() as u64 > MAX_KEY_FILE {
+            return Err(malformed());
+        }
         use base64::Engine as _;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(text.trim())
