@@ -20,6 +20,10 @@ struct Firewall {
     /// forward chain, where DNAT-ed connections to them pass.
     #[serde(default)]
     published: Vec<Published>,
+    /// Ports of native services this machine's containers reach through
+    /// the host: admitted from docker's bridges only.
+    #[serde(default)]
+    from_containers: Vec<Published>,
     /// Operator access; absent when SSH is closed deliberately.
     #[serde(default)]
     ssh: Option<Ssh>,
@@ -85,6 +89,15 @@ table inet {{ table }} {
 {% endif %}
 {% if udp_ports %}
 		udp dport { {{ udp_ports | join(", ") }} } accept
+{% endif %}
+{% if from_containers %}
+
+		# Native services the machine's own containers reach through the host
+		# (`host.docker.internal`), from docker's bridges only.
+{% for p in from_containers %}
+		iifname "docker0" {{ p.protocol }} dport {{ p.port }} accept
+		iifname "br-*" {{ p.protocol }} dport {{ p.port }} accept
+{% endfor %}
 {% endif %}
 {% if allow_from %}
 
@@ -203,6 +216,19 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
             }
         }
     };
+    let mut from_containers = fw.from_containers;
+    from_containers.sort();
+    from_containers.dedup();
+    if from_containers
+        .iter()
+        .any(|p| !["tcp", "udp"].contains(&p.protocol.as_str()))
+    {
+        return Err(vec![ContentError::new("/from_containers", "ports are `tcp` or `udp`")]);
+    }
+    let from_containers: Vec<_> = from_containers
+        .iter()
+        .map(|p| minijinja::context! { protocol => p.protocol, port => p.port })
+        .collect();
     let published: Vec<_> = published
         .iter()
         .map(|p| minijinja::context! { protocol => p.protocol, port => p.port })
@@ -220,6 +246,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         udp_ports => fw.udp_ports,
         allow_ping => fw.allow_ping,
         ssh,
+        from_containers,
         allow_from,
         published,
         published_allow,

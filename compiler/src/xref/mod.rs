@@ -480,6 +480,26 @@ impl<'a> Index<'a> {
                 port,
             });
         }
+        // 2b. The host, from one of its containers: a native service there,
+        // which must not listen on loopback only.
+        if host == "host.docker.internal" {
+            if container.is_none() {
+                return Err(format!(
+                    "`{host}` only resolves inside a container (with `extra_hosts`)"
+                ));
+            }
+            if let Some(l) = m.listens.iter().find(|l| l.port == port)
+                && l.is_loopback()
+            {
+                return Err(format!(
+                    "`{}` on `{mname}` binds port {port} to {} only, which containers cannot reach",
+                    l.service, l.bind
+                ));
+            }
+            return self
+                .on_machine(mname, port)
+                .ok_or_else(|| format!("nothing on `{mname}` listens on port {port}"));
+        }
         // 2. This machine, by loopback or by its own address.
         if is_loopback(host) || host == m.address || m.addresses.values().any(|a| a == host) {
             if let (Some(c), true) = (container, is_loopback(host)) {
