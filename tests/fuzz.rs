@@ -41,7 +41,7 @@ const CANARY: &str = "stackc-fuzz-canary-Vx9LmP2wQe";
 const PASSWD: &str = "root:x:0:0:";
 
 const DEFAULT_SEED: u64 = 0x5eed_0016;
-const DEFAULT_RUNS: usize = 300;
+const DEFAULT_RUNS: usize = 250;
 const DEFAULT_JOBS: usize = 2;
 const DEFAULT_TIMEOUT_SECS: u64 = 15;
 const DEFAULT_MEM_MIB: u64 = 6 * 1024;
