@@ -778,12 +778,12 @@ fn judge(r: &Ran, input: &[u8], mem_cap_kib: u64) -> Vec<(String, String)> {
     let mut f = Vec::new();
     let err = String::from_utf8_lossy(&r.stderr);
     let oom = err.contains("memory allocation of") || err.contains("out of memory");
+    // ` (memory allocation of N bytes failed)`, when stderr says so.
     let alloc_line = || {
         err.lines()
             .find(|l| l.contains("memory allocation of") || l.contains("out of memory"))
-            .unwrap_or("")
-            .trim()
-            .to_owned()
+            .map(|l| format!(" ({})", l.trim()))
+            .unwrap_or_default()
     };
     let first_panic = || {
         err.lines()
@@ -797,7 +797,7 @@ fn judge(r: &Ran, input: &[u8], mem_cap_kib: u64) -> Vec<(String, String)> {
         Exit::Timeout if oom || r.peak_kib * 10 >= mem_cap_kib * 9 => f.push((
             "unbounded memory".into(),
             format!(
-                "hit the address-space cap ({}), then killed by the watchdog; peak {} MiB",
+                "hit the address-space cap{}, then killed by the watchdog; peak {} MiB",
                 alloc_line(),
                 r.peak_kib >> 10
             ),
@@ -821,7 +821,7 @@ fn judge(r: &Ran, input: &[u8], mem_cap_kib: u64) -> Vec<(String, String)> {
         Exit::Signal(_) | Exit::Code(_) if oom => f.push((
             "unbounded memory".into(),
             format!(
-                "{} on the address-space cap ({}); peak {} MiB",
+                "{} on the address-space cap{}; peak {} MiB",
                 r.exit,
                 alloc_line(),
                 r.peak_kib >> 10
