@@ -44,6 +44,9 @@ const DEFAULT_SEED: u64 = 0x5eed_0016;
 const DEFAULT_RUNS: usize = 250;
 const DEFAULT_JOBS: usize = 2;
 const DEFAULT_TIMEOUT_SECS: u64 = 15;
+/// The evaluation budgets the fuzzed commands run with (SC0113, SC0114).
+const EVAL_TIME_SECS: u64 = 6;
+const EVAL_MEMORY_MIB: u64 = 1536;
 const DEFAULT_MEM_MIB: u64 = 6 * 1024;
 /// A run killed by the watchdog above this peak was still allocating: no
 /// bound on memory rather than a blocked read.
@@ -662,6 +665,11 @@ fn run_stackc(run: &Path, label: &'static str, args: &[&str], lim: &Limits) -> R
         .env("LANG", "C.UTF-8")
         .env("NO_COLOR", "1")
         .env("STACKC_FUZZ_CANARY", CANARY)
+        // stackc's own evaluation budgets, well inside the watchdog and the
+        // address-space cap: a runaway stack must end as SC0113/SC0114, and
+        // the fuzzer only sees a hang or a blown cap if the budgets fail.
+        .env("STACKC_MAX_EVAL_TIME", EVAL_TIME_SECS.to_string())
+        .env("STACKC_MAX_EVAL_MEMORY", EVAL_MEMORY_MIB.to_string())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&so).unwrap())
         .stderr(std::fs::File::create(&se).unwrap())

@@ -84,10 +84,21 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
         .iter()
         .map(|s| (s.nickel_path.clone(), s.format, s.text.clone()))
         .collect();
+    bounded("nickel-eval", limits, move || evaluate_here(root, sources))
+}
+
+/// Runs `work` on a thread of its own with a 256 MiB stack, within
+/// `limits` (see `budget`): a budget spent is the finding, and the thread
+/// is left stopped. Parsing (in `load`) and evaluation both run this way.
+pub fn bounded<T: Send + 'static>(
+    name: &str,
+    limits: Limits,
+    work: impl FnOnce() -> Result<T, Vec<Diagnostic>> + Send + 'static,
+) -> Result<T, Vec<Diagnostic>> {
     let slot = budget::Slot::new(limits.memory);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
-        .name("nickel-eval".into())
+        .name(name.into())
         .stack_size(256 << 20)
         .spawn(move || {
             struct Finish(&'static budget::Slot);
@@ -98,9 +109,9 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
             }
             slot.enter();
             let _finish = Finish(slot);
-            let _ = tx.send(evaluate_here(root, sources));
+            let _ = tx.send(work());
         })
-        .expect("spawning the evaluation thread");
+        .expect("spawning a bounded thread");
     match slot.wait(limits.time) {
         budget::Outcome::OverMemory => Err(vec![
             Diagnostic::error(
@@ -111,7 +122,7 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
                 ),
             )
             .with_help(
-                "look for a recursion without an end or a huge generated array; \
+                "look for a recursion without an end, a huge generated array or a huge number; \
                  a stack that really is this large can raise the budget with `--max-eval-memory MIB`",
             ),
         ]),
@@ -121,15 +132,13 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
                 format!("evaluating the stack took longer than {} s", limits.time.as_secs()),
             )
             .with_help(
-                "look for a recursion without an end; \
+                "look for a recursion without an end or a huge number; \
                  a stack that really is this large can raise the budget with `--max-eval-time SECONDS`",
             ),
         ]),
-        budget::Outcome::OverStack => {
-            Err(vec![too_deep_finding(MAX_DEPTH).with_note(
-                "evaluation recursed past the end of its stack while building or exporting this value",
-            )])
-        }
+        budget::Outcome::OverStack => Err(vec![too_deep_finding(MAX_DEPTH).with_note(
+            "evaluation recursed past the end of its stack while building or exporting this value",
+        )]),
         budget::Outcome::Done | budget::Outcome::Running => rx.recv().unwrap_or_else(|_| {
             Err(vec![
                 Diagnostic::error(Code::Internal, "the Nickel evaluator panicked")

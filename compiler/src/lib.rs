@@ -65,7 +65,7 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         diag::sort(&mut d);
         d
     };
-    let project = load::load(entry, opts.project_root).map_err(sorted)?;
+    let project = load::load(entry, opts.project_root, opts.limits).map_err(sorted)?;
     let evaluated = eval::evaluate(&project, opts.limits).map_err(sorted)?;
     let mut stack = model::from_value(&evaluated.value).map_err(sorted)?;
     let pos = check::Positions(&evaluated.locs);

@@ -96,7 +96,10 @@ pub struct Project {
     pub sources: Vec<Source>,
 }
 
-pub fn load(entry: &Path, root: Option<&Path>) -> Result<Project, Vec<Diagnostic>> {
+/// Reads the stack file and every file it imports. Parsing runs within the
+/// evaluation budget `limits` too: a literal such as `1e-2147483649` costs
+/// Nickel's parser gigabytes.
+pub fn load(entry: &Path, root: Option<&Path>, limits: crate::eval::Limits) -> Result<Project, Vec<Diagnostic>> {
     let shown = entry.display().to_string();
     let unreadable = |e: std::io::Error| {
         vec![
@@ -149,7 +152,7 @@ pub fn load(entry: &Path, root: Option<&Path>) -> Result<Project, Vec<Diagnostic
             .with_help("a stack file starts with `let stackc = import \"stackc.ncl\" in stackc.stack { … }`"),
         ]);
     }
-    let mut project = Project {
+    let project = Project {
         root,
         entry: canonical,
         sources: vec![Source {
@@ -158,16 +161,19 @@ pub fn load(entry: &Path, root: Option<&Path>) -> Result<Project, Vec<Diagnostic
             text,
         }],
     };
-    let mut diags = Vec::new();
-    // Breadth-first over the import graph; `sources` grows as it goes.
-    let mut next = 0;
-    while next < project.sources.len() {
-        if project.sources[next].format == InputFormat::Nickel {
-            scan(&mut project, next, &mut diags);
+    crate::eval::bounded("stackc-load", limits, move || {
+        let mut project = project;
+        let mut diags = Vec::new();
+        // Breadth-first over the import graph; `sources` grows as it goes.
+        let mut next = 0;
+        while next < project.sources.len() {
+            if project.sources[next].format == InputFormat::Nickel {
+                scan(&mut project, next, &mut diags);
+            }
+            next += 1;
         }
-        next += 1;
-    }
-    if diags.is_empty() { Ok(project) } else { Err(diags) }
+        if diags.is_empty() { Ok(project) } else { Err(diags) }
+    })
 }
 
 /// Why a file is not read.
