@@ -136,9 +136,11 @@ pub fn bounded<T: Send + 'static>(
                  a stack that really is this large can raise the budget with `--max-eval-time SECONDS`",
             ),
         ]),
-        budget::Outcome::OverStack => Err(vec![too_deep_finding(MAX_DEPTH).with_note(
-            "evaluation recursed past the end of its stack while building or exporting this value",
-        )]),
+        budget::Outcome::OverStack => {
+            Err(vec![too_deep_finding(MAX_DEPTH).with_note(
+                "evaluation recursed past the end of its stack while building or exporting this value",
+            )])
+        }
         budget::Outcome::Done | budget::Outcome::Running => rx.recv().unwrap_or_else(|_| {
             Err(vec![
                 Diagnostic::error(Code::Internal, "the Nickel evaluator panicked")
