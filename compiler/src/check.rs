@@ -184,12 +184,85 @@ fn networks(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                 ),
             );
         }
-        // Proxy routes to other machines need a network in common.
+        // A port bound to one address binds one of the machine's own.
+        if m.namespace.is_none() {
+            for (i, l) in m.listens.iter().enumerate() {
+                let specific = !matches!(l.bind.as_str(), "0.0.0.0" | "::") && !l.is_loopback();
+                if specific && !m.addresses.values().any(|a| *a == l.bind) {
+                    out.push(
+                        Diagnostic::error(
+                            Code::NetworkAddress,
+                            format!(
+                                "`{}.{}` on machine `{mname}` binds {}, which is none of `{mname}`'s addresses",
+                                l.service, l.name, l.bind
+                            ),
+                        )
+                        .with_label(pos.at(&format!("{mp}/listens/{i}/bind")), "this address")
+                        .with_help(format!(
+                            "bind one of {} (the one on the network its clients use), `0.0.0.0` for all, or `127.0.0.1` for the machine alone",
+                            m.addresses.values().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
+                        )),
+                    );
+                }
+            }
+        }
+        // Openings of ports that listen on loopback admit nobody.
+        for (i, o) in m.openings.iter().enumerate().filter(|(_, o)| !o.ssh) {
+            if let Some(li) = m
+                .listens
+                .iter()
+                .position(|l| l.port == o.port && l.protocol.as_str() == o.protocol && l.is_loopback())
+            {
+                let l = &m.listens[li];
+                out.push(
+                    Diagnostic::error(
+                        Code::OpeningToLoopback,
+                        format!(
+                            "{} port {} on machine `{mname}` is opened to `{}`, but `{}.{}` listens on {} only",
+                            o.protocol, o.port, o.source, l.service, l.name, l.bind
+                        ),
+                    )
+                    .with_primary(pos.at(&format!("{mp}/openings/{i}/source")), "opened to this source")
+                    .with_secondary(pos.at(&format!("{mp}/listens/{li}/bind")), "bound here")
+                    .with_help(format!(
+                        "bind `{}.{}` to the machine's address on the network `{}` connects over, or to `0.0.0.0`",
+                        l.service, l.name, o.source
+                    )),
+                );
+            }
+        }
+        // Proxy routes to other machines need a network in common — the
+        // one of the bound address, for a port bound to one address.
         for (i, r) in m.routes.iter().enumerate() {
             let Some(target) = stack.machines.get(&r.machine) else {
                 continue;
             };
             if r.machine == *mname || target.namespace.is_some() || target.addresses.is_empty() {
+                continue;
+            }
+            let bound = target
+                .listens
+                .iter()
+                .find(|l| l.service == r.service && l.name == r.port)
+                .filter(|l| !matches!(l.bind.as_str(), "0.0.0.0" | "::") && !l.is_loopback());
+            if let Some(l) = bound
+                && let Some((net, _)) = target.addresses.iter().find(|(_, a)| **a == l.bind)
+                && !m.addresses.contains_key(net)
+            {
+                out.push(
+                    Diagnostic::error(
+                        Code::NoSharedNetwork,
+                        format!(
+                            "site `{}` on machine `{mname}` proxies to `{}.{}` on `{}`, which binds {} on network `{net}` only; `{mname}` is not on `{net}`",
+                            r.site, r.service, r.port, r.machine, l.bind
+                        ),
+                    )
+                    .with_label(pos.at(&format!("{mp}/routes/{i}/machine")), "cannot reach that address")
+                    .with_help(format!(
+                        "bind `{}.{}` to `0.0.0.0` or to `{}`'s address on a network `{mname}` is on",
+                        r.service, r.port, r.machine
+                    )),
+                );
                 continue;
             }
             if !m.addresses.keys().any(|n| target.addresses.contains_key(n)) {

@@ -779,7 +779,13 @@ impl GitTree {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("stackc-diff-{}-{n}", std::process::id()));
-        std::fs::create_dir(&dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        // The path is the build machine's: not shown, only where it was.
+        std::fs::create_dir(&dir).map_err(|e| {
+            fail(format!(
+                "cannot create a temporary directory for `{shown_rev}` (in TMPDIR): {e}",
+                shown_rev = diag::escape(rev)
+            ))
+        })?;
         let tree = GitTree { dir };
         // The revision is user input: `--end-of-options` (git ≥ 2.24) keeps
         // git from reading it as an option, whatever `parse_git_side` let

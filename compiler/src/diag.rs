@@ -70,6 +70,7 @@ codes! {
     NoSharedNetwork = "SC0209", 1, "two machines that must talk share no network";
     NetworkAddress = "SC0210", 1, "a machine's address does not fit the stack's networks";
     UnknownSource = "SC0211", 1, "a firewall opening names no machine, network or address";
+    OpeningToLoopback = "SC0212", 1, "a firewall opening is for a port bound to loopback";
     NoSecretsKey = "SC0301", 2, "build needs a master key or --placeholder-secrets";
     KeyPermissions = "SC0302", 1, "the master key file is readable by others";
     KeyMalformed = "SC0303", 1, "the master key file is not a stackc key";

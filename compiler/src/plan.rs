@@ -73,16 +73,24 @@ pub fn markdown(c: &Compiled) -> String {
                     .find(|l| l.service == r.service && l.name == r.port)
                     .map(|l| format!("{}/{}", l.protocol.as_str(), l.port))
             });
-            // The network the connection uses: the one whose address of the
-            // target the proxy's upstream names.
+            // The network the connection uses: the bound address's for a
+            // port bound to one address, else the preferred shared one.
             let over = stack
                 .machines
                 .get(&r.machine)
                 .and_then(|t| {
+                    let bind = t
+                        .listens
+                        .iter()
+                        .find(|l| l.service == r.service && l.name == r.port)
+                        .map(|l| l.bind.as_str());
                     let mut shared: Vec<(&String, &String)> = t
                         .addresses
                         .iter()
-                        .filter(|(n, _)| m.addresses.contains_key(*n))
+                        .filter(|(n, a)| {
+                            m.addresses.contains_key(*n)
+                                && bind.is_none_or(|b| matches!(b, "0.0.0.0" | "::") || b == a.as_str())
+                        })
                         .collect();
                     shared.sort_by_key(|(n, _)| {
                         let net = stack.networks.get(*n);
@@ -102,6 +110,36 @@ pub fn markdown(c: &Compiled) -> String {
                 r.service,
                 port.unwrap_or_else(|| "?".into()),
                 r.site
+            );
+        }
+    }
+    // Openings a machine's firewall gives another machine by name.
+    for (mname, m) in &stack.machines {
+        for o in m.openings.iter().filter(|o| !o.ssh && o.resolved) {
+            let Some(from) = stack.machines.get(&o.source) else {
+                continue;
+            };
+            let service = m
+                .listens
+                .iter()
+                .find(|l| l.port == o.port && l.protocol.as_str() == o.protocol)
+                .map_or("?", |l| l.service.as_str());
+            let mut shared: Vec<&String> = m.addresses.keys().filter(|n| from.addresses.contains_key(*n)).collect();
+            shared.sort_by_key(|n| {
+                let net = stack.networks.get(*n);
+                (
+                    net.map_or(0, |x| -(x.prefer as i64)),
+                    net.is_some_and(|x| x.public),
+                    (*n).clone(),
+                )
+            });
+            let over = shared.first().map_or("none shared".to_owned(), |n| {
+                format!("`{n}`: {} → {}", from.addresses[*n], m.addresses[*n])
+            });
+            let _ = writeln!(
+                out,
+                "| {} | {mname} ({service}) | {}/{} | {over} | firewall opening |",
+                o.source, o.protocol, o.port
             );
         }
     }
@@ -184,7 +222,7 @@ pub fn markdown(c: &Compiled) -> String {
         let secret = files.iter().filter(|(_, f)| f.secret).count();
         let _ = writeln!(
             out,
-            "- receives {} files ({secret} secret, mode 0600), installed at `{}`:",
+            "- receives {} files ({secret} of them secret, mode 0600), installed at `{}`:",
             files.len(),
             m.deploy_root
         );

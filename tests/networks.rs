@@ -1,0 +1,177 @@
+//! Bundles that work where they are deployed: every layout of the Matrix
+//! stack builds and its containerised proxy never sends to loopback, one
+//! machine's output is cut after the whole stack is checked, and a ruleset
+//! that fails to load leaves the machine closed but for SSH.
+
+mod common;
+
+use std::process::Command;
+
+use common::{TempDir, repo, stackc, text};
+
+/// The Matrix stack with `proxy`, `auth` and `matrix` on the machines given.
+fn matrix_stack(proxy: &str, auth: &str, matrix: &str) -> String {
+    let mut machines: Vec<&str> = vec![proxy, auth, matrix];
+    machines.sort();
+    machines.dedup();
+    let addresses: Vec<String> = machines
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("{m}.address = \"192.0.2.{}\"", 10 + i))
+        .collect();
+    format!(
+        r#"let stackc = import "stackc.ncl" in
+let matrix = stackc.matrix {{
+  server_name = "example.org",
+  hosts = {{ matrix = "matrix.example.org", element = "chat.example.org", mas = "account.example.org", auth = "login.example.org" }},
+  machines = {{ proxy = "{proxy}", auth = "{auth}", matrix = "{matrix}" }},
+  acme_email = "ops@example.org",
+  users.bob = {{ displayname = "Bob", email = "bob@example.org" }},
+}}
+in
+stackc.stack {{ name = "layout", machines = matrix.machines & {{ {} }} }}
+"#,
+        addresses.join(", ")
+    )
+}
+
+#[test]
+fn every_layout_of_the_matrix_stack_builds_and_its_proxy_never_sends_to_loopback() {
+    let layouts = [
+        ("one", "one", "one"),
+        ("edge", "edge", "matrix"),
+        ("edge", "auth", "auth"),
+        ("edge", "auth", "edge"),
+        ("edge", "auth", "matrix"),
+    ];
+    for (proxy, auth, matrix) in layouts {
+        let t = TempDir::new("layout");
+        std::fs::write(t.path().join("prod.ncl"), matrix_stack(proxy, auth, matrix)).unwrap();
+        let o = stackc()
+            .args(["build", "prod.ncl", "--placeholder-secrets", "-o", "out", "-q"])
+            .current_dir(t.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "layout {proxy}/{auth}/{matrix}: {:?}",
+            text(&o)
+        );
+        // Caddy runs in a container in the Matrix module: every upstream on
+        // its own machine is a compose service name, never loopback.
+        let caddyfile = std::fs::read_to_string(t.path().join(format!("out/{proxy}/caddy/Caddyfile"))).unwrap();
+        let upstreams: Vec<&str> = caddyfile
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("reverse_proxy "))
+            .map(|l| l.trim_end_matches(" {"))
+            .collect();
+        assert!(!upstreams.is_empty(), "{caddyfile}");
+        for up in &upstreams {
+            assert!(
+                !up.starts_with("127.") && !up.starts_with("[::1]") && !up.starts_with("localhost"),
+                "layout {proxy}/{auth}/{matrix}: Caddy in its container proxies to {up}"
+            );
+        }
+        if auth == proxy {
+            assert!(
+                upstreams.contains(&"authelia:9091"),
+                "layout {proxy}/{auth}/{matrix}: {upstreams:?}"
+            );
+        }
+        if matrix == proxy {
+            assert!(
+                upstreams.contains(&"synapse:8008"),
+                "layout {proxy}/{auth}/{matrix}: {upstreams:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_machine_is_cut_from_the_whole_stack_after_every_check() {
+    let entry = repo().join("examples/matrix-3-machine/prod.ncl");
+    let t = TempDir::new("machine");
+    let out = t.path().join("matrix.json");
+    let o = stackc()
+        .args([
+            "build",
+            "--placeholder-secrets",
+            "--machine",
+            "matrix",
+            "--format",
+            "json",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&entry)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let bundle: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let paths: Vec<&str> = bundle["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert!(paths.contains(&"synapse/homeserver.yaml"), "{paths:?}");
+    assert!(
+        !paths.iter().any(|k| k.contains("Caddyfile")),
+        "another machine's file: {paths:?}"
+    );
+}
+
+#[test]
+fn a_ruleset_that_fails_to_load_leaves_only_ssh_open() {
+    let Some(unshare) = common::require_tool(common::on_path("unshare"), "unshare (util-linux)") else {
+        return;
+    };
+    let Some(nft) = common::require_tool(common::on_path("nft"), "nft (nftables)") else {
+        return;
+    };
+    let t = TempDir::new("fallback");
+    let o = stackc()
+        .args(["build", "--placeholder-secrets", "-q", "-o"])
+        .arg(t.path().join("out"))
+        .arg(repo().join("examples/lair-chat/prod.ncl"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let chat = t.path().join("out/chat");
+    // The unit's own command, pointed at the bundle, with a broken ruleset.
+    let unit = std::fs::read_to_string(chat.join("systemd/stackc-firewall.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart=/bin/sh -c "))
+        .expect("the firewall unit starts through sh")
+        .trim_matches('"')
+        .replace("/etc/stackc/", &format!("{}/", chat.display()))
+        .replace("/usr/sbin/nft", &nft.to_string_lossy());
+    std::fs::write(
+        chat.join("firewall/rules.nft"),
+        "table inet stackc { this is not nft }\n",
+    )
+    .unwrap();
+    let script = format!(
+        // A subshell: the command ends with `exit 1` when it falls back.
+        "( {exec} )\nstatus=$?\n{} list table inet stackc\nexit $status",
+        nft.display()
+    );
+    let o = Command::new(&unshare)
+        .args(["--net", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the unit must fail when rules.nft does not load: {out}{err}"
+    );
+    assert!(out.contains("policy drop"), "the fallback is loaded: {out}{err}");
+    assert!(out.contains("tcp dport 22 accept"), "SSH stays open: {out}");
+    assert!(
+        !out.contains("8080") && !out.contains("443"),
+        "nothing else is open: {out}"
+    );
+}
