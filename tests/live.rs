@@ -31,9 +31,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
-/// The client's address: on the public network, no machine's, and not
-/// admitted by the matrix machine's firewall.
-const CLIENT_ADDR: &str = "203.0.113.99";
 /// Children see this PATH and nothing else of the caller's environment.
 const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// Where the official postgres image runs its init scripts from.
@@ -41,25 +38,45 @@ const INITDB_D: &str = "/docker-entrypoint-initdb.d";
 /// The mount point of the synapse folder in the synapse image (compose.yaml).
 const SYNAPSE_DATA: &str = "/data/";
 
+/// The live tests share the machine's two cores and run one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn matrix_3_machine_live() {
+    matrix_live("matrix-3-machine");
+}
+
+#[test]
+fn matrix_2_machine_live() {
+    matrix_live("matrix-2-machine");
+}
+
+#[test]
+fn matrix_1_machine_live() {
+    matrix_live("matrix-1-machine");
+}
+
+fn deadline() -> Deadline {
     let max_s: u64 = match std::env::var("STACKC_LIVE_MAX_S") {
         Ok(v) => v.parse().expect("STACKC_LIVE_MAX_S: whole seconds"),
         Err(_) => 180,
     };
-    let dl = Deadline {
+    Deadline {
         end: Instant::now() + Duration::from_secs(max_s),
         max_s,
-    };
-    let Some(t) = tools() else { return };
+    }
+}
 
+/// Builds `examples/<example>/prod.ncl` with the test key into a fresh work
+/// dir; returns the work dir and the bundle's path.
+fn build(example: &str, dl: Deadline) -> (common::TempDir, PathBuf) {
     // The work dir holds copies of secrets: only its owner reads it; the
     // postgres user only needs to traverse it to reach its cluster.
     let work = common::TempDir::new("live");
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o711)).unwrap();
     let out = work.path().join("bundle");
     let key = common::test_key(work.path());
-    let entry = common::repo().join("examples/matrix-3-machine/prod.ncl");
+    let entry = common::repo().join(format!("examples/{example}/prod.ncl"));
     let o = run(
         common::stackc()
             .args(["build", "--no-cache", "-o"])
@@ -73,50 +90,128 @@ fn matrix_3_machine_live() {
     );
     ok(&o, "stackc build");
     println!("live: built {} into {}", entry.display(), out.display());
+    (work, out)
+}
 
-    // Everything below is read from the bundle as emitted: the networks,
-    // and each machine's address on them.
-    let manifest: Json = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
-    let address = |m: &str| manifest["machines"][m]["address"].as_str().unwrap().to_owned();
-    let on = |m: &str, net: &str| manifest["machines"][m]["addresses"][net].as_str().map(str::to_owned);
+/// The segments of a bundle as the lab builds them: the public network with
+/// the proxy machine and the client, the private one (if any) with every
+/// machine on it. A network of the whole address space (`default`, a stack
+/// without `networks`) becomes the /24 around the proxy's address.
+struct Layout {
+    segments: Vec<(String, u8, Vec<(String, String)>)>,
+    client: String,
+}
+
+fn layout(manifest: &Json, proxy: &str, machines: &[&str]) -> Layout {
     let nets = manifest["networks"].as_object().unwrap();
-    let public = nets
-        .iter()
-        .find(|(_, n)| n["public"] == true)
-        .map(|(k, _)| k.clone())
-        .unwrap();
-    let private = nets
-        .iter()
-        .find(|(_, n)| n["public"] == false)
-        .map(|(k, _)| k.clone())
-        .unwrap();
+    let addr_on = |m: &str, net: &str| manifest["machines"][m]["addresses"][net].as_str().map(str::to_owned);
     let prefix_len = |net: &str| -> u8 {
-        nets[net]["cidr"]
+        let len: u8 = nets[net]["cidr"]
             .as_str()
             .unwrap()
             .rsplit_once('/')
             .unwrap()
             .1
             .parse()
-            .unwrap()
+            .unwrap();
+        if len == 0 { 24 } else { len }
     };
-    let (edge_addr, matrix_addr) = (address("edge"), address("matrix"));
-    let edge_lan = on("edge", &private).expect("the edge is on the private network");
-    assert_eq!(
-        on("edge", &public).as_deref(),
-        Some(edge_addr.as_str()),
-        "DNS uses the edge's public address"
-    );
-    assert_eq!(
-        on("matrix", &public),
-        None,
-        "the matrix machine is on the private network only"
-    );
+    let public = nets
+        .iter()
+        .find(|(_, n)| n["public"] == true)
+        .map(|(k, _)| k.clone())
+        .unwrap();
+    let proxy_public = addr_on(proxy, &public).expect("the proxy is on the public network");
+    // The client: host .99 of the proxy's public /24, no machine's address.
+    let client = format!("{}.99", proxy_public.rsplit_once('.').unwrap().0);
     assert!(
-        nets[&public]["cidr"].as_str().unwrap().starts_with("203.0.113.") && !edge_addr.ends_with(".99"),
-        "the client address {CLIENT_ADDR} must be on the public network and no machine's"
+        machines.iter().all(|m| manifest["machines"][m]["addresses"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|a| *a != client.as_str())),
+        "the client address {client} is a machine's"
     );
-    let matrix_dir = out.join("matrix");
+    let mut segments = vec![(
+        public.clone(),
+        prefix_len(&public),
+        vec![(proxy.to_owned(), proxy_public), ("client".to_owned(), client.clone())],
+    )];
+    for (net, n) in nets {
+        if n["public"] == true {
+            continue;
+        }
+        let members: Vec<(String, String)> = machines
+            .iter()
+            .filter_map(|m| addr_on(m, net).map(|a| ((*m).to_owned(), a)))
+            .collect();
+        if members.len() > 1 {
+            segments.push((net.clone(), prefix_len(net), members));
+        }
+    }
+    Layout { segments, client }
+}
+
+/// The sources SSH admits on a machine, read from its emitted ruleset:
+/// `None` for anywhere, else the addresses and CIDRs.
+fn ssh_sources(rules: &str) -> Option<Vec<String>> {
+    let line = rules
+        .lines()
+        .map(str::trim)
+        .find(|l| l.ends_with("tcp dport 22 accept"))?;
+    let set = line
+        .split_once('{')
+        .and_then(|(_, r)| r.split_once('}'))
+        .map(|(set, _)| set);
+    set.map(|set| set.split(',').map(|s| s.trim().to_owned()).collect())
+}
+
+fn matrix_live(example: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dl = deadline();
+    let max_s = dl.max_s;
+    let Some(t) = tools() else { return };
+    let (work, out) = build(example, dl);
+    // Everything below is read from the bundle as emitted: the networks,
+    // each machine's addresses, and where Caddy and Synapse run.
+    let manifest: Json = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let machines: Vec<String> = manifest["machines"].as_object().unwrap().keys().cloned().collect();
+    let with = |file: &str| -> String {
+        machines
+            .iter()
+            .find(|m| out.join(m).join(file).exists())
+            .unwrap_or_else(|| panic!("no machine has {file}"))
+            .clone()
+    };
+    let (proxy_m, matrix_m) = (with("caddy/Caddyfile"), with("synapse/homeserver.yaml"));
+    let address = |m: &str| manifest["machines"][m]["address"].as_str().unwrap().to_owned();
+    let (edge_addr, matrix_addr) = (address(&proxy_m), address(&matrix_m));
+    let started: Vec<&str> = if proxy_m == matrix_m {
+        vec![proxy_m.as_str()]
+    } else {
+        vec![proxy_m.as_str(), matrix_m.as_str()]
+    };
+    let lay = layout(&manifest, &proxy_m, &started);
+    // The proxy reaches the matrix machine from its address on the network
+    // they share (the lab's private segment), or over loopback.
+    let edge_lan = lay
+        .segments
+        .iter()
+        .skip(1)
+        .find(|(_, _, members)| members.iter().any(|(m, _)| *m == matrix_m))
+        .and_then(|(_, _, members)| members.iter().find(|(m, _)| *m == proxy_m).map(|(_, a)| a.clone()))
+        .unwrap_or_else(|| edge_addr.clone());
+    if proxy_m != matrix_m {
+        assert!(
+            !manifest["machines"][&matrix_m]["addresses"]
+                .as_object()
+                .unwrap()
+                .values()
+                .any(|a| *a == edge_addr.as_str()),
+            "the matrix machine is not on the proxy's public address"
+        );
+    }
+    let matrix_dir = out.join(&matrix_m);
     let compose = read_yaml(&matrix_dir.join("compose.yaml"));
     let hs = read_yaml(&matrix_dir.join("synapse/homeserver.yaml"));
     let server_name = hs["server_name"].as_str().unwrap().to_owned();
@@ -126,34 +221,15 @@ fn matrix_3_machine_live() {
     let synapse_port = hs["listeners"][0]["port"].as_u64().unwrap();
 
     print_left_out();
-    let mut lab = Lab::new(&t);
-    let ns = lab.network(
-        &[
-            (
-                public.as_str(),
-                prefix_len(&public),
-                vec![
-                    ("edge".into(), edge_addr.clone()),
-                    ("client".into(), CLIENT_ADDR.into()),
-                ],
-            ),
-            (
-                private.as_str(),
-                prefix_len(&private),
-                vec![
-                    ("edge".into(), edge_lan.clone()),
-                    ("matrix".into(), matrix_addr.clone()),
-                ],
-            ),
-        ],
-        dl,
-    );
-    let [edge, matrix, client] = [&ns["edge"], &ns["matrix"], &ns["client"]];
-    for (machine, n) in [("edge", edge), ("matrix", matrix)] {
+    let mut lab = Lab::new(&t, example);
+    let ns = lab.network(&lay.segments, dl);
+    let client_addr = lay.client.clone();
+    let [edge, matrix, client] = [&ns[&proxy_m], &ns[&matrix_m], &ns["client"]];
+    for machine in &started {
         let rules = out.join(machine).join("firewall/rules.nft");
         ok(
             &run(
-                in_ns(&t, n, &t.nft).arg("-f").arg(&rules),
+                in_ns(&t, &ns[*machine], &t.nft).arg("-f").arg(&rules),
                 "nft -f",
                 Duration::from_secs(20),
                 dl,
@@ -161,28 +237,43 @@ fn matrix_3_machine_live() {
             &format!("nft -f {machine}/firewall/rules.nft"),
         );
     }
-    println!("live: loaded edge/ and matrix/firewall/rules.nft unmodified, each in its machine's namespace");
+    println!("live: loaded {started:?}/firewall/rules.nft unmodified, each in its machine's namespace");
 
-    // Compose gives every service its name in DNS; here they all share the
-    // matrix namespace, so its /etc/hosts maps them to loopback. That keeps
-    // `host: postgres` and the pgpass line as emitted, and sends Synapse's
-    // calls to `mas` and the bridges to closed ports instead of DNS.
+    // Compose gives every service its name in DNS; here the ones that run
+    // share the matrix namespace, so its /etc/hosts maps them to loopback.
+    // That keeps `host: postgres` and the pgpass line as emitted. The ones
+    // left out (MAS, Element, Authelia, bridges, Caddy's own name) get an
+    // address with an `unreachable` route: a call to them fails at once, as
+    // to a stopped container — not on a port of another process here (on
+    // one machine, `element:80` would otherwise reach Caddy's own port 80).
     let names: Vec<String> = compose["services"]
         .as_mapping()
         .unwrap()
         .keys()
         .map(|k| k.as_str().unwrap().to_owned())
         .collect();
-    lab.etc_hosts(matrix, &format!("127.0.0.1 localhost {}\n", names.join(" ")));
-    println!("live: environment: /etc/hosts of the matrix namespace maps the compose services to 127.0.0.1: {names:?}");
+    let (running, absent): (Vec<String>, Vec<String>) =
+        names.iter().cloned().partition(|n| n == "postgres" || n == "synapse");
+    lab.ip(&["-n", matrix, "route", "add", "unreachable", "192.0.2.0/24"], dl);
+    lab.etc_hosts(
+        matrix,
+        &format!(
+            "127.0.0.1 localhost {}\n192.0.2.1 {}\n",
+            running.join(" "),
+            absent.join(" ")
+        ),
+    );
+    println!(
+        "live: environment: /etc/hosts of the matrix namespace maps {running:?} to 127.0.0.1 and {absent:?} to 192.0.2.1 (unreachable route)"
+    );
 
     let pg = postgres(&mut lab, &t, matrix, &matrix_dir, &compose, pg_port, work.path(), dl);
     synapse(&mut lab, &t, matrix, &matrix_dir, synapse_port, work.path(), dl);
-    let root_ca = caddy(&mut lab, &t, edge, &out.join("edge"), &matrix_host, work.path(), dl);
+    let root_ca = caddy(&mut lab, &t, edge, &out.join(&proxy_m), &matrix_host, work.path(), dl);
 
     // The client reaches every site of the Caddyfile at the edge address,
     // trusting only Caddy's local CA: certificate names are checked too.
-    let sites = caddy_sites(&out.join("edge/caddy/Caddyfile"));
+    let sites = caddy_sites(&out.join(&proxy_m).join("caddy/Caddyfile"));
     let mut client_args: Vec<String> = Vec::new();
     for site in &sites {
         let host_port = if site.contains(':') {
@@ -242,59 +333,110 @@ fn matrix_3_machine_live() {
     assert_eq!(v["server"]["name"].as_str(), Some("Synapse"), "{url}: {v}");
     println!("live: ok {url}: {v}");
 
-    // The firewalls are live. Nothing listens on the edge's 8008, so without
-    // rules the client would be refused at once; the edge's rules drop it.
-    // The private network is not reachable from the public one at all; to
-    // show the matrix machine's own rules drop a stranger, the client routes
-    // the private prefix through the edge, which forwards: its packets then
-    // arrive from the client's address, which the matrix rules do not admit.
-    // The edge's own requests come from its private address, which they do.
+    // The firewalls are live. Nothing listens on the edge's 8008 (or, on one
+    // machine, Synapse does but the port is not public), so without rules the
+    // client would be answered or refused at once; the rules drop it.
     let syn = format!("http://{matrix_addr}:{synapse_port}/_matrix/client/versions");
     expect_dropped(&t, client, &format!("http://{edge_addr}:{synapse_port}/"), dl);
-    let private_cidr = nets[&private]["cidr"].as_str().unwrap();
-    lab.ip(&["-n", client, "route", "add", private_cidr, "via", &edge_addr], dl);
-    // The usual backend route out through the edge: replies could return,
-    // so only the matrix machine's rules stand between the client and 8008.
-    lab.ip(&["-n", matrix, "route", "add", "default", "via", &edge_lan], dl);
-    ok(
-        &run(
-            in_ns(&t, edge, &t.sysctl).args(["-qw", "net.ipv4.ip_forward=1"]),
-            "sysctl",
-            Duration::from_secs(10),
-            dl,
-        ),
-        "sysctl net.ipv4.ip_forward=1 in the edge namespace",
-    );
-    expect_dropped(&t, client, &syn, dl);
-    let r = expect_200(get(&t, edge, &syn, &[], dl), &syn);
-    assert!(r.body.contains("\"versions\""), "{syn} from the edge: {}", r.body);
-    println!(
-        "live: ok firewall: client -> {edge_addr}:{synapse_port} and (routed through the edge) -> {matrix_addr}:{synapse_port} dropped; \
-         edge ({edge_lan}) -> {matrix_addr}:{synapse_port} answers"
-    );
+    if proxy_m != matrix_m {
+        // The private network is not reachable from the public one at all;
+        // to show the matrix machine's own rules drop a stranger, the client
+        // routes the private prefix through the edge, which forwards, and
+        // the matrix machine routes back through the edge: only its firewall
+        // stands between the client and 8008. The edge's own requests come
+        // from its private address, which the rules admit.
+        let private = lay
+            .segments
+            .iter()
+            .skip(1)
+            .find(|(_, _, m)| m.iter().any(|(n, _)| *n == matrix_m))
+            .unwrap();
+        let private_cidr = manifest["networks"][private.0.as_str()]["cidr"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        lab.ip(&["-n", client, "route", "add", &private_cidr, "via", &edge_addr], dl);
+        lab.ip(&["-n", matrix, "route", "add", "default", "via", &edge_lan], dl);
+        ok(
+            &run(
+                in_ns(&t, edge, &t.sysctl).args(["-qw", "net.ipv4.ip_forward=1"]),
+                "sysctl",
+                Duration::from_secs(10),
+                dl,
+            ),
+            "sysctl net.ipv4.ip_forward=1 in the edge namespace",
+        );
+        expect_dropped(&t, client, &syn, dl);
+        let r = expect_200(get(&t, edge, &syn, &[], dl), &syn);
+        assert!(r.body.contains("\"versions\""), "{syn} from the edge: {}", r.body);
+        println!(
+            "live: ok firewall: client -> {edge_addr}:{synapse_port} and (routed through {proxy_m}) -> {matrix_addr}:{synapse_port} dropped; \
+             {proxy_m} ({edge_lan}) -> {matrix_addr}:{synapse_port} answers"
+        );
+    } else {
+        println!("live: ok firewall: client -> {edge_addr}:{synapse_port} (Synapse listens, not public) dropped");
+    }
 
-    // Operator access: SSH is open on every machine by default. A stand-in
-    // for sshd (an HTTP server on port 22: what matters is that the port
-    // answers through the emitted rules) runs on the edge and the matrix
-    // machine; the client (an admin source: `any` by default) reaches the
-    // edge's, the edge reaches the matrix machine's over the private network.
+    // Operator access: a stand-in for sshd (an HTTP server on port 22: what
+    // matters is that the port answers through the emitted rules) runs on
+    // every started machine. The proxy's is tried from an admin source — the
+    // client when SSH is open to anywhere, else a namespace at an address of
+    // the first admin network — and, when SSH is restricted, refused from
+    // the client; another machine's from the proxy over the private network.
     let empty = work.path().join("sshd-stand-in");
     fs::create_dir_all(&empty).unwrap();
-    for (machine, n, addr) in [("edge", edge, &edge_addr), ("matrix", matrix, &matrix_addr)] {
+    let proxy_rules = fs::read_to_string(out.join(&proxy_m).join("firewall/rules.nft")).unwrap();
+    let admin = match ssh_sources(&proxy_rules) {
+        None => client.to_owned(),
+        Some(sources) => {
+            let first = sources.first().expect("SSH admits someone");
+            let base = first.split('/').next().unwrap();
+            let admin_addr = format!("{}.5", base.rsplit_once('.').unwrap().0);
+            let admin = lab.add_ns("admin", dl);
+            // The public segment is the lab's first bridge.
+            let net = format!("{}-net", lab.prefix);
+            lab.ip(
+                &[
+                    "-n", &net, "link", "add", "p-admin", "type", "veth", "peer", "name", "e0", "netns", &admin,
+                ],
+                dl,
+            );
+            lab.ip(&["-n", &net, "link", "set", "p-admin", "master", "br0", "up"], dl);
+            lab.ip(
+                &["-n", &admin, "addr", "add", &format!("{admin_addr}/32"), "dev", "e0"],
+                dl,
+            );
+            lab.ip(&["-n", &admin, "link", "set", "e0", "up"], dl);
+            lab.ip(
+                &["-n", &admin, "route", "add", &format!("{edge_addr}/32"), "dev", "e0"],
+                dl,
+            );
+            lab.ip(
+                &["-n", edge, "route", "add", &format!("{admin_addr}/32"), "dev", "e0"],
+                dl,
+            );
+            println!("live: namespace {admin}: {admin_addr}/32, an address of the admin sources {sources:?}");
+            admin
+        }
+    };
+    for machine in &started {
+        let n = &ns[*machine];
+        let addr = address(machine);
         let mut c = in_ns(&t, n, &t.python);
         c.args(["-m", "http.server", "22", "--bind", addr.as_str(), "--directory"])
             .arg(&empty);
         let i = lab.spawn(&format!("sshd-stand-in-{machine}"), c, libc::SIGTERM, work.path());
         let url = format!("http://{addr}:22/");
-        let from = if machine == "edge" { client } else { edge };
         lab.wait_ready(i, "the SSH stand-in", Duration::from_secs(20), dl, || {
             get(&t, n, &url, &[], dl).map(|_| ())
         });
+        let from = if *machine == proxy_m { admin.as_str() } else { edge };
         expect_200(get(&t, from, &url, &[], dl), &url);
-        println!(
-            "live: ok SSH stand-in on {machine} ({addr}:22) answers from {}",
-            if machine == "edge" { "the client" } else { "the edge" }
-        );
+        println!("live: ok SSH stand-in on {machine} ({addr}:22) answers from namespace {from}");
+        if *machine == proxy_m && admin != *client {
+            expect_dropped(&t, client, &url, dl);
+            println!("live: ok SSH on {machine} dropped from the client ({client_addr}), not an admin source");
+        }
     }
 
     // What is left out shows as such, and nowhere else: Caddy routes these to
@@ -724,8 +866,8 @@ struct Service {
 }
 
 impl Lab {
-    fn new(t: &Tools) -> Lab {
-        let prefix = format!("stackc-live-{}", std::process::id());
+    fn new(t: &Tools, tag: &str) -> Lab {
+        let prefix = format!("stackc-live-{}-{tag}", std::process::id());
         sweep_stale(&t.ip);
         Lab {
             prefix,
@@ -743,7 +885,7 @@ impl Lab {
     /// network's prefix length. Routes are the on-link ones of each prefix:
     /// a machine reaches only the networks it is on. The host's own network
     /// is not touched. Returns the namespace of each machine.
-    fn network(&mut self, segments: &[(&str, u8, Vec<(String, String)>)], dl: Deadline) -> BTreeMap<String, String> {
+    fn network(&mut self, segments: &[(String, u8, Vec<(String, String)>)], dl: Deadline) -> BTreeMap<String, String> {
         let net = self.add_ns("net", dl);
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         let mut links: BTreeMap<String, usize> = BTreeMap::new();
