@@ -56,6 +56,101 @@ fn matrix_1_machine_live() {
     matrix_live("matrix-1-machine");
 }
 
+/// Lair Chat (seed 003) as deployed: native Caddy started by its emitted
+/// unit's command, in front of a stand-in for the chat server (which cannot
+/// be installed here: Python's `http.server` on the two ports the unit
+/// declares, named as such), behind the emitted firewall.
+#[test]
+fn lair_chat_live() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dl = deadline();
+    let max_s = dl.max_s;
+    let Some(t) = tools() else { return };
+    let (work, out) = build("lair-chat", dl);
+    let manifest: Json = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let units = manifest["machines"]["chat"]["units"].as_array().unwrap();
+    assert!(
+        units.iter().any(|u| u == "caddy.service"),
+        "something starts the Caddyfile: {units:?}"
+    );
+    let addr = manifest["machines"]["chat"]["address"].as_str().unwrap().to_owned();
+    let lay = layout(&manifest, "chat", &["chat"]);
+    let mut lab = Lab::new(&t, "lair-chat");
+    let ns = lab.network(&lay.segments, dl);
+    let (chat, client) = (&ns["chat"], &ns["client"]);
+    ok(
+        &run(
+            in_ns(&t, chat, &t.nft)
+                .arg("-f")
+                .arg(out.join("chat/firewall/rules.nft")),
+            "nft -f",
+            Duration::from_secs(20),
+            dl,
+        ),
+        "nft -f chat/firewall/rules.nft",
+    );
+    println!("live: loaded chat/firewall/rules.nft unmodified");
+
+    // The chat server's ports as its unit declares them: HTTP for Caddy
+    // (not public: loopback) and the public TCP port.
+    let unit = fs::read_to_string(out.join("chat/systemd/lair-chat.service")).unwrap();
+    let port_of = |var: &str| -> String {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("Environment=\"{var}=")))
+            .map(|v| v.trim_end_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("no {var} in lair-chat.service"))
+    };
+    let (http, tcp) = (port_of("LAIR_HTTP_PORT"), port_of("LAIR_TCP_PORT"));
+    let root = work.path().join("stand-in");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("index.html"), "lair-chat stand-in\n").unwrap();
+    for (name, port, bind) in [
+        ("http", &http, "127.0.0.1"),
+        ("tcp", &tcp, "0.0.0.0"),
+        ("sshd", &"22".to_owned(), addr.as_str()),
+    ] {
+        let mut c = in_ns(&t, chat, &t.python);
+        c.args(["-m", "http.server", port.as_str(), "--bind", bind, "--directory"])
+            .arg(&root);
+        let i = lab.spawn(&format!("stand-in-{name}"), c, libc::SIGTERM, work.path());
+        let url = format!("http://{bind}:{port}/");
+        lab.wait_ready(i, "the stand-in", Duration::from_secs(20), dl, || {
+            get(&t, chat, &url, &[], dl).map(|_| ())
+        });
+        println!("live: stand-in ({name}) on {bind}:{port} in the chat namespace");
+    }
+    let root_ca = caddy(
+        &mut lab,
+        &t,
+        chat,
+        &out.join("chat"),
+        "chat.example.com/",
+        work.path(),
+        dl,
+    );
+
+    let args = [
+        "--resolve".to_owned(),
+        format!("chat.example.com:443:{addr}"),
+        "--cacert".to_owned(),
+        root_ca.to_string_lossy().into_owned(),
+    ];
+    let url = "https://chat.example.com/";
+    let r = expect_200(get(&t, client, url, &args, dl), url);
+    assert!(r.body.contains("lair-chat stand-in"), "{url}: {}", r.body);
+    println!("live: ok {url} from the client: TLS by Caddy, answered by the chat server (stand-in)");
+    let url = format!("http://{addr}:{tcp}/");
+    expect_200(get(&t, client, &url, &[], dl), &url);
+    println!("live: ok {url}: the public TCP port answers the client");
+    expect_dropped(&t, client, &format!("http://{addr}:{http}/"), dl);
+    println!("live: ok {addr}:{http} (behind Caddy, loopback) dropped from the client");
+    let url = format!("http://{addr}:22/");
+    expect_200(get(&t, client, &url, &[], dl), &url);
+    println!("live: ok SSH stand-in on {addr}:22 answers the client (admin sources: any)");
+    drop(lab);
+    println!("live: PASSED in {} s (limit {} s)", max_s - dl.left().as_secs(), max_s);
+}
+
 fn deadline() -> Deadline {
     let max_s: u64 = match std::env::var("STACKC_LIVE_MAX_S") {
         Ok(v) => v.parse().expect("STACKC_LIVE_MAX_S: whole seconds"),
@@ -269,7 +364,15 @@ fn matrix_live(example: &str) {
 
     let pg = postgres(&mut lab, &t, matrix, &matrix_dir, &compose, pg_port, work.path(), dl);
     synapse(&mut lab, &t, matrix, &matrix_dir, synapse_port, work.path(), dl);
-    let root_ca = caddy(&mut lab, &t, edge, &out.join(&proxy_m), &matrix_host, work.path(), dl);
+    let root_ca = caddy(
+        &mut lab,
+        &t,
+        edge,
+        &out.join(&proxy_m),
+        &format!("{matrix_host}/_matrix/client/versions"),
+        work.path(),
+        dl,
+    );
 
     // The client reaches every site of the Caddyfile at the edge address,
     // trusting only Caddy's local CA: certificate names are checked too.
@@ -673,7 +776,12 @@ fn synapse(lab: &mut Lab, t: &Tools, ns: &str, machine: &Path, port: u64, work: 
 
 /// Caddy from a copy of the emitted Caddyfile with certificates from its
 /// own local CA. Returns that CA's root certificate.
-fn caddy(lab: &mut Lab, t: &Tools, ns: &str, machine: &Path, probe_host: &str, work: &Path, dl: Deadline) -> PathBuf {
+/// Starts Caddy on the machine's emitted Caddyfile (a copy with a local CA),
+/// probing `https://<probe>` until it answers 200. With native Caddy the
+/// command line is the emitted `systemd/caddy.service`'s `ExecStart`, only
+/// the binary's and the Caddyfile's paths mapped to this lab; in a container
+/// it is the image's `caddy run`.
+fn caddy(lab: &mut Lab, t: &Tools, ns: &str, machine: &Path, probe: &str, work: &Path, dl: Deadline) -> PathBuf {
     let dir = work.join("caddy");
     fs::create_dir_all(&dir).unwrap();
     let emitted = fs::read_to_string(machine.join("caddy/Caddyfile")).unwrap();
@@ -697,7 +805,10 @@ fn caddy(lab: &mut Lab, t: &Tools, ns: &str, machine: &Path, probe_host: &str, w
     }
     let file = dir.join("Caddyfile");
     fs::write(&file, caddyfile).unwrap();
-    println!("live: overrides in edge/caddy/Caddyfile (a copy): global options {extra:?}");
+    println!(
+        "live: overrides in {}/caddy/Caddyfile (a copy): global options {extra:?}",
+        machine.file_name().unwrap().to_string_lossy()
+    );
     // compose gives Caddy the volumes /data and /config; XDG dirs here.
     let (data, config) = (dir.join("data"), dir.join("config"));
     println!(
@@ -708,16 +819,46 @@ fn caddy(lab: &mut Lab, t: &Tools, ns: &str, machine: &Path, probe_host: &str, w
         dir.display()
     );
 
+    let unit = machine.join("systemd/caddy.service");
+    let args: Vec<String> = match fs::read_to_string(&unit) {
+        Ok(text) => {
+            let exec = text
+                .lines()
+                .find_map(|l| l.strip_prefix("ExecStart="))
+                .expect("caddy.service has an ExecStart");
+            let mut words = exec.split_whitespace();
+            assert_eq!(words.next(), Some("/usr/bin/caddy"), "{exec}");
+            let args: Vec<String> = words
+                .map(|w| {
+                    if w.ends_with("/caddy/Caddyfile") {
+                        file.to_string_lossy().into_owned()
+                    } else {
+                        w.to_owned()
+                    }
+                })
+                .collect();
+            println!(
+                "live: caddy started as the emitted systemd/caddy.service says: caddy {}",
+                args.join(" ")
+            );
+            args
+        }
+        Err(_) => ["run", "--adapter", "caddyfile", "--config"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([file.to_string_lossy().into_owned()])
+            .collect(),
+    };
     let mut c = in_ns(t, ns, &t.caddy);
-    c.args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(&file)
+    c.args(&args)
         .current_dir(&dir)
         .env("HOME", &dir)
         .env("XDG_DATA_HOME", &data)
         .env("XDG_CONFIG_HOME", &config);
     let i = lab.spawn("caddy", c, libc::SIGTERM, &dir);
     let root = data.join("caddy/pki/authorities/local/root.crt");
-    let url = format!("https://{probe_host}/_matrix/client/versions");
+    let url = format!("https://{probe}");
+    let probe_host = probe.split('/').next().unwrap();
     lab.wait_ready(i, "caddy serving TLS", Duration::from_secs(60), dl, || {
         if !root.exists() {
             return Err("no local CA yet".into());
@@ -731,7 +872,7 @@ fn caddy(lab: &mut Lab, t: &Tools, ns: &str, machine: &Path, probe_host: &str, w
         let r = get(t, ns, &url, &args, dl)?;
         (r.status == 200).then_some(()).ok_or(format!("{}", r.status))
     });
-    println!("live: caddy {} up in the edge namespace", t.caddy_version);
+    println!("live: caddy {} up in namespace {ns}", t.caddy_version);
     root
 }
 
