@@ -10,7 +10,7 @@ use std::process::Command;
 use common::{TempDir, repo, stackc, text};
 
 /// The Matrix stack with `proxy`, `auth` and `matrix` on the machines given.
-fn matrix_stack(proxy: &str, auth: &str, matrix: &str) -> String {
+fn matrix_stack(proxy: &str, auth: &str, matrix: &str, mode: &str) -> String {
     let mut machines: Vec<&str> = vec![proxy, auth, matrix];
     machines.sort();
     machines.dedup();
@@ -25,6 +25,7 @@ let matrix = stackc.matrix {{
   server_name = "example.org",
   hosts = {{ matrix = "matrix.example.org", element = "chat.example.org", mas = "account.example.org", auth = "login.example.org" }},
   machines = {{ proxy = "{proxy}", auth = "{auth}", matrix = "{matrix}" }},
+  proxy = '{mode},
   acme_email = "ops@example.org",
   users.bob = {{ displayname = "Bob", email = "bob@example.org" }},
 }}
@@ -45,45 +46,47 @@ fn every_layout_of_the_matrix_stack_builds_and_its_proxy_never_sends_to_loopback
         ("edge", "auth", "matrix"),
     ];
     for (proxy, auth, matrix) in layouts {
-        let t = TempDir::new("layout");
-        std::fs::write(t.path().join("prod.ncl"), matrix_stack(proxy, auth, matrix)).unwrap();
-        let o = stackc()
-            .args(["build", "prod.ncl", "--placeholder-secrets", "-o", "out", "-q"])
-            .current_dir(t.path())
-            .output()
-            .unwrap();
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "layout {proxy}/{auth}/{matrix}: {:?}",
-            text(&o)
-        );
-        // Caddy runs in a container in the Matrix module: every upstream on
-        // its own machine is a compose service name, never loopback.
-        let caddyfile = std::fs::read_to_string(t.path().join(format!("out/{proxy}/caddy/Caddyfile"))).unwrap();
-        let upstreams: Vec<&str> = caddyfile
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("reverse_proxy "))
-            .map(|l| l.trim_end_matches(" {"))
-            .collect();
-        assert!(!upstreams.is_empty(), "{caddyfile}");
-        for up in &upstreams {
-            assert!(
-                !up.starts_with("127.") && !up.starts_with("[::1]") && !up.starts_with("localhost"),
-                "layout {proxy}/{auth}/{matrix}: Caddy in its container proxies to {up}"
-            );
-        }
-        if auth == proxy {
-            assert!(
-                upstreams.contains(&"authelia:9091"),
-                "layout {proxy}/{auth}/{matrix}: {upstreams:?}"
-            );
-        }
-        if matrix == proxy {
-            assert!(
-                upstreams.contains(&"synapse:8008"),
-                "layout {proxy}/{auth}/{matrix}: {upstreams:?}"
-            );
+        for mode in ["container", "native"] {
+            let what = format!("layout {proxy}/{auth}/{matrix}, {mode} Caddy");
+            let t = TempDir::new("layout");
+            std::fs::write(t.path().join("prod.ncl"), matrix_stack(proxy, auth, matrix, mode)).unwrap();
+            let o = stackc()
+                .args(["build", "prod.ncl", "--placeholder-secrets", "-o", "out", "-q"])
+                .current_dir(t.path())
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(0), "{what}: {:?}", text(&o));
+            let machine = t.path().join("out").join(proxy);
+            let caddyfile = std::fs::read_to_string(machine.join("caddy/Caddyfile")).unwrap();
+            let upstreams: Vec<&str> = caddyfile
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("reverse_proxy "))
+                .map(|l| l.trim_end_matches(" {"))
+                .collect();
+            assert!(!upstreams.is_empty(), "{caddyfile}");
+            let loopback = |up: &&str| up.starts_with("127.") || up.starts_with("[::1]") || up.starts_with("localhost");
+            if mode == "container" {
+                // In its container, loopback is Caddy itself: a service of
+                // its own machine is a compose service name.
+                assert!(!upstreams.iter().any(loopback), "{what}: {upstreams:?}");
+                if auth == proxy {
+                    assert!(upstreams.contains(&"authelia:9091"), "{what}: {upstreams:?}");
+                }
+                if matrix == proxy {
+                    assert!(upstreams.contains(&"synapse:8008"), "{what}: {upstreams:?}");
+                }
+            } else {
+                // Native Caddy has a unit that starts it, and reaches its own
+                // machine's published ports on loopback, others never.
+                assert!(
+                    machine.join("systemd/caddy.service").exists(),
+                    "{what}: no caddy.service"
+                );
+                // Authelia's site has one upstream, the Matrix hosts five.
+                let expected = usize::from(auth == proxy) + 5 * usize::from(matrix == proxy);
+                let on_loopback = upstreams.iter().filter(|u| loopback(u)).count();
+                assert_eq!(on_loopback, expected, "{what}: {upstreams:?}");
+            }
         }
     }
 }
