@@ -178,3 +178,65 @@ fn a_ruleset_that_fails_to_load_leaves_only_ssh_open() {
         "nothing else is open: {out}"
     );
 }
+
+#[test]
+fn owners_travel_with_the_tar_and_unpack_as_recorded() {
+    let t = TempDir::new("owners");
+    let out = t.path().join("matrix.tar");
+    let o = stackc()
+        .args([
+            "build",
+            "--placeholder-secrets",
+            "--machine",
+            "matrix",
+            "--format",
+            "tar",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(repo().join("examples/matrix-3-machine/prod.ncl"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    // GNU tar as root, as docs/deploy.md says, applies the numeric owners.
+    let dest = t.path().join("etc-stackc");
+    std::fs::create_dir_all(&dest).unwrap();
+    let o = Command::new("tar")
+        .args(["-xpf"])
+        .arg(&out)
+        .args(["--same-owner", "-C"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    use std::os::unix::fs::MetadataExt;
+    let owner = |p: &str| {
+        let m = std::fs::metadata(dest.join(p)).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o777)
+    };
+    if running_as_root() {
+        assert_eq!(owner("synapse/signing.key"), (991, 991, 0o600), "Synapse reads its key");
+        assert_eq!(
+            owner("mas/secrets/mas-encryption"),
+            (65532, 65532, 0o600),
+            "MAS reads its secrets"
+        );
+        assert_eq!(owner("bridges/instagram/config.yaml"), (1337, 1337, 0o600));
+        assert_eq!(owner("compose.yaml"), (0, 0, 0o644));
+    } else {
+        eprintln!("not root: tar cannot apply owners; checked the modes only");
+        assert_eq!(owner("synapse/signing.key").2, 0o600);
+    }
+}
+
+/// Whether this process runs as root (reads `/proc/self/status`).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}

@@ -1,30 +1,39 @@
 //! Bundles as one stream, for deploy tools: a deterministic tar (sorted
-//! entries, fixed mtime, uid/gid 0, modes kept) or a JSON document.
+//! entries, fixed mtime, numeric owners, modes kept) or a JSON document.
 
 use serde::Serialize;
 
 use crate::render::Rendered;
 
 /// POSIX ustar archive of `files` (and `manifest`, if given): sorted
-/// entries, mtime `mtime`, owner 0:0, modes as on disk (directories by
+/// entries, mtime `mtime`, each file's owner (root's by name, others by
+/// number), modes as on disk (directories by
 /// `bundle::dir_modes`). The same bundle gives the same bytes.
 pub fn tar(files: &Rendered, manifest: Option<&[u8]>, mtime: u64) -> Result<Vec<u8>, String> {
-    let mut entries: Vec<(String, u32, Option<&[u8]>)> = Vec::new();
+    // (path, mode, owner, content; none for a directory)
+    type Entry<'a> = (String, u32, (u32, u32), Option<&'a [u8]>);
+    let mut entries: Vec<Entry> = Vec::new();
     for (dir, mode) in crate::bundle::dir_modes(files) {
-        entries.push((format!("{}/", dir.display()), mode, None));
+        entries.push((format!("{}/", dir.display()), mode, (0, 0), None));
     }
     for (path, f) in files {
-        entries.push((path.clone(), f.mode, Some(&f.bytes)));
+        entries.push((path.clone(), f.mode, f.owner, Some(&f.bytes)));
     }
     if let Some(m) = manifest {
-        entries.push((crate::bundle::MANIFEST.to_owned(), crate::render::MODE_FILE, Some(m)));
+        entries.push((
+            crate::bundle::MANIFEST.to_owned(),
+            crate::render::MODE_FILE,
+            (0, 0),
+            Some(m),
+        ));
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = Vec::new();
-    for (path, mode, data) in entries {
+    for (path, mode, owner, data) in entries {
         out.extend_from_slice(&header(
             &path,
             mode,
+            owner,
             data.map_or(0, <[u8]>::len),
             mtime,
             data.is_none(),
@@ -39,7 +48,7 @@ pub fn tar(files: &Rendered, manifest: Option<&[u8]>, mtime: u64) -> Result<Vec<
     Ok(out)
 }
 
-fn header(path: &str, mode: u32, size: usize, mtime: u64, dir: bool) -> Result<[u8; 512], String> {
+fn header(path: &str, mode: u32, owner: (u32, u32), size: usize, mtime: u64, dir: bool) -> Result<[u8; 512], String> {
     let mut h = [0u8; 512];
     // ustar splits long names into prefix (155) and name (100) at a `/`.
     let (prefix, name) = if path.len() <= 100 {
@@ -57,6 +66,12 @@ fn header(path: &str, mode: u32, size: usize, mtime: u64, dir: bool) -> Result<[
     let put = |h: &mut [u8; 512], at: usize, bytes: &[u8]| h[at..at + bytes.len()].copy_from_slice(bytes);
     // Numeric fields are octal with a NUL: 11 digits at most for size and mtime.
     const MAX_OCTAL_11: u64 = 0o77777777777;
+    if owner.0 > 0o7777777 || owner.1 > 0o7777777 {
+        return Err(format!(
+            "{path}: owner {}:{} too large for a ustar header",
+            owner.0, owner.1
+        ));
+    }
     if size as u64 > MAX_OCTAL_11 || mtime > MAX_OCTAL_11 {
         return Err(format!("{path}: size or mtime too large for a ustar header"));
     }
@@ -66,15 +81,21 @@ fn header(path: &str, mode: u32, size: usize, mtime: u64, dir: bool) -> Result<[
     };
     put(&mut h, 0, name.as_bytes());
     octal(&mut h, 100, 8, u64::from(mode & 0o7777));
-    octal(&mut h, 108, 8, 0); // uid
-    octal(&mut h, 116, 8, 0); // gid
+    octal(&mut h, 108, 8, u64::from(owner.0));
+    octal(&mut h, 116, 8, u64::from(owner.1));
     octal(&mut h, 124, 12, size as u64);
     octal(&mut h, 136, 12, mtime);
     h[156] = if dir { b'5' } else { b'0' };
     put(&mut h, 257, b"ustar\0");
     put(&mut h, 263, b"00");
-    put(&mut h, 265, b"root");
-    put(&mut h, 297, b"root");
+    // Names only for root: another uid is a container's user, which need
+    // not exist by name on the target (tar then uses the number).
+    if owner.0 == 0 {
+        put(&mut h, 265, b"root");
+    }
+    if owner.1 == 0 {
+        put(&mut h, 297, b"root");
+    }
     put(&mut h, 345, prefix.as_bytes());
     // The checksum is computed with its own field as spaces.
     h[148..156].fill(b' ');
@@ -94,6 +115,9 @@ struct JsonBundle<'a> {
 struct JsonFile<'a> {
     path: &'a str,
     mode: String,
+    /// Numeric `uid:gid`, when not root's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
     secret: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
@@ -112,6 +136,7 @@ pub fn json(files: &Rendered, manifest: Option<&[u8]>) -> String {
             JsonFile {
                 path,
                 mode: format!("{:04o}", f.mode),
+                owner: (f.owner != (0, 0)).then(|| format!("{}:{}", f.owner.0, f.owner.1)),
                 secret: f.secret,
                 content: text,
                 content_base64: text.is_none().then(|| crate::secrets::b64(&f.bytes)),
@@ -122,6 +147,7 @@ pub fn json(files: &Rendered, manifest: Option<&[u8]>) -> String {
         list.push(JsonFile {
             path: crate::bundle::MANIFEST,
             mode: "0644".into(),
+            owner: None,
             secret: false,
             content: std::str::from_utf8(m).ok(),
             content_base64: None,
@@ -170,10 +196,8 @@ pub fn is_stackc_tar(bytes: &[u8]) -> bool {
             && octal(&h[148..155]) == Some(sum)
             && h[155] == b' '
             && octal(&h[100..108]).is_some_and(|m| m <= 0o7777)
-            && &h[108..116] == b"0000000\0"
-            && &h[116..124] == b"0000000\0"
-            && padded(&h[265..297], b"root")
-            && padded(&h[297..329], b"root")
+            && octal(&h[108..116]).is_some_and(|u| padded(&h[265..297], if u == 0 { b"root" } else { b"" }))
+            && octal(&h[116..124]).is_some_and(|g| padded(&h[297..329], if g == 0 { b"root" } else { b"" }))
             && h[157..257].iter().all(|&b| b == 0)
             && h[329..345].iter().all(|&b| b == 0)
             && h[500..512].iter().all(|&b| b == 0)
@@ -212,8 +236,17 @@ pub fn is_stackc_tar(bytes: &[u8]) -> bool {
 
 /// Is `bytes` a document `json` wrote? It starts as `json` writes it, and
 /// has its shape: `version` 1 and `files`, each with a path, an octal
-/// mode, a secret flag and one of `content` and `content_base64`, nothing
-/// else.
+/// mode, a secret flag, one of `content` and `content_base64`, maybe an
+/// `owner`, nothing else.
+/// Numeric `uid:gid`, as `json` writes owners.
+fn is_owner(s: &str) -> bool {
+    s.split_once(':').is_some_and(|(u, g)| {
+        [u, g]
+            .iter()
+            .all(|n| !n.is_empty() && n.len() <= 10 && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
 pub fn is_stackc_json(bytes: &[u8]) -> bool {
     if !bytes.starts_with(b"{\n  \"version\": 1,\n  \"files\": [") || !bytes.ends_with(b"}\n") {
         return false;
@@ -234,7 +267,7 @@ pub fn is_stackc_json(bytes: &[u8]) -> bool {
                 && f.get("secret").is_some_and(serde_json::Value::is_boolean)
                 && (f.get("content").is_some_and(serde_json::Value::is_string)
                     ^ f.get("content_base64").is_some_and(serde_json::Value::is_string))
-                && f.len() == 4
+                && f.len() == 4 + usize::from(f.get("owner").is_some_and(|o| o.as_str().is_some_and(is_owner)))
         })
 }
 
@@ -251,6 +284,7 @@ mod tests {
                 bytes: b"hello\n".to_vec(),
                 mode: 0o644,
                 secret: false,
+                owner: (0, 0),
             },
         );
         r.insert(
@@ -259,6 +293,7 @@ mod tests {
                 bytes: b"s3cret".to_vec(),
                 mode: 0o600,
                 secret: true,
+                owner: (0, 0),
             },
         );
         r
@@ -290,6 +325,7 @@ mod tests {
                 bytes: vec![],
                 mode: 0o644,
                 secret: false,
+                owner: (0, 0),
             },
         );
         let t = tar(&r, None, 0).unwrap();
@@ -327,6 +363,10 @@ mod tests {
 
         let j = json(&files(), Some(b"{}\n"));
         assert!(is_stackc_json(j.as_bytes()));
+        let mut owned = files();
+        owned.values_mut().for_each(|f| f.owner = (991, 991));
+        assert!(is_stackc_json(json(&owned, None).as_bytes()), "files with owners");
+        assert!(is_stackc_tar(&tar(&owned, None, 0).unwrap()), "files with owners");
         assert!(is_stackc_json(json(&Rendered::new(), None).as_bytes()));
         for foreign in [
             "{\"version\": 1, \"files\": []}\n".to_owned(),

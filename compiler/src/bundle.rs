@@ -77,6 +77,9 @@ struct FileEntry<'a> {
     path: &'a str,
     size: usize,
     mode: String,
+    /// Numeric `uid:gid` to apply on deploy (`0:0` unless a container runs
+    /// as another user and mounts the file).
+    owner: String,
     secret: bool,
     /// Plain sha256 for ordinary files, keyed `hmac_sha256` for secrets.
     #[serde(flatten)]
@@ -144,6 +147,7 @@ pub fn manifest(stack: &Stack, files: &Rendered, inputs: &BTreeMap<String, Vec<u
                     path,
                     size: f.bytes.len(),
                     mode: format!("{:04o}", f.mode),
+                    owner: format!("{}:{}", f.owner.0, f.owner.1),
                     secret: f.secret,
                     digest: BTreeMap::from([(algo, digest)]),
                 }
@@ -806,6 +810,9 @@ pub fn read(dir: &Path) -> Result<Rendered, Diagnostic> {
                         bytes,
                         mode: meta.permissions().mode() & 0o7777,
                         secret,
+                        // The build does not chown: owners are the
+                        // manifest's, applied on deploy.
+                        owner: (0, 0),
                     },
                 );
             }
@@ -879,6 +886,7 @@ mod tests {
             bytes: s.as_bytes().to_vec(),
             mode: 0o644,
             secret: false,
+            owner: (0, 0),
         };
         files.insert("m/f".into(), file("one"));
         let manifest = b"{\"manifest_version\": 1, \"stackc_version\": \"0\", \"files\": []}\n";

@@ -48,7 +48,37 @@ pub fn check(stack: &Stack, locs: &Locs) -> Vec<Diagnostic> {
     routes(stack, &pos, &mut out);
     sites(stack, &pos, &mut out);
     networks(stack, &pos, &mut out);
+    owners(stack, &pos, &mut out);
     out
+}
+
+/// A secret file is written 0600 and owned by the user of the container
+/// that mounts it (`render::owner_of`): a second container running as
+/// another user and mounting it too could not read it.
+fn owners(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
+    for (mname, m) in &stack.machines {
+        for path in m.files.iter().filter(|(_, f)| f.secret).map(|(p, _)| p) {
+            let covering: Vec<&crate::model::Mount> = m
+                .mounts
+                .iter()
+                .filter(|mt| *path == mt.source || path.starts_with(&format!("{}/", mt.source)))
+                .collect();
+            let Some(first) = covering.first() else { continue };
+            if let Some(other) = covering.iter().find(|mt| mt.user != first.user) {
+                out.push(
+                    Diagnostic::error(
+                        Code::SecretOwner,
+                        format!(
+                            "secret file `{mname}/{path}` (mode 0600) is mounted into `{}`, which runs as {}, and into `{}`, which runs as {}: one of them cannot read it",
+                            first.service, first.user, other.service, other.user
+                        ),
+                    )
+                    .with_label(pos.at(&format!("{}/files/{}", machine_ptr(mname), pointer_escape(path))), "this file")
+                    .with_help("give each container its own copy of the secret in its own folder (`stackc.secret.file_in`), or run both as one user"),
+                );
+            }
+        }
+    }
 }
 
 /// `10.0.0.0/24` as an address and a prefix length.

@@ -865,6 +865,7 @@ mod tests {
         BundleFile {
             bytes: content.as_bytes().to_vec(),
             secret: false,
+            owner: (0, 0),
             mode: 0o644,
         }
     }
@@ -873,6 +874,7 @@ mod tests {
         BundleFile {
             bytes: content.as_bytes().to_vec(),
             secret: true,
+            owner: (0, 0),
             mode: 0o600,
         }
     }
@@ -1261,6 +1263,7 @@ mod tests {
                 BundleFile {
                     bytes: vec![0xff, 0],
                     secret: false,
+                    owner: (0, 0),
                     mode: 0o644,
                 },
             )]),
@@ -1269,6 +1272,7 @@ mod tests {
                 BundleFile {
                     bytes: vec![0xfe, 0],
                     secret: false,
+                    owner: (0, 0),
                     mode: 0o644,
                 },
             )]),

@@ -33,6 +33,24 @@ pub struct Network {
     pub prefer: f64,
 }
 
+/// A container's bind mount of a bundle path (`source`, relative to the
+/// machine's folder) and the `uid:gid` the container runs as.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    pub service: String,
+    pub source: String,
+    pub user: String,
+}
+
+impl Mount {
+    /// `(uid, gid)` from `user`, if it is numeric `uid:gid`.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        let (u, g) = self.user.split_once(':')?;
+        Some((u.parse().ok()?, g.parse().ok()?))
+    }
+}
+
 /// A source a firewall opening names, as written, and whether the stdlib
 /// could turn it into addresses.
 #[derive(Debug, Deserialize)]
@@ -61,6 +79,9 @@ pub struct Machine {
     pub addresses: BTreeMap<String, String>,
     #[serde(default)]
     pub openings: Vec<Opening>,
+    /// Bind mounts of the machine's containers, with the user each runs as.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
     pub deploy_root: String,
     /// Set when the machine is a Kubernetes namespace (its name).
     #[serde(default)]

@@ -31,6 +31,9 @@ pub struct RenderedFile {
     pub bytes: Vec<u8>,
     pub mode: u32,
     pub secret: bool,
+    /// Numeric `(uid, gid)` the file belongs to on the target: the user a
+    /// container that mounts it runs as, else root. Applied on deploy.
+    pub owner: (u32, u32),
 }
 
 impl RenderedFile {
@@ -58,6 +61,19 @@ impl std::fmt::Debug for RenderedFile {
             .field("secret", &self.secret)
             .finish()
     }
+}
+
+/// Who owns `path` of machine `m`: the user of the container that bind
+/// mounts it (the longest mount source that is `path` or one of its
+/// directories), else root. Mounts disagreeing on a path are a `check`
+/// finding, so the first is as good as any here.
+pub fn owner_of(m: &crate::model::Machine, path: &str) -> (u32, u32) {
+    m.mounts
+        .iter()
+        .filter(|mt| path == mt.source || path.starts_with(&format!("{}/", mt.source)))
+        .max_by_key(|mt| mt.source.len())
+        .and_then(|mt| mt.owner())
+        .unwrap_or((0, 0))
 }
 
 /// The bundle's files by path (`<machine>/<path>`), sorted.
@@ -148,6 +164,7 @@ pub fn render(stack: &Stack, pos: &Positions, keying: &Keying) -> Result<Rendere
                             bytes: text.into_bytes(),
                             mode,
                             secret: file.secret,
+                            owner: owner_of(m, path),
                         },
                     );
                 }
