@@ -110,6 +110,10 @@ fn absolute_and_parent_imports_are_refused_in_every_form() {
         "m%\"%{import \"../outside/secret.txt\" as 'Text}\"%",
         "\"%{\"%{import \"../outside/secret.txt\" as 'Text}\"}\"",
         "std.string.length (import \"./../outside/secret.txt\" as 'Text) |> std.to_string",
+        // Places a syntax-tree walk skips: a pattern's default, an enum
+        // row's argument type. The lexer sees them all.
+        "(let { c ? import \"../outside/secret.txt\" as 'Text } = {} in c)",
+        "(let x | [| 'a (std.fail_with (import \"../outside/secret.txt\" as 'Text)) |] = 'a 1 in \"x\")",
     ];
     for (i, case) in cases.iter().enumerate() {
         let file = format!("p{i}.ncl");

@@ -223,6 +223,19 @@ fn owners_travel_with_the_tar_and_unpack_as_recorded() {
         );
         assert_eq!(owner("bridges/instagram/config.yaml"), (1337, 1337, 0o600));
         assert_eq!(owner("compose.yaml"), (0, 0, 0o644));
+        // And the container's user really reads it, through the folders
+        // (a 0700 root folder would stop it at the door).
+        for (uid, file) in [
+            ("991", "synapse/secrets/pgpass"),
+            ("65532", "mas/secrets/mas-encryption"),
+        ] {
+            let o = Command::new("setpriv")
+                .args(["--reuid", uid, "--regid", uid, "--clear-groups", "cat"])
+                .arg(dest.join(file))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "uid {uid} cannot read {file}: {:?}", text(&o));
+        }
     } else {
         eprintln!("not root: tar cannot apply owners; checked the modes only");
         assert_eq!(owner("synapse/signing.key").2, 0o600);

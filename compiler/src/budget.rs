@@ -223,13 +223,16 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     // SAFETY: calling or restoring the previously installed action, as the
     // kernel would have.
     unsafe {
-        if prev.sa_flags & libc::SA_SIGINFO != 0 && prev.sa_sigaction > libc::SIG_IGN {
+        if prev.sa_flags & libc::SA_SIGINFO != 0 && prev.sa_sigaction != libc::SIG_IGN && prev.sa_sigaction != libc::SIG_DFL {
             let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
                 std::mem::transmute(prev.sa_sigaction);
             f(sig, info, ctx);
         } else {
-            // Default action: the fault happens again on return, and kills.
-            libc::sigaction(libc::SIGSEGV, prev, std::ptr::null_mut());
+            // The default action (also for an ignored SIGSEGV, which would
+            // fault forever): the fault happens again on return, and kills.
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGSEGV, &dfl, std::ptr::null_mut());
         }
     }
 }

@@ -24,6 +24,8 @@ pub const MANIFEST: &str = "manifest.json";
 pub const MANIFEST_VERSION: u32 = 1;
 const MODE_DIR: u32 = 0o755;
 const MODE_SECRET_DIR: u32 = 0o700;
+/// A secret folder whose files belong to a container's user: traversable.
+const MODE_SECRET_DIR_SHARED: u32 = 0o711;
 
 #[derive(Serialize)]
 struct Manifest<'a> {
@@ -629,24 +631,29 @@ fn fill(tmp: &Path, files: &Rendered, manifest: &[u8]) -> Result<(), Diagnostic>
 /// whose files are all secret, which is 0700. Sorted, so a parent comes
 /// before its children.
 pub fn dir_modes(files: &Rendered) -> BTreeMap<&Path, u32> {
-    let mut dirs: BTreeMap<&Path, Option<bool>> = BTreeMap::new();
+    // Per directory: whether it holds only secret files, and whether one of
+    // them belongs to a user other than root (a container's).
+    let mut dirs: BTreeMap<&Path, (Option<bool>, bool)> = BTreeMap::new();
     for (path, f) in files {
         let parent = Path::new(path).parent().unwrap_or(Path::new(""));
         for dir in parent.ancestors().filter(|d| !d.as_os_str().is_empty()) {
-            dirs.entry(dir).or_insert(None);
+            dirs.entry(dir).or_insert((None, false));
         }
-        if let Some(only_secret) = dirs.get_mut(parent) {
+        if let Some((only_secret, foreign)) = dirs.get_mut(parent) {
             *only_secret = Some(only_secret.unwrap_or(true) && f.secret);
+            *foreign |= f.owner != (0, 0);
         }
     }
     dirs.into_iter()
-        .map(|(d, only_secret)| {
+        .map(|(d, (only_secret, foreign))| {
             (
                 d,
-                if only_secret == Some(true) {
-                    MODE_SECRET_DIR
-                } else {
-                    MODE_DIR
+                match (only_secret == Some(true), foreign) {
+                    // The container's user must pass through to its own
+                    // 0600 files: traverse, but not list.
+                    (true, true) => MODE_SECRET_DIR_SHARED,
+                    (true, false) => MODE_SECRET_DIR,
+                    _ => MODE_DIR,
                 },
             )
         })

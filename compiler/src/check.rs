@@ -90,6 +90,23 @@ pub fn parse_cidr(cidr: &str) -> Option<(std::net::IpAddr, u8)> {
     (len <= max).then_some((addr, len))
 }
 
+/// A network literal nft takes as it is: a valid prefix length and no bits
+/// set past it (`10.0.0.0/24`, not `10.0.0.5/24`).
+pub fn valid_cidr(cidr: &str) -> bool {
+    parse_cidr(cidr).is_some_and(|(net, len)| {
+        let bits = |a: std::net::IpAddr| match a {
+            std::net::IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+            std::net::IpAddr::V6(v) => u128::from(v),
+        };
+        len == 0 || bits(net) & !(u128::MAX << (128 - u32::from(len))) == 0
+    })
+}
+
+/// An address or a network literal: what a firewall source may be.
+pub fn valid_source_literal(s: &str) -> bool {
+    s.parse::<std::net::IpAddr>().is_ok() || valid_cidr(s)
+}
+
 /// Whether `addr` lies in `net/len` (a `/0` of either family holds all).
 #[allow(clippy::precedence)]
 pub fn in_cidr(addr: std::net::IpAddr, (net, len): (std::net::IpAddr, u8)) -> bool {
@@ -120,6 +137,15 @@ fn networks(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
         .map(|(n, net)| (n.as_str(), parse_cidr(&net.cidr)))
         .collect();
     let known_nets = || nets.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+    for (n, net) in &stack.networks {
+        if !valid_cidr(&net.cidr) {
+            out.push(
+                Diagnostic::error(Code::NetworkAddress, format!("network `{n}` has prefix `{}`, which is not a network", net.cidr))
+                    .with_label(pos.at(&format!("/networks/{}/cidr", pointer_escape(n))), "this prefix")
+                    .with_help("write the network address and its prefix length, with no host bits set: `10.0.0.0/24`, `2001:db8::/64`"),
+            );
+        }
+    }
     let declared = nets.iter().filter_map(|(n, c)| c.map(|c| (*n, c))).collect::<Vec<_>>();
     for (i, (a, ca)) in declared.iter().enumerate() {
         for (b, cb) in &declared[i + 1..] {
@@ -169,6 +195,17 @@ fn networks(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
         }
         for (net, addr) in &m.addresses {
             let ap = format!("{mp}/addresses/{}", pointer_escape(net));
+            if addr.parse::<std::net::IpAddr>().is_err() {
+                out.push(
+                    Diagnostic::error(
+                        Code::NetworkAddress,
+                        format!("machine `{mname}`'s address `{addr}` is not an IP address"),
+                    )
+                    .with_label(pos.at(&ap), "this address")
+                    .with_help("write an IPv4 (`192.0.2.10`) or IPv6 (`2001:db8::10`) address"),
+                );
+                continue;
+            }
             let Some(cidr) = nets.get(net.as_str()) else {
                 out.push(
                     Diagnostic::error(
@@ -316,6 +353,22 @@ fn networks(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                         "put both machines on one network (an address for each in `addresses`), or serve the site from `{}`",
                         r.machine
                     )),
+                );
+            }
+        }
+        // A literal source must be an address or a network nft can load:
+        // anything else would make the whole ruleset fail at boot.
+        for (i, o) in m.openings.iter().enumerate().filter(|(_, o)| o.resolved) {
+            let named =
+                o.source == "any" || stack.machines.contains_key(&o.source) || stack.networks.contains_key(&o.source);
+            if !named && !valid_source_literal(&o.source) {
+                out.push(
+                    Diagnostic::error(
+                        Code::UnknownSource,
+                        format!("`{}` (an opening of machine `{mname}`) is not an address or a network", o.source),
+                    )
+                    .with_label(pos.at(&format!("{mp}/openings/{i}/source")), "this source")
+                    .with_help("write an address (`192.0.2.7`, `2001:db8::7`) or a network with no host bits set (`192.0.2.0/24`); nft would refuse anything else and load no rules at all"),
                 );
             }
         }

@@ -670,9 +670,16 @@ fn diff(old: &str, new: &str, stat: bool, name_only: bool, format: Format, key: 
         None => Keying::Placeholder,
     };
     let side = |spec: &str| -> Result<crate::render::Rendered, Vec<Diagnostic>> { diff_side(spec, &keying) };
-    let (a, b) = match (side(old), side(new)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(d), _) | (_, Err(d)) => return report(&d, color, "nothing compared").max(2),
+    // One side after the other: a side stopped by its evaluation budget
+    // leaves its thread halted (possibly holding Nickel's global interner),
+    // so the other is not evaluated after it.
+    let a = match side(old) {
+        Ok(a) => a,
+        Err(d) => return report(&d, color, "nothing compared").max(2),
+    };
+    let b = match side(new) {
+        Ok(b) => b,
+        Err(d) => return report(&d, color, "nothing compared").max(2),
     };
     let d = crate::diff::diff(&a, &b);
     let text = match (format, stat, name_only) {

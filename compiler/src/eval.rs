@@ -169,6 +169,11 @@ fn evaluate_here(root: PathBuf, sources: Vec<(PathBuf, InputFormat, String)>) ->
     let mut spans = SpanMaker::new(root.clone());
     let fail = |err: NickelError, program: &Program<CacheImpl>, spans: &mut SpanMaker| {
         let mut files = program.files();
+        // Defence in depth: if Nickel ever read a file `load` did not hand
+        // it, its error may quote that file; say so without any of it.
+        if let Some(leak) = outside_read(&files) {
+            return vec![leak];
+        }
         vec![convert_error(err, &mut files, spans)]
     };
 
@@ -227,16 +232,14 @@ fn evaluate_here(root: PathBuf, sources: Vec<(PathBuf, InputFormat, String)>) ->
     // read). Every other name is the stdlib or a snippet Nickel generates:
     // `load` registered all files, and the virtual roots exist nowhere on
     // disk, so nothing else can have been read.
+    if let Some(leak) = outside_read(&spans.files) {
+        return Err(vec![leak]);
+    }
     let mut inputs = BTreeMap::new();
     for name in spans.files.filenames() {
         let path = PathBuf::from(name);
         if let Some(bytes) = texts.get(&path) {
             inputs.insert(load::display_name(&root, &name.to_string_lossy()), bytes.clone());
-        } else if path.is_absolute() && !path.starts_with(load::STDLIB_ROOT) {
-            return Err(vec![
-                Diagnostic::error(Code::Internal, "Nickel read a file that `load` did not hand it")
-                    .with_help("this is a bug in stackc: please report it with the stack file"),
-            ]);
         }
     }
     Ok(Evaluated {
@@ -244,6 +247,19 @@ fn evaluate_here(root: PathBuf, sources: Vec<(PathBuf, InputFormat, String)>) ->
         locs,
         inputs,
     })
+}
+
+/// An internal finding if Nickel's file table names a real file: only the
+/// virtual roots (and Nickel's own snippets) may appear there.
+fn outside_read(files: &Files) -> Option<Diagnostic> {
+    files
+        .filenames()
+        .map(PathBuf::from)
+        .any(|p| p.is_absolute() && !p.starts_with(load::STDLIB_ROOT) && !p.starts_with(load::PROJECT_ROOT))
+        .then(|| {
+            Diagnostic::error(Code::Internal, "Nickel read a file that `load` did not hand it")
+                .with_help("this is a bug in stackc: please report it with the stack file")
+        })
 }
 
 fn too_deep_finding(depth: usize) -> Diagnostic {

@@ -72,6 +72,10 @@ pub fn hex(bytes: &[u8]) -> String {
 /// mistake, and reading it must not exhaust memory.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
+/// Most files one stack may import, counting each path a file is imported
+/// by (Nickel keys files by path).
+pub const MAX_SOURCES: usize = 1024;
+
 /// Deepest syntactic nesting accepted in a project file. Nickel's passes
 /// recurse over the syntax tree: beyond a few tens of thousands of levels they
 /// overflow the stack, and long before that their memory grows quadratically.
@@ -167,6 +171,18 @@ pub fn load(entry: &Path, root: Option<&Path>, limits: crate::eval::Limits) -> R
         // Breadth-first over the import graph; `sources` grows as it goes.
         let mut next = 0;
         while next < project.sources.len() {
+            // Symbolic links to folders can make one file reachable by ever
+            // longer paths (`d/d/d/x.ncl`): bound the import graph.
+            if project.sources.len() > MAX_SOURCES {
+                diags.push(
+                    Diagnostic::error(
+                        Code::TooDeep,
+                        format!("the stack imports more than {MAX_SOURCES} files"),
+                    )
+                    .with_help("a symbolic link to a folder that contains it makes paths without end (`d/d/d/…`); import through real paths"),
+                );
+                break;
+            }
             if project.sources[next].format == InputFormat::Nickel {
                 scan(&mut project, next, &mut diags);
             }
@@ -246,9 +262,10 @@ fn read_regular(path: &Path) -> Result<String, Refusal> {
     String::from_utf8(bytes).map_err(|_| Refusal::NotUtf8)
 }
 
-/// An import found in a project file: target, format, literal's byte range.
+/// An import found in a project file: target (None if the lexer gave
+/// something else than text in its literal), format, literal's byte range.
 struct Import {
-    path: PathBuf,
+    path: Option<PathBuf>,
     format: InputFormat,
     range: std::ops::Range<usize>,
 }
@@ -301,9 +318,17 @@ fn scan(project: &mut Project, index: usize, diags: &mut Vec<Diagnostic>) {
                 range: import.range.clone(),
             })
         };
-        let shown = import.path.to_string_lossy().into_owned();
-        let beside = normalize(&dir.join(&import.path));
-        let in_stdlib = normalize(&Path::new(STDLIB_ROOT).join(&import.path));
+        let Some(import_path) = &import.path else {
+            diags.push(
+                Diagnostic::error(Code::ImportEscapes, "an import path stackc cannot read")
+                    .with_label(span(), "this import")
+                    .with_help("write the path with plain characters"),
+            );
+            continue;
+        };
+        let shown = import_path.to_string_lossy().into_owned();
+        let beside = normalize(&dir.join(import_path));
+        let in_stdlib = normalize(&Path::new(STDLIB_ROOT).join(import_path));
         let escapes = || {
             Diagnostic::error(
                 Code::ImportEscapes,
@@ -374,14 +399,12 @@ fn scan(project: &mut Project, index: usize, diags: &mut Vec<Diagnostic>) {
 }
 
 /// Every import of a Nickel source (with the byte range of its path
-/// literal), and where nesting first exceeds [`MAX_SYNTAX_DEPTH`], if it
-/// does. Nickel's import paths are always literals, so the syntax tree holds
-/// every file evaluation can open — including imports inside string
-/// interpolations, which a textual scan misses.
+/// literal, from the lexer), and where nesting first exceeds
+/// [`MAX_SYNTAX_DEPTH`], if it does (from the syntax tree).
 fn syntax_facts(text: &str) -> (Vec<Import>, Option<std::ops::Range<usize>>) {
     use nickel_lang_parser::{
         ErrorTolerantParser,
-        ast::{AstAlloc, Import as AstImport, Node},
+        ast::AstAlloc,
         files::Files,
         grammar::TermParser,
         lexer::Lexer,
@@ -390,31 +413,93 @@ fn syntax_facts(text: &str) -> (Vec<Import>, Option<std::ops::Range<usize>>) {
     if let Some(at) = bracket_depth_exceeded(text) {
         return (Vec::new(), Some(at..at + 1));
     }
+    let imports = lexed_imports(text);
     let mut files = Files::empty();
     let id = files.add("scan", text);
     let alloc = AstAlloc::new();
     let Ok((ast, _errors)) = TermParser::new().parse_tolerant(&alloc, id, Lexer::new(text)) else {
-        return (Vec::new(), None);
+        return (imports, None);
     };
-    let mut imports = Vec::new();
     let deep = ast.traverse_ref(
         &mut |node: &nickel_lang_parser::ast::Ast<'_>, depth: &usize| {
-            let range = || node.pos.into_opt().map(|s| s.to_range()).unwrap_or(0..0);
             if *depth > MAX_SYNTAX_DEPTH {
-                return TraverseControl::Return(range());
-            }
-            if let Node::Import(AstImport::Path { path, format }) = &node.node {
-                imports.push(Import {
-                    path: PathBuf::from(path),
-                    format: *format,
-                    range: literal_range(text, range()),
-                });
+                return TraverseControl::Return(node.pos.into_opt().map(|s| s.to_range()).unwrap_or(0..0));
             }
             TraverseControl::ContinueWithScope(depth + 1)
         },
         &0,
     );
     (imports, deep)
+}
+
+/// Every `import "path" [as 'Format]` of a source, found in the token
+/// stream of Nickel's own lexer: an import is always the keyword followed by
+/// a static string literal, wherever it sits — in a pattern's default, a
+/// type, an interpolation — so no syntax-tree walk can miss one. A path
+/// made of anything but literal text and escapes is `None` (refused).
+fn lexed_imports(text: &str) -> Vec<Import> {
+    use nickel_lang_parser::lexer::{Lexer, NormalToken, StringToken, Token};
+    let tokens: Vec<(usize, Token<'_>, usize)> = Lexer::new(text).map_while(Result::ok).collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        if !matches!(tokens[i].1, Token::Normal(NormalToken::Import)) {
+            i += 1;
+            continue;
+        }
+        let Some((start, Token::Normal(NormalToken::DoubleQuote), _)) = tokens.get(i + 1) else {
+            // `import pkg`: packages need a package map, which stackc never gives.
+            i += 1;
+            continue;
+        };
+        let mut path = Some(String::new());
+        let mut j = i + 2;
+        let mut end = *start;
+        while let Some((_, tok, e)) = tokens.get(j) {
+            j += 1;
+            end = *e;
+            match tok {
+                // The lexer hands the closing quote back in normal mode.
+                Token::Str(StringToken::DoubleQuote) | Token::Normal(NormalToken::DoubleQuote) => break,
+                Token::Str(StringToken::Literal(s)) => path.iter_mut().for_each(|p| p.push_str(s)),
+                // The modal lexer decodes every escape (`\n`, `\x41`,
+                // `\u{…}`) into the character itself.
+                Token::Str(StringToken::EscapedChar(c)) => path.iter_mut().for_each(|p| p.push(*c)),
+                _ => path = None,
+            }
+        }
+        // `as 'Format` (or `as '"Format"`), else the format of the extension.
+        let mut format = None;
+        if let Some((_, Token::Normal(NormalToken::As), _)) = tokens.get(j) {
+            match tokens.get(j + 1) {
+                Some((_, Token::Normal(NormalToken::RawEnumTag(tag)), _)) => format = tag.parse().ok(),
+                Some((_, Token::Normal(NormalToken::StrEnumTagBegin), _)) => {
+                    if let Some((_, Token::Str(StringToken::Literal(tag)), _)) = tokens.get(j + 2) {
+                        format = tag.parse().ok();
+                    }
+                }
+                _ => {}
+            }
+        }
+        let range = *start..end;
+        out.push(match path {
+            Some(p) => {
+                let format = format.unwrap_or_else(|| InputFormat::from_path(&p).unwrap_or_default());
+                Import {
+                    path: Some(PathBuf::from(p)),
+                    format,
+                    range,
+                }
+            }
+            None => Import {
+                path: None,
+                format: InputFormat::Nickel,
+                range,
+            },
+        });
+        i = j;
+    }
+    out
 }
 
 /// Nickel's parser and passes recurse per level of brackets; a file with
@@ -442,19 +527,6 @@ fn bracket_depth_exceeded(text: &str) -> Option<usize> {
     None
 }
 
-/// The import node spans `import "path" [as 'Fmt]`; labels point at the
-/// path's literal, which is what the user would change.
-fn literal_range(text: &str, node: std::ops::Range<usize>) -> std::ops::Range<usize> {
-    let Some(slice) = text.get(node.clone()) else {
-        return node;
-    };
-    let Some(open) = slice.find('"') else { return node };
-    match slice[open + 1..].find('"') {
-        Some(close) => node.start + open..node.start + open + close + 2,
-        None => node,
-    }
-}
-
 fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
@@ -477,8 +549,37 @@ mod tests {
         syntax_facts(src)
             .0
             .into_iter()
-            .map(|i| i.path.to_string_lossy().into_owned())
+            .map(|i| {
+                i.path
+                    .map_or("<undecodable>".into(), |p| p.to_string_lossy().into_owned())
+            })
             .collect()
+    }
+
+    #[test]
+    fn finds_imports_in_patterns_types_escapes_and_quoted_formats() {
+        let src = "let { c ? import \"p.txt\" as 'Text } = {} in\nlet x | [| 'a (import \"t.json\") |] = 'a 1 in\n{ y = import \"e\\x41.ncl\" as '\"Nickel\", z = import \"q\\u{1F600}\" }";
+        let facts = syntax_facts(src).0;
+        let found: Vec<(String, InputFormat)> = facts
+            .iter()
+            .map(|i| {
+                (
+                    i.path
+                        .as_ref()
+                        .map_or("<none>".into(), |p| p.to_string_lossy().into_owned()),
+                    i.format,
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("p.txt".into(), InputFormat::Text),
+                ("t.json".into(), InputFormat::Json),
+                ("eA.ncl".into(), InputFormat::Nickel),
+                ("q\u{1F600}".into(), InputFormat::Nickel),
+            ]
+        );
     }
 
     #[test]

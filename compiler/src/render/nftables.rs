@@ -260,10 +260,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
 
 /// An address, a CIDR or `any`: nothing nft would have to resolve.
 fn valid_source(s: &str) -> bool {
-    s == "any"
-        || (!s.is_empty()
-            && s.bytes().all(|b| b.is_ascii_hexdigit() || b".:/".contains(&b))
-            && s.bytes().any(|b| b == b'.' || b == b':'))
+    s == "any" || crate::check::valid_source_literal(s)
 }
 
 /// The `ip saddr X ` prefix of a rule (with its trailing space), or nothing
