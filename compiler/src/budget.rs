@@ -223,7 +223,10 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     // SAFETY: calling or restoring the previously installed action, as the
     // kernel would have.
     unsafe {
-        if prev.sa_flags & libc::SA_SIGINFO != 0 && prev.sa_sigaction != libc::SIG_IGN && prev.sa_sigaction != libc::SIG_DFL {
+        if prev.sa_flags & libc::SA_SIGINFO != 0
+            && prev.sa_sigaction != libc::SIG_IGN
+            && prev.sa_sigaction != libc::SIG_DFL
+        {
             let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
                 std::mem::transmute(prev.sa_sigaction);
             f(sig, info, ctx);
