@@ -58,11 +58,7 @@ pub fn check(stack: &Stack, locs: &Locs) -> Vec<Diagnostic> {
 fn owners(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
     for (mname, m) in &stack.machines {
         for path in m.files.iter().filter(|(_, f)| f.secret).map(|(p, _)| p) {
-            let covering: Vec<&crate::model::Mount> = m
-                .mounts
-                .iter()
-                .filter(|mt| *path == mt.source || path.starts_with(&format!("{}/", mt.source)))
-                .collect();
+            let covering: Vec<&crate::model::Mount> = m.mounts.iter().filter(|mt| mt.covers(path)).collect();
             let Some(first) = covering.first() else { continue };
             if let Some(other) = covering.iter().find(|mt| mt.user != first.user) {
                 out.push(
@@ -90,16 +86,24 @@ pub fn parse_cidr(cidr: &str) -> Option<(std::net::IpAddr, u8)> {
     (len <= max).then_some((addr, len))
 }
 
+/// An address as 128 bits, IPv4 in the top 32: one prefix mask serves both
+/// families.
+fn ip_bits(a: std::net::IpAddr) -> u128 {
+    match a {
+        std::net::IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+        std::net::IpAddr::V6(v) => u128::from(v),
+    }
+}
+
+/// The mask of a prefix length (1..=128 for IPv6, 1..=32 for IPv4).
+fn prefix_mask(len: u8) -> u128 {
+    u128::MAX << (128 - u32::from(len))
+}
+
 /// A network literal nft takes as it is: a valid prefix length and no bits
 /// set past it (`10.0.0.0/24`, not `10.0.0.5/24`).
 pub fn valid_cidr(cidr: &str) -> bool {
-    parse_cidr(cidr).is_some_and(|(net, len)| {
-        let bits = |a: std::net::IpAddr| match a {
-            std::net::IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
-            std::net::IpAddr::V6(v) => u128::from(v),
-        };
-        len == 0 || bits(net) & !(u128::MAX << (128 - u32::from(len))) == 0
-    })
+    parse_cidr(cidr).is_some_and(|(net, len)| len == 0 || ip_bits(net) & !prefix_mask(len) == 0)
 }
 
 /// An address or a network literal: what a firewall source may be.
@@ -108,22 +112,8 @@ pub fn valid_source_literal(s: &str) -> bool {
 }
 
 /// Whether `addr` lies in `net/len` (a `/0` of either family holds all).
-#[allow(clippy::precedence)]
 pub fn in_cidr(addr: std::net::IpAddr, (net, len): (std::net::IpAddr, u8)) -> bool {
-    use std::net::IpAddr::*;
-    let bits = |a: std::net::IpAddr| match a {
-        V4(v) => u128::from(u32::from(v)) << 96,
-        V6(v) => u128::from(v),
-    };
-    if len == 0 {
-        return true;
-    }
-    if addr.is_ipv4() != net.is_ipv4() {
-        return false;
-    }
-    // IPv4 addresses sit in the top 32 bits, so one mask serves both.
-    let mask = u128::MAX << (128 - u32::from(len));
-    bits(addr) & mask == bits(net) & mask
+    len == 0 || (addr.is_ipv4() == net.is_ipv4() && ip_bits(addr) & prefix_mask(len) == ip_bits(net) & prefix_mask(len))
 }
 
 /// Networks and addresses: every machine has one, each on a declared
@@ -254,8 +244,7 @@ fn networks(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
         // A port bound to one address binds one of the machine's own.
         if m.namespace.is_none() {
             for (i, l) in m.listens.iter().enumerate() {
-                let specific = !matches!(l.bind.as_str(), "0.0.0.0" | "::") && !l.is_loopback();
-                if specific && !m.addresses.values().any(|a| *a == l.bind) {
+                if l.is_specific() && !m.addresses.values().any(|a| *a == l.bind) {
                     out.push(
                         Diagnostic::error(
                             Code::NetworkAddress,
@@ -311,7 +300,7 @@ fn networks(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                 .listens
                 .iter()
                 .find(|l| l.service == r.service && l.name == r.port)
-                .filter(|l| !matches!(l.bind.as_str(), "0.0.0.0" | "::") && !l.is_loopback());
+                .filter(|l| l.is_specific());
             if let Some(l) = bound
                 && let Some((net, _)) = target.addresses.iter().find(|(_, a)| **a == l.bind)
                 && !m.addresses.contains_key(net)

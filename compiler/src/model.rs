@@ -33,6 +33,13 @@ pub struct Network {
     pub prefer: f64,
 }
 
+impl Machine {
+    /// Whether `host` is one of the machine's addresses.
+    pub fn has_address(&self, host: &str) -> bool {
+        self.address == host || self.addresses.values().any(|a| a == host)
+    }
+}
+
 /// A container's bind mount of a bundle path (`source`, relative to the
 /// machine's folder) and the `uid:gid` the container runs as.
 #[derive(Debug, Deserialize)]
@@ -44,6 +51,15 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// Whether the mount holds bundle path `path` (the source itself, or a
+    /// file below it).
+    pub fn covers(&self, path: &str) -> bool {
+        path == self.source
+            || path
+                .strip_prefix(self.source.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+
     /// `(uid, gid)` from `user`, if it is numeric `uid:gid`.
     pub fn owner(&self) -> Option<(u32, u32)> {
         let (u, g) = self.user.split_once(':')?;
@@ -142,6 +158,16 @@ pub struct Listen {
 impl Listen {
     pub fn is_loopback(&self) -> bool {
         is_loopback(&self.bind)
+    }
+
+    /// Bound to every address of the machine.
+    pub fn is_wildcard(&self) -> bool {
+        matches!(self.bind.as_str(), "0.0.0.0" | "::")
+    }
+
+    /// Bound to one address that is not loopback (one network's).
+    pub fn is_specific(&self) -> bool {
+        !self.is_wildcard() && !self.is_loopback()
     }
 }
 

@@ -9,6 +9,25 @@ use std::fmt::Write;
 
 use crate::Compiled;
 use crate::check::split_site;
+use crate::model::{Listen, Machine, Stack};
+
+/// The network machine `from` reaches a port of machine `to` over, as the
+/// stdlib chooses it (`network.ncl` `source_for`): the network of the port's
+/// address when it is bound to one, else the shared network with the highest
+/// `prefer`, private before public, then by name — with both addresses.
+fn over(stack: &Stack, from: &Machine, to: &Machine, port: Option<&Listen>) -> String {
+    let bind = port.filter(|l| l.is_specific()).map(|l| l.bind.as_str());
+    to.addresses
+        .iter()
+        .filter(|(n, a)| from.addresses.contains_key(*n) && bind.is_none_or(|b| b == a.as_str()))
+        .min_by_key(|(n, _)| {
+            let net = stack.networks.get(*n);
+            (net.map_or(0, |x| -(x.prefer as i64)), net.is_some_and(|x| x.public), *n)
+        })
+        .map_or("none shared".into(), |(n, a)| {
+            format!("`{n}`: {} → {a}", from.addresses[n])
+        })
+}
 
 pub fn markdown(c: &Compiled) -> String {
     let stack = &c.stack;
@@ -67,42 +86,10 @@ pub fn markdown(c: &Compiled) -> String {
     );
     for (mname, m) in &stack.machines {
         for r in m.routes.iter().filter(|r| r.machine != *mname) {
-            let port = stack.machines.get(&r.machine).and_then(|t| {
-                t.listens
-                    .iter()
-                    .find(|l| l.service == r.service && l.name == r.port)
-                    .map(|l| format!("{}/{}", l.protocol.as_str(), l.port))
-            });
-            // The network the connection uses: the bound address's for a
-            // port bound to one address, else the preferred shared one.
-            let over = stack
-                .machines
-                .get(&r.machine)
-                .and_then(|t| {
-                    let bind = t
-                        .listens
-                        .iter()
-                        .find(|l| l.service == r.service && l.name == r.port)
-                        .map(|l| l.bind.as_str());
-                    let mut shared: Vec<(&String, &String)> = t
-                        .addresses
-                        .iter()
-                        .filter(|(n, a)| {
-                            m.addresses.contains_key(*n)
-                                && bind.is_none_or(|b| matches!(b, "0.0.0.0" | "::") || b == a.as_str())
-                        })
-                        .collect();
-                    shared.sort_by_key(|(n, _)| {
-                        let net = stack.networks.get(*n);
-                        (
-                            net.map_or(0, |x| -(x.prefer as i64)),
-                            net.is_some_and(|x| x.public),
-                            (*n).clone(),
-                        )
-                    });
-                    shared.first().map(|(n, a)| format!("`{n}`: {} → {a}", m.addresses[*n]))
-                })
-                .unwrap_or_else(|| "none shared".into());
+            let target = stack.machines.get(&r.machine);
+            let bound = target.and_then(|t| t.listens.iter().find(|l| l.service == r.service && l.name == r.port));
+            let port = bound.map(|l| format!("{}/{}", l.protocol.as_str(), l.port));
+            let over = target.map_or("none shared".into(), |t| over(stack, m, t, bound));
             let _ = writeln!(
                 out,
                 "| {mname} | {} ({}) | {} | {over} | proxy site `{}` |",
@@ -119,23 +106,12 @@ pub fn markdown(c: &Compiled) -> String {
             let Some(from) = stack.machines.get(&o.source) else {
                 continue;
             };
-            let service = m
+            let bound = m
                 .listens
                 .iter()
-                .find(|l| l.port == o.port && l.protocol.as_str() == o.protocol)
-                .map_or("?", |l| l.service.as_str());
-            let mut shared: Vec<&String> = m.addresses.keys().filter(|n| from.addresses.contains_key(*n)).collect();
-            shared.sort_by_key(|n| {
-                let net = stack.networks.get(*n);
-                (
-                    net.map_or(0, |x| -(x.prefer as i64)),
-                    net.is_some_and(|x| x.public),
-                    (*n).clone(),
-                )
-            });
-            let over = shared.first().map_or("none shared".to_owned(), |n| {
-                format!("`{n}`: {} → {}", from.addresses[*n], m.addresses[*n])
-            });
+                .find(|l| l.port == o.port && l.protocol.as_str() == o.protocol);
+            let service = bound.map_or("?", |l| l.service.as_str());
+            let over = over(stack, from, m, bound);
             let _ = writeln!(
                 out,
                 "| {} | {mname} ({service}) | {}/{} | {over} | firewall opening |",

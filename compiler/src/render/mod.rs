@@ -70,7 +70,7 @@ impl std::fmt::Debug for RenderedFile {
 pub fn owner_of(m: &crate::model::Machine, path: &str) -> (u32, u32) {
     m.mounts
         .iter()
-        .filter(|mt| path == mt.source || path.starts_with(&format!("{}/", mt.source)))
+        .filter(|mt| mt.covers(path))
         .max_by_key(|mt| mt.source.len())
         .and_then(|mt| mt.owner())
         .unwrap_or((0, 0))

@@ -501,7 +501,7 @@ impl<'a> Index<'a> {
                 .ok_or_else(|| format!("nothing on `{mname}` listens on port {port}"));
         }
         // 2. This machine, by loopback or by its own address.
-        if is_loopback(host) || host == m.address || m.addresses.values().any(|a| a == host) {
+        if is_loopback(host) || m.has_address(host) {
             if let (Some(c), true) = (container, is_loopback(host)) {
                 return Err(format!(
                     "inside container `{c}`, `{host}` is the container itself; name the compose service instead"
@@ -512,12 +512,7 @@ impl<'a> Index<'a> {
                 .ok_or_else(|| format!("nothing on `{mname}` listens on port {port}"));
         }
         // 3. Another machine, by address: bind and firewall must let us in.
-        if let Some((tname, t)) = self
-            .stack
-            .machines
-            .iter()
-            .find(|(_, t)| t.address == host || t.addresses.values().any(|a| a == host))
-        {
+        if let Some((tname, t)) = self.stack.machines.iter().find(|(_, t)| t.has_address(host)) {
             // The caller connects from its address on the network `host` is
             // on; a machine not on that network cannot reach it at all.
             let net = t.addresses.iter().find(|(_, a)| *a == host).map(|(n, _)| n);
