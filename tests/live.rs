@@ -109,14 +109,7 @@ fn lair_chat_live() {
         ("tcp", &tcp, "0.0.0.0"),
         ("sshd", &"22".to_owned(), addr.as_str()),
     ] {
-        let mut c = in_ns(&t, chat, &t.python);
-        c.args(["-m", "http.server", port.as_str(), "--bind", bind, "--directory"])
-            .arg(&root);
-        let i = lab.spawn(&format!("stand-in-{name}"), c, libc::SIGTERM, work.path());
-        let url = format!("http://{bind}:{port}/");
-        lab.wait_ready(i, "the stand-in", Duration::from_secs(20), dl, || {
-            get(&t, chat, &url, &[], dl).map(|_| ())
-        });
+        lab.stand_in(&t, chat, name, bind, port, &root, dl);
         println!("live: stand-in ({name}) on {bind}:{port} in the chat namespace");
     }
     let root_ca = caddy(
@@ -497,19 +490,7 @@ fn matrix_live(example: &str) {
             let admin_addr = format!("{}.5", base.rsplit_once('.').unwrap().0);
             let admin = lab.add_ns("admin", dl);
             // The public segment is the lab's first bridge.
-            let net = format!("{}-net", lab.prefix);
-            lab.ip(
-                &[
-                    "-n", &net, "link", "add", "p-admin", "type", "veth", "peer", "name", "e0", "netns", &admin,
-                ],
-                dl,
-            );
-            lab.ip(&["-n", &net, "link", "set", "p-admin", "master", "br0", "up"], dl);
-            lab.ip(
-                &["-n", &admin, "addr", "add", &format!("{admin_addr}/32"), "dev", "e0"],
-                dl,
-            );
-            lab.ip(&["-n", &admin, "link", "set", "e0", "up"], dl);
+            lab.attach(&admin, "e0", &format!("{admin_addr}/32"), "p-admin", "br0", dl);
             lab.ip(
                 &["-n", &admin, "route", "add", &format!("{edge_addr}/32"), "dev", "e0"],
                 dl,
@@ -525,14 +506,7 @@ fn matrix_live(example: &str) {
     for machine in &started {
         let n = &ns[*machine];
         let addr = address(machine);
-        let mut c = in_ns(&t, n, &t.python);
-        c.args(["-m", "http.server", "22", "--bind", addr.as_str(), "--directory"])
-            .arg(&empty);
-        let i = lab.spawn(&format!("sshd-stand-in-{machine}"), c, libc::SIGTERM, work.path());
-        let url = format!("http://{addr}:22/");
-        lab.wait_ready(i, "the SSH stand-in", Duration::from_secs(20), dl, || {
-            get(&t, n, &url, &[], dl).map(|_| ())
-        });
+        let url = lab.stand_in(&t, n, &format!("sshd-{machine}"), &addr, "22", &empty, dl);
         let from = if *machine == proxy_m { admin.as_str() } else { edge };
         expect_200(get(&t, from, &url, &[], dl), &url);
         println!("live: ok SSH stand-in on {machine} ({addr}:22) answers from namespace {from}");
@@ -1043,19 +1017,51 @@ impl Lab {
                 let n = links.entry(name.clone()).or_default();
                 let (dev, port) = (format!("e{n}"), format!("p{i}-{name}"));
                 *n += 1;
-                self.ip(
-                    &[
-                        "-n", &net, "link", "add", &port, "type", "veth", "peer", "name", &dev, "netns", &ns,
-                    ],
-                    dl,
-                );
-                self.ip(&["-n", &net, "link", "set", &port, "master", &br, "up"], dl);
-                self.ip(&["-n", &ns, "addr", "add", &format!("{addr}/{len}"), "dev", &dev], dl);
-                self.ip(&["-n", &ns, "link", "set", &dev, "up"], dl);
+                self.attach(&ns, &dev, &format!("{addr}/{len}"), &port, &br, dl);
                 println!("live: namespace {ns}: {addr}/{len} on {dev}, segment `{seg}` ({br} in {net})");
             }
         }
         names
+    }
+
+    /// A veth from namespace `ns` (as `dev`, with `addr`) to bridge `br`
+    /// of the lab's network namespace (as `port`).
+    fn attach(&self, ns: &str, dev: &str, addr: &str, port: &str, br: &str, dl: Deadline) {
+        let net = format!("{}-net", self.prefix);
+        self.ip(
+            &[
+                "-n", &net, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns,
+            ],
+            dl,
+        );
+        self.ip(&["-n", &net, "link", "set", port, "master", br, "up"], dl);
+        self.ip(&["-n", ns, "addr", "add", addr, "dev", dev], dl);
+        self.ip(&["-n", ns, "link", "set", dev, "up"], dl);
+    }
+
+    /// A stand-in for a program that cannot be installed here: Python's
+    /// `http.server` on `bind:port` in `ns`, serving `dir`, ready when it
+    /// answers. Returns its URL.
+    #[allow(clippy::too_many_arguments)]
+    fn stand_in(
+        &mut self,
+        t: &Tools,
+        ns: &str,
+        name: &str,
+        bind: &str,
+        port: &str,
+        dir: &Path,
+        dl: Deadline,
+    ) -> String {
+        let mut c = in_ns(t, ns, &t.python);
+        c.args(["-m", "http.server", port, "--bind", bind, "--directory"])
+            .arg(dir);
+        let i = self.spawn(&format!("stand-in-{name}"), c, libc::SIGTERM, dir);
+        let url = format!("http://{bind}:{port}/");
+        self.wait_ready(i, "the stand-in", Duration::from_secs(20), dl, || {
+            get(t, ns, &url, &[], dl).map(|_| ())
+        });
+        url
     }
 
     fn add_ns(&mut self, role: &str, dl: Deadline) -> String {
