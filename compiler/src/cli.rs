@@ -355,6 +355,15 @@ fn report(diags: &[Diagnostic], color: bool, what_happened: &str) -> u8 {
     diag::exit_status(diags).max(1)
 }
 
+/// Prints warnings to stderr: findings that did not stop the build.
+fn warn(diags: &[Diagnostic], color: bool) {
+    let mut err = std::io::stderr().lock();
+    for d in diags {
+        let _ = write!(err, "{}", diag::render_human(d, color));
+        let _ = writeln!(err);
+    }
+}
+
 /// The key cache directory: the flag, else the XDG cache, else none.
 fn open_cache(dir: Option<PathBuf>) -> Option<crate::cache::DirCache> {
     let dir = dir.or_else(|| {
@@ -410,6 +419,7 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         Ok(c) => c,
         Err(diags) => return report(&diags, color, "nothing written"),
     };
+    warn(&compiled.warnings, color);
     let default_dir = PathBuf::from("out");
     let inputs = build_inputs(req, &compiled.manifest);
     if req.check {
@@ -619,7 +629,10 @@ fn check(file: &Path, format: CheckFormat, root: Option<&Path>, quiet: bool, col
     let result = crate::compile(file, &opts);
     let machine = |render: fn(&[Diagnostic]) -> String, r: Result<crate::Compiled, Vec<Diagnostic>>| {
         let failed = r.is_err();
-        let diags = r.err().unwrap_or_default();
+        let diags = match r {
+            Ok(c) => c.warnings,
+            Err(d) => d,
+        };
         let _ = emit(render(&diags).as_bytes());
         if failed { diag::exit_status(&diags).max(1) } else { 0 }
     };
@@ -628,6 +641,7 @@ fn check(file: &Path, format: CheckFormat, root: Option<&Path>, quiet: bool, col
         (CheckFormat::Github, r) => machine(diag::render_github, r),
         (CheckFormat::Sarif, r) => machine(diag::render_sarif, r),
         (CheckFormat::Human, Ok(c)) => {
+            warn(&c.warnings, color);
             if !quiet {
                 let machines = c.stack.machines.len();
                 eprintln!(

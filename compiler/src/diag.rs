@@ -97,6 +97,9 @@ codes! {
     Msc4190 = "SC0515", 1, "an encrypting bridge next to MAS lacks MSC4190";
     MissingFile = "SC0516", 1, "a config names a file its service cannot read";
     SigningKeyVersion = "SC0517", 1, "the federation signing key has an unusable version";
+    ShareMismatch = "SC0518", 1, "two services hold different values of one thing they must share";
+    OidcUnpaired = "SC0519", 1, "a relying party logs in through a provider that has no client for it";
+    OidcExternal = "SC0520", 1, "a relying party names no provider of the stack, so its client is not checked";
     NotABundle = "SC0901", 2, "the output directory exists and is not a stackc bundle";
     Io = "SC0902", 2, "input/output error";
     DiffSide = "SC0903", 2, "a `git:` side of `stackc diff` is malformed";
@@ -194,6 +197,13 @@ impl Diagnostic {
             help: None,
             notes: Vec::new(),
             path: None,
+        }
+    }
+
+    pub fn warning(code: Code, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, message)
         }
     }
 

@@ -42,6 +42,8 @@ pub struct Compiled {
     pub files: Rendered,
     pub manifest: Vec<u8>,
     pub secrets: secrets::Resolved,
+    /// Findings that do not stop the build (warnings), sorted.
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// What to compile, and with which secrets.
@@ -93,9 +95,10 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         problems = verify::schemas(&stack, &files, &pos);
         problems.extend(xref::check(&stack, &files, &resolved, &pos));
     }
-    if !problems.is_empty() {
+    if problems.iter().any(|d| d.severity != diag::Severity::Warning) {
         return Err(sorted(problems));
     }
+    let warnings = sorted(problems);
     // One machine's output is cut from the whole stack's, after every check
     // ran on all of it: cross-machine facts (routes, firewalls) need them all.
     if let Some(name) = opts.machine {
@@ -109,5 +112,6 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         files,
         manifest,
         secrets: resolved,
+        warnings,
     })
 }

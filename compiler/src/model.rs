@@ -115,7 +115,127 @@ pub struct Machine {
     pub sites: Vec<String>,
     #[serde(default)]
     pub units: Vec<String>,
+    /// What each service's files say to other services (see `xref::roles`).
+    #[serde(default)]
+    pub roles: Vec<Role>,
     pub files: BTreeMap<String, FileSpec>,
+}
+
+/// One value as a service reads it, named by a module (`modules/roles.ncl`):
+/// exactly one operation is set (the Nickel contract sees to it).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ref {
+    /// With `ptr`: a YAML/JSON file of the machine.
+    pub file: Option<String>,
+    pub ptr: Option<String>,
+    pub env: Option<String>,
+    pub value: Option<serde_json::Value>,
+    pub join: Option<Vec<Ref>>,
+    pub concat: Option<Vec<Ref>>,
+    pub dir: Option<Box<Ref>>,
+    pub first: Option<Vec<Ref>>,
+    pub read: Option<Box<Ref>>,
+    pub map: Option<Box<RefMap>>,
+}
+
+/// `{ map = { of, to } }`: a value looked up in a table (keys compared
+/// without case), such as a setting's spelling of an auth method.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefMap {
+    pub of: Ref,
+    pub to: BTreeMap<String, serde_json::Value>,
+}
+
+/// A client an OpenID Connect provider knows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderClient {
+    pub at: Ref,
+    pub id: Ref,
+    pub redirect_uris: Ref,
+    pub secret: Option<Ref>,
+    pub auth_method: Ref,
+    pub id_token_claims: Option<Ref>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequiredClaim {
+    pub claim: String,
+    pub at: Ref,
+}
+
+/// A role a service's files play, as `modules/roles.ncl` lowers it.
+// One list of roles per machine, read once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Role {
+    OidcProvider {
+        service: String,
+        name: String,
+        served_path: Option<Ref>,
+        #[serde(default)]
+        clients: Vec<ProviderClient>,
+    },
+    OidcClient {
+        service: String,
+        name: String,
+        what: String,
+        client_id: Ref,
+        issuer: Option<Ref>,
+        #[serde(default)]
+        provider_urls: Vec<Ref>,
+        callback: Ref,
+        secret: Option<Ref>,
+        auth_method: Option<Ref>,
+        #[serde(default)]
+        required_claims: Vec<RequiredClaim>,
+    },
+    Listener {
+        service: String,
+        name: String,
+        port: Ref,
+        bind: Option<Ref>,
+        resources: Option<Ref>,
+    },
+    Endpoint {
+        service: String,
+        name: String,
+        what: String,
+        url: Ref,
+        target: String,
+        target_machine: Option<String>,
+        #[serde(default)]
+        needs: Vec<String>,
+    },
+    Share {
+        service: String,
+        name: String,
+        what: String,
+        mine: Ref,
+        target: String,
+        target_machine: Option<String>,
+        theirs: Ref,
+        #[serde(default)]
+        secret: bool,
+        code: Option<String>,
+    },
+}
+
+impl Role {
+    /// The service whose files play the role.
+    pub fn service(&self) -> &str {
+        match self {
+            Role::OidcProvider { service, .. }
+            | Role::OidcClient { service, .. }
+            | Role::Listener { service, .. }
+            | Role::Endpoint { service, .. }
+            | Role::Share { service, .. } => service,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,6 @@ pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
     files_exist(ix, out);
     public_urls(ix, out);
     for syn in ix.of(Kind::Synapse) {
-        mas(ix, syn, out);
         clients(ix, syn, out);
         federation(ix, syn, out);
         appservices(ix, syn, out);
@@ -154,96 +153,6 @@ fn mas_enabled(syn: &Conf) -> bool {
     syn.get("/matrix_authentication_service/enabled")
         .and_then(Value::as_bool)
         == Some(true)
-}
-
-/// Synapse ↔ MAS: each reaches the other, one shared secret, one server name (F10, F13).
-fn mas(ix: &Index, syn: &Conf, out: &mut Vec<Diagnostic>) {
-    if !mas_enabled(syn) {
-        return;
-    }
-    let ep_ptr = "/matrix_authentication_service/endpoint";
-    let Some(mas) = mas_of(ix, syn) else {
-        let ep = syn.str(ep_ptr).unwrap_or("(none)");
-        out.push(ix.one(
-            Code::Unreachable,
-            format!(
-                "Synapse on `{}` delegates authentication to `{ep}`, which reaches no MAS of the stack",
-                syn.machine
-            ),
-            (syn, ep_ptr, "this endpoint"),
-            "point the endpoint at MAS's compose service and container port, such as `http://mas:8080/`",
-        ));
-        return;
-    };
-    if let Some(ep) = syn.str(ep_ptr) {
-        let why = endpoint(ix, syn, ep, mas, "MAS", |r| {
-            serves(&mas_ports(mas), r, &["discovery", "oauth"])
-        });
-        if let Some(why) = why {
-            out.push(ix.pair(
-                Code::Unreachable,
-                format!(
-                    "Synapse's MAS endpoint `{ep}` does not reach MAS ({}): {why}",
-                    mas.who()
-                ),
-                (syn, ep_ptr, "this endpoint"),
-                (mas, "/http/listeners", "MAS's listeners"),
-                "name MAS's compose service and a port of its `http.listeners` that serves `discovery` and `oauth`",
-            ));
-        }
-    }
-    if let Some(ep) = mas.str("/matrix/endpoint") {
-        let why = endpoint(ix, mas, ep, syn, "Synapse", |r| {
-            serves(&synapse_ports(syn), r, &["client"])
-        });
-        if let Some(why) = why {
-            out.push(ix.pair(
-                Code::Unreachable,
-                format!(
-                    "MAS's homeserver endpoint `{ep}` does not reach Synapse ({}): {why}",
-                    syn.who()
-                ),
-                (mas, "/matrix/endpoint", "this endpoint"),
-                (syn, "/listeners", "Synapse's listeners"),
-                "name Synapse's compose service and a port of its `listeners` that serves `client`",
-            ));
-        }
-    }
-    let a = ix.secret_of(
-        syn,
-        "/matrix_authentication_service/secret",
-        "/matrix_authentication_service/secret_path",
-    );
-    let b = ix.secret_of(mas, "/matrix/secret", "/matrix/secret_file");
-    if let (Some((sa, pa)), Some((sb, pb))) = (a, b)
-        && sa != sb
-    {
-        out.push(ix.pair(
-                Code::SharedSecret,
-                format!(
-                    "Synapse ({}) and MAS ({}) hold different shared secrets: {} and {}",
-                    syn.who(),
-                    mas.who(),
-                    ix.secret_label(&sa),
-                    ix.secret_label(&sb)
-                ),
-                (syn, &pa, "Synapse's secret"),
-                (mas, &pb, "MAS's secret"),
-                "give both one secret: Synapse's `matrix_authentication_service.secret_path` and MAS's `matrix.secret_file` hold the same value",
-            ));
-    }
-    let (hs, sn) = (mas.str("/matrix/homeserver"), syn.str("/server_name"));
-    if let (Some(hs), Some(sn)) = (hs, sn)
-        && hs != sn
-    {
-        out.push(ix.pair(
-            Code::HomeserverMismatch,
-            format!("MAS serves homeserver `{hs}`, but Synapse's server_name is `{sn}`"),
-            (mas, "/matrix/homeserver", format!("`{hs}`").as_str()),
-            (syn, "/server_name", format!("`{sn}`").as_str()),
-            "set MAS's `matrix.homeserver` to Synapse's `server_name`",
-        ));
-    }
 }
 
 /// Element and the well-known files ↔ Synapse and MAS (F9, F14, F17).

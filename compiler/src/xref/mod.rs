@@ -16,7 +16,7 @@
 
 mod db;
 mod matrix;
-mod oidc;
+pub(crate) mod roles;
 
 use std::collections::BTreeMap;
 
@@ -32,7 +32,7 @@ use crate::secrets::Resolved;
 pub fn check(stack: &Stack, files: &Rendered, secrets: &Resolved, pos: &Positions) -> Vec<Diagnostic> {
     let ix = Index::new(stack, files, secrets, pos);
     let mut out = Vec::new();
-    oidc::check(&ix, &mut out);
+    roles::check(&ix, &mut out);
     matrix::check(&ix, &mut out);
     db::check(&ix, &mut out);
     out
@@ -183,11 +183,14 @@ pub(crate) struct Index<'a> {
     pub confs: Vec<Conf<'a>>,
     /// Parsed compose file per machine.
     pub compose: BTreeMap<&'a str, Value>,
+    /// Every YAML and JSON file of the bundle, parsed back, by bundle path.
+    pub values: BTreeMap<String, Value>,
 }
 
 impl<'a> Index<'a> {
     fn new(stack: &'a Stack, files: &'a Rendered, secrets: &'a Resolved, pos: &'a Positions<'a>) -> Self {
         let mut compose = BTreeMap::new();
+        let mut values = BTreeMap::new();
         let mut parsed = Vec::new();
         for (mname, m) in &stack.machines {
             // A namespace's pods resolve Service names and mount files as
@@ -214,6 +217,7 @@ impl<'a> Index<'a> {
                     _ => None,
                 };
                 let Some(value) = value else { continue };
+                values.insert(format!("{mname}/{path}"), value.clone());
                 if spec.format == Format::Compose {
                     compose.insert(mname.as_str(), value);
                     continue;
@@ -243,6 +247,7 @@ impl<'a> Index<'a> {
             pos,
             confs: Vec::new(),
             compose,
+            values,
         };
         ix.confs = parsed
             .into_iter()
@@ -306,14 +311,20 @@ impl<'a> Index<'a> {
 
     /// Where a path a config names (as its process sees it) lives.
     pub fn place(&self, c: &Conf, path: &str) -> Place {
-        let Some(service) = &c.service else {
-            let root = &self.stack.machines[c.machine].deploy_root;
+        self.place_in(c.machine, c.service.as_deref(), path)
+    }
+
+    /// Where a path lives for a process of `machine`: in `container`, or
+    /// on the host.
+    pub fn place_in(&self, machine: &str, container: Option<&str>, path: &str) -> Place {
+        let Some(service) = container else {
+            let root = &self.stack.machines[machine].deploy_root;
             return match path.strip_prefix(&format!("{}/", root.trim_end_matches('/'))) {
-                Some(rest) => Place::Bundle(format!("{}/{rest}", c.machine)),
+                Some(rest) => Place::Bundle(format!("{machine}/{rest}")),
                 None => Place::Runtime,
             };
         };
-        let mut vols = self.volumes(c.machine, service);
+        let mut vols = self.volumes(machine, service);
         // The deepest mount wins, as in the container.
         vols.sort_by_key(|(_, dst)| std::cmp::Reverse(dst.len()));
         for (src, dst) in vols {
@@ -325,8 +336,8 @@ impl<'a> Index<'a> {
             };
             let Some(rest) = rest else { continue };
             return match src.strip_prefix("./") {
-                Some(s) if rest.is_empty() => Place::Bundle(format!("{}/{}", c.machine, s.trim_end_matches('/'))),
-                Some(s) => Place::Bundle(format!("{}/{}/{rest}", c.machine, s.trim_end_matches('/'))),
+                Some(s) if rest.is_empty() => Place::Bundle(format!("{machine}/{}", s.trim_end_matches('/'))),
+                Some(s) => Place::Bundle(format!("{machine}/{}/{rest}", s.trim_end_matches('/'))),
                 None => Place::Runtime,
             };
         }
@@ -449,6 +460,13 @@ impl<'a> Index<'a> {
     /// Where a connection from `from` (a config's service) to `url` lands.
     pub fn reach(&self, from: &Conf, url: &Url) -> Result<Reached<'a>, String> {
         self.reach_from(from.machine, from.service.as_deref(), url.host, url.port, url.path, 0)
+    }
+
+    /// Where a connection from a service (container or native) to `url`
+    /// lands, on a listener that admits it.
+    pub(crate) fn reach_as(&self, who: roles::Who, url: &Url) -> Result<Reached<'a>, String> {
+        let container = self.is_container(who.machine, who.service).then_some(who.service);
+        self.reach_from(who.machine, container, url.host, url.port, url.path, 0)
     }
 
     fn reach_from(
@@ -580,7 +598,7 @@ impl<'a> Index<'a> {
 
     /// What listens on a host port of a machine: a published container
     /// port (then the container's own port) or a native listener.
-    fn on_machine(&self, machine: &'a str, port: u16) -> Option<Reached<'a>> {
+    pub(crate) fn on_machine(&self, machine: &'a str, port: u16) -> Option<Reached<'a>> {
         if let Some(services) = self.services(machine) {
             for (name, svc) in services {
                 for p in svc.get("ports").and_then(Value::as_array).into_iter().flatten() {

@@ -1,0 +1,1019 @@
+//! The roles engine: pairs what modules declare their services' files say
+//! (`modules/roles.ncl`) across the whole stack, reading every value from
+//! the written bytes. It knows roles, never services: an OpenID Connect
+//! provider and its relying parties, URLs a service calls and the listener
+//! that must answer them, values two services must share.
+
+use serde_json::Value;
+
+use super::{Index, Reached, Url, list};
+use crate::diag::{Code, Diagnostic, Span};
+use crate::model::{ProviderClient, Ref, Role};
+use crate::secrets::derive::pbkdf2_sha512_verifies;
+
+/// Where a value was read: a bundle file (`<machine>/<path>`) and a JSON
+/// pointer into its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct At {
+    pub file: String,
+    pub ptr: String,
+}
+
+/// A value read through a `Ref`, and where (a literal is nowhere).
+#[derive(Debug, Clone)]
+pub(crate) struct Got {
+    pub value: Value,
+    pub at: Option<At>,
+}
+
+impl Got {
+    pub fn str(&self) -> Option<&str> {
+        self.value.as_str()
+    }
+
+    /// A string, or a number written as one.
+    fn text(&self) -> Option<String> {
+        match &self.value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// A service of a machine: who reads a `Ref`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Who<'a> {
+    pub machine: &'a str,
+    pub service: &'a str,
+}
+
+impl Who<'_> {
+    /// `` `mas` on `matrix` ``; a service named `""` is the machine's proxy.
+    pub fn show(&self) -> String {
+        if self.service.is_empty() {
+            return format!("the proxy of `{}`", self.machine);
+        }
+        format!("`{}` on `{}`", self.service, self.machine)
+    }
+}
+
+impl<'a> Index<'a> {
+    /// The value a `Ref` names, as service `who` reads it.
+    pub(crate) fn eval(&self, who: Who, r: &Ref) -> Option<Got> {
+        if let Some(ptr) = &r.ptr {
+            let file = format!("{}/{}", who.machine, r.file.as_deref()?);
+            let value = self.values.get(&file)?.pointer(ptr)?.clone();
+            return Some(Got {
+                value,
+                at: Some(At { file, ptr: ptr.clone() }),
+            });
+        }
+        if let Some(name) = &r.env {
+            let (value, at) = self.env(who, name)?;
+            return Some(Got {
+                value: Value::String(value),
+                at: Some(at),
+            });
+        }
+        if let Some(v) = &r.value {
+            return Some(Got {
+                value: v.clone(),
+                at: None,
+            });
+        }
+        if let Some(parts) = &r.concat {
+            let got: Option<Vec<Got>> = parts.iter().map(|p| self.eval(who, p)).collect();
+            let got = got?;
+            let text: Option<String> = got.iter().map(Got::text).collect();
+            return Some(Got {
+                value: Value::String(text?),
+                at: got.into_iter().find_map(|g| g.at),
+            });
+        }
+        if let Some(parts) = &r.join {
+            let [base, rel] = parts.as_slice() else { return None };
+            let (base, rel) = (self.eval(who, base)?, self.eval(who, rel)?);
+            return Some(Got {
+                value: Value::String(join_url(&base.text()?, &rel.text()?)),
+                at: base.at.or(rel.at),
+            });
+        }
+        if let Some(inner) = &r.dir {
+            let g = self.eval(who, inner)?;
+            let t = g.text()?;
+            let t = if t.ends_with('/') { t } else { format!("{t}/") };
+            return Some(Got {
+                value: Value::String(t),
+                at: g.at,
+            });
+        }
+        if let Some(m) = &r.map {
+            let g = self.eval(who, &m.of)?;
+            let key = g.text()?.to_ascii_lowercase();
+            let value =
+                m.to.iter()
+                    .find(|(k, _)| k.to_ascii_lowercase() == key)
+                    .map(|(_, v)| v.clone())?;
+            return Some(Got { value, at: g.at });
+        }
+        if let Some(options) = &r.first {
+            return options.iter().find_map(|o| self.eval(who, o));
+        }
+        if let Some(path) = &r.read {
+            let g = self.eval(who, path)?;
+            let text = self.read_as(who, g.str()?)?;
+            // Secret files hold the bare value; a trailing newline is not part of it.
+            return Some(Got {
+                value: Value::String(text.trim_end_matches(['\n', '\r']).to_owned()),
+                at: g.at,
+            });
+        }
+        None
+    }
+
+    /// The text of a bundle file at `path` as service `who` sees it.
+    fn read_as(&self, who: Who, path: &str) -> Option<&'a str> {
+        let container = self.is_container(who.machine, who.service).then_some(who.service);
+        match self.place_in(who.machine, container, path) {
+            super::Place::Bundle(p) => self.text(&p),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_container(&self, machine: &str, service: &str) -> bool {
+        self.services(machine).is_some_and(|s| s.contains_key(service))
+    }
+
+    /// An environment variable of a service: compose `environment` and
+    /// `env_file`s for a container, `Environment=` and `EnvironmentFile=`
+    /// for a native service. Later sources win, as they do at run time.
+    fn env(&self, who: Who, name: &str) -> Option<(String, At)> {
+        let m = self.stack.machines.get(who.machine)?;
+        let mut found = None;
+        let from_file = |bundle: String| -> Option<(String, At)> {
+            let text = self.text(&bundle)?;
+            text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k.trim() == name).then(|| {
+                    (
+                        env_value(v),
+                        At {
+                            file: bundle.clone(),
+                            ptr: format!("/{}", crate::eval::pointer_escape(name)),
+                        },
+                    )
+                })
+            })
+        };
+        if let Some(svc) = self.services(who.machine).and_then(|s| s.get(who.service)) {
+            let env_files: Vec<&str> = match svc.get("env_file") {
+                Some(Value::String(f)) => vec![f.as_str()],
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|f| f.as_str().or_else(|| f.get("path")?.as_str()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for f in env_files {
+                if let Some(hit) = from_file(format!("{}/{}", who.machine, f.trim_start_matches("./"))) {
+                    found = Some(hit);
+                }
+            }
+            // `environment` wins over `env_file`. `$$` is compose's `$`.
+            let compose = m
+                .files
+                .iter()
+                .find(|(_, f)| f.format == crate::model::Format::Compose)
+                .map(|(p, _)| format!("{}/{p}", who.machine));
+            let at = |ptr: String| At {
+                file: compose.clone().unwrap_or_default(),
+                ptr,
+            };
+            let base = format!("/services/{}/environment", crate::eval::pointer_escape(who.service));
+            match svc.get("environment") {
+                Some(Value::Object(e)) => {
+                    if let Some(v) = e.get(name).and_then(Value::as_str) {
+                        found = Some((
+                            v.replace("$$", "$"),
+                            at(format!("{base}/{}", crate::eval::pointer_escape(name))),
+                        ));
+                    }
+                }
+                Some(Value::Array(a)) => {
+                    for (i, e) in a.iter().enumerate() {
+                        if let Some((k, v)) = e.as_str().and_then(|e| e.split_once('='))
+                            && k == name
+                        {
+                            found = Some((v.replace("$$", "$"), at(format!("{base}/{i}"))));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            return found;
+        }
+        // A native service: its unit's `Environment=` and `EnvironmentFile=`.
+        let unit_path = format!("systemd/{}.service", who.service);
+        let unit = m.files.get(&unit_path)?;
+        let service = unit.content.get("Service")?;
+        if let Some(file) = service.get("EnvironmentFile").and_then(Value::as_str) {
+            let root = format!("{}/", m.deploy_root.trim_end_matches('/'));
+            if let Some(rel) = file.trim_start_matches('-').strip_prefix(&root) {
+                found = from_file(format!("{}/{rel}", who.machine));
+            }
+        }
+        if let Some(v) = service.pointer(&format!("/Environment/{}", crate::eval::pointer_escape(name))) {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            found = Some((
+                v,
+                At {
+                    file: format!("{}/{unit_path}", who.machine),
+                    ptr: format!("/Service/Environment/{}", crate::eval::pointer_escape(name)),
+                },
+            ));
+        }
+        found
+    }
+
+    /// The `.ncl` position behind a value read through a `Ref`.
+    pub(crate) fn span_at(&self, at: &Option<At>) -> Option<Span> {
+        let at = at.as_ref()?;
+        let (machine, path) = at.file.split_once('/')?;
+        let base = format!(
+            "/machines/{}/files/{}",
+            crate::eval::pointer_escape(machine),
+            crate::eval::pointer_escape(path)
+        );
+        let mut p = format!("{base}/content{}", at.ptr);
+        loop {
+            if let Some(s) = self.pos.at(&p).filter(|s| !s.file.name.starts_with("<stdlib")) {
+                return Some(s);
+            }
+            match p.rfind('/') {
+                Some(i) if p.len() > base.len() => p.truncate(i),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A finding about two values: the side in the user's files is primary.
+    pub(crate) fn pair_at(
+        &self,
+        code: Code,
+        message: String,
+        a: (&Option<At>, &str),
+        b: (&Option<At>, &str),
+        help: impl Into<String>,
+    ) -> Diagnostic {
+        let (sa, sb) = (self.span_at(a.0), self.span_at(b.0));
+        let mut d = Diagnostic::error(code, message);
+        if sa.is_none()
+            && sb.is_none()
+            && let Some(at) = a.0.as_ref().or(b.0.as_ref())
+        {
+            d = d.with_path(at_path(at));
+        }
+        let in_user = |s: &Option<Span>| s.as_ref().is_some_and(Span::in_user);
+        if !in_user(&sa) && in_user(&sb) {
+            return d.with_label(sb, b.1).with_secondary(sa, a.1).with_help(help);
+        }
+        d.with_label(sa, a.1).with_secondary(sb, b.1).with_help(help)
+    }
+
+    /// Roles of the whole stack, with the machine each is on.
+    pub(crate) fn roles(&self) -> impl Iterator<Item = (&'a str, &'a Role)> {
+        self.stack
+            .machines
+            .iter()
+            .flat_map(|(m, mach)| mach.roles.iter().map(move |r| (m.as_str(), r)))
+    }
+
+    /// Whether the service that `r` reached answers on its port with
+    /// `needs`, from `caller`'s namespace, as its declared listeners say.
+    /// Services that declare no listeners are taken at their word.
+    pub(crate) fn listener_admits(&self, caller: Who, r: &Reached, needs: &[String]) -> Result<(), String> {
+        let who = Who {
+            machine: r.machine,
+            service: &r.service,
+        };
+        let listeners: Vec<(u16, Vec<String>, Vec<String>)> = self
+            .roles()
+            .filter(|(m, role)| *m == r.machine && role.service() == r.service)
+            .filter_map(|(_, role)| match role {
+                Role::Listener {
+                    port, bind, resources, ..
+                } => {
+                    let p = self.eval(who, port)?;
+                    let (host, port) = match &p.value {
+                        Value::Number(n) => (None, u16::try_from(n.as_u64()?).ok()?),
+                        Value::String(s) => match s.rsplit_once(':') {
+                            Some((h, p)) => (Some(h.trim_matches(['[', ']']).to_owned()), p.parse().ok()?),
+                            None => (None, s.parse().ok()?),
+                        },
+                        _ => return None,
+                    };
+                    let mut binds: Vec<String> = match bind.as_ref().and_then(|b| self.eval(who, b)) {
+                        Some(Got {
+                            value: Value::Array(a), ..
+                        }) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+                        Some(Got {
+                            value: Value::String(s),
+                            ..
+                        }) => vec![s],
+                        _ => Vec::new(),
+                    };
+                    if binds.is_empty()
+                        && let Some(h) = host.filter(|h| !h.is_empty())
+                    {
+                        binds.push(h);
+                    }
+                    let names = resources
+                        .as_ref()
+                        .and_then(|x| self.eval(who, x))
+                        .and_then(|g| g.value.as_array().cloned())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|n| n.as_str().map(str::to_owned))
+                        .collect();
+                    Some((port, binds, names))
+                }
+                _ => None,
+            })
+            .collect();
+        if listeners.is_empty() {
+            return Ok(());
+        }
+        let on_port: Vec<&(u16, Vec<String>, Vec<String>)> =
+            listeners.iter().filter(|(p, _, _)| *p == r.port).collect();
+        if on_port.is_empty() {
+            let mut have: Vec<String> = listeners.iter().map(|(p, _, _)| p.to_string()).collect();
+            have.dedup();
+            return Err(format!(
+                "`{}` does not listen on port {} (it listens on {})",
+                r.service,
+                r.port,
+                list(have.iter().map(String::as_str))
+            ));
+        }
+        // Loopback is the caller's own namespace: the same container, or
+        // the host for two native services of one machine.
+        let same_namespace = caller.machine == r.machine
+            && (caller.service == r.service
+                || (!self.is_container(caller.machine, caller.service) && !self.is_container(r.machine, &r.service)));
+        let reachable: Vec<_> = on_port
+            .iter()
+            .filter(|(_, binds, _)| {
+                same_namespace || binds.is_empty() || binds.iter().any(|b| !crate::model::is_loopback(b))
+            })
+            .collect();
+        let Some(first) = reachable.first() else {
+            let binds: Vec<&str> = on_port
+                .iter()
+                .flat_map(|(_, b, _)| b.iter().map(String::as_str))
+                .collect();
+            let inside = if self.is_container(r.machine, &r.service) {
+                "inside its container"
+            } else {
+                "on its machine"
+            };
+            return Err(format!(
+                "`{}` binds port {} to {} {inside}, which {} cannot reach",
+                r.service,
+                r.port,
+                list(binds),
+                caller.show()
+            ));
+        };
+        let missing: Vec<&str> = needs
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !reachable.iter().any(|(_, _, names)| names.iter().any(|h| h == n)))
+            .collect();
+        if missing.is_empty()
+            || first.2.is_empty() && reachable.iter().all(|(_, _, n)| n.is_empty()) && needs.is_empty()
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "the listener of `{}` on port {} does not serve {}",
+                r.service,
+                r.port,
+                list(missing.iter().copied())
+            ))
+        }
+    }
+}
+
+fn at_path(at: &At) -> String {
+    let (m, p) = at.file.split_once('/').unwrap_or((&at.file, ""));
+    let d = super::dotted(&at.ptr);
+    format!(
+        "machines.{m}.files.\"{p}\".content{}{d}",
+        if d.is_empty() { "" } else { "." }
+    )
+}
+
+/// A value of an env file line: single quotes are literal, double quotes
+/// are stripped, bare values end at ` #`.
+pub(crate) fn env_value(v: &str) -> String {
+    let v = v.trim();
+    if let Some(inner) = v.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
+        return inner.to_owned();
+    }
+    if let Some(inner) = v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        return inner.replace("\\\"", "\"");
+    }
+    v.split(" #").next().unwrap_or(v).to_owned()
+}
+
+/// A relative URL reference resolved against a base, as URL libraries do
+/// (RFC 3986 §5.2, without dot segments): a base without a trailing slash
+/// loses its last segment.
+pub(crate) fn join_url(base: &str, rel: &str) -> String {
+    if rel.contains("://") {
+        return rel.to_owned();
+    }
+    let start = base.find("://").map_or(0, |i| i + 3);
+    let origin_end = base[start..].find('/').map_or(base.len(), |i| start + i);
+    if let Some(abs) = rel.strip_prefix('/') {
+        return format!("{}/{abs}", &base[..origin_end]);
+    }
+    match base[origin_end..].rfind('/') {
+        None => format!("{base}/{rel}"),
+        Some(i) => format!("{}{rel}", &base[..=origin_end + i]),
+    }
+}
+
+pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
+    routes(ix, out);
+    endpoints(ix, out);
+    shares(ix, out);
+    oidc(ix, out);
+}
+
+/// Every URL a service calls reaches the service it is for, on a listener
+/// that admits the caller and serves what it needs.
+fn endpoints(ix: &Index, out: &mut Vec<Diagnostic>) {
+    for (machine, role) in ix.roles() {
+        let Role::Endpoint {
+            service,
+            what,
+            url,
+            target,
+            target_machine,
+            needs,
+            ..
+        } = role
+        else {
+            continue;
+        };
+        let who = Who { machine, service };
+        let Some(got) = ix.eval(who, url) else { continue };
+        let tm = target_machine.as_deref().unwrap_or(machine);
+        let Some(text) = got.str() else { continue };
+        let mut landed = None;
+        let why = match Url::parse(text) {
+            None => Some(format!("`{text}` is not a URL")),
+            Some(u) => match ix.reach_as(who, &u) {
+                Err(why) => Some(why),
+                Ok(r) if r.machine != tm || r.service != *target => {
+                    Some(format!("it reaches `{}` on `{}`, not `{target}`", r.service, r.machine))
+                }
+                Ok(r) => {
+                    landed = Some(r.port);
+                    ix.listener_admits(who, &r, needs).err()
+                }
+            },
+        };
+        if let Some(why) = why {
+            // The listener it lands on, else where the listeners are.
+            let theirs = landed
+                .and_then(|p| bind_at(ix, tm, target, p))
+                .or_else(|| listener_at(ix, tm, target));
+            out.push(ix.pair_at(
+                Code::Unreachable,
+                format!(
+                    "{what} `{text}` ({}) does not reach `{target}` on `{tm}`: {why}",
+                    who.show()
+                ),
+                (&got.at, "this URL"),
+                (&theirs, "its listeners"),
+                format!(
+                    "name `{target}` as {} reaches it (its compose service name from a container of the same machine) and a port its listeners serve{}",
+                    who.show(),
+                    if needs.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" with {}", list(needs.iter().map(String::as_str)))
+                    }
+                ),
+            ));
+        }
+    }
+}
+
+/// Every proxy route lands on a listener that admits the proxy: a port a
+/// container publishes or a proxy forwards to must not be bound to the
+/// container's own loopback.
+fn routes(ix: &Index, out: &mut Vec<Diagnostic>) {
+    for (pname, p) in &ix.stack.machines {
+        for route in &p.routes {
+            let Some((tname, t)) = ix.stack.machines.get_key_value(&route.machine) else {
+                continue;
+            };
+            let Some(listen) = t
+                .listens
+                .iter()
+                .find(|l| l.service == route.service && l.name == route.port)
+            else {
+                continue;
+            };
+            let Some(reached) = ix.on_machine(tname, listen.port) else {
+                continue;
+            };
+            let proxy = Who {
+                machine: pname,
+                service: "",
+            };
+            if let Err(why) = ix.listener_admits(proxy, &reached, &[]) {
+                let at = listener_at(ix, tname, &reached.service);
+                let bind = bind_at(ix, tname, &reached.service, reached.port).or(at);
+                let d = Diagnostic::error(
+                    Code::Unreachable,
+                    format!(
+                        "site `{}` of `{pname}` forwards to `{}` on `{tname}`, which it cannot reach: {why}",
+                        route.site, reached.service
+                    ),
+                )
+                .with_label(ix.span_at(&bind), "bound here")
+                .with_help(format!(
+                    "bind the listener of `{}` to every address of its container (`0.0.0.0` or `::`): loopback inside a container is the container's own",
+                    reached.service
+                ));
+                out.push(d);
+            }
+        }
+    }
+}
+
+/// Where the bind of a service's listener on `port` is written.
+fn bind_at(ix: &Index, machine: &str, service: &str, port: u16) -> Option<At> {
+    let who = Who { machine, service };
+    ix.roles()
+        .filter(|(m, r)| *m == machine && r.service() == service)
+        .find_map(|(_, r)| match r {
+            Role::Listener { port: p, bind, .. } => {
+                let g = ix.eval(who, p)?;
+                let n = match &g.value {
+                    Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+                    Value::String(s) => s.rsplit_once(':').map_or(s.as_str(), |(_, p)| p).parse().ok(),
+                    _ => None,
+                }?;
+                (n == port).then(|| bind.as_ref().and_then(|b| ix.eval(who, b)).and_then(|b| b.at).or(g.at))?
+            }
+            _ => None,
+        })
+}
+
+/// Where a service's listeners are written (its first listener's port).
+fn listener_at(ix: &Index, machine: &str, service: &str) -> Option<At> {
+    ix.roles()
+        .filter(|(m, r)| *m == machine && r.service() == service)
+        .find_map(|(_, r)| match r {
+            Role::Listener { port, .. } => ix.eval(Who { machine, service }, port).and_then(|g| g.at),
+            _ => None,
+        })
+}
+
+/// Values two services must hold alike.
+fn shares(ix: &Index, out: &mut Vec<Diagnostic>) {
+    for (machine, role) in ix.roles() {
+        let Role::Share {
+            service,
+            what,
+            mine,
+            target,
+            target_machine,
+            theirs,
+            secret,
+            code,
+            ..
+        } = role
+        else {
+            continue;
+        };
+        let tm = target_machine.as_deref().unwrap_or(machine);
+        let (a, b) = (
+            Who { machine, service },
+            Who {
+                machine: tm,
+                service: target,
+            },
+        );
+        let (Some(x), Some(y)) = (ix.eval(a, mine), ix.eval(b, theirs)) else {
+            continue;
+        };
+        if x.value == y.value {
+            continue;
+        }
+        let shown = |g: &Got| match (secret, g.str()) {
+            (true, Some(s)) => ix.secret_label(s),
+            (true, None) => "a value".to_owned(),
+            (false, _) => format!("`{}`", g.text().unwrap_or_else(|| g.value.to_string())),
+        };
+        let code = code.as_deref().and_then(Code::parse).unwrap_or(Code::ShareMismatch);
+        out.push(ix.pair_at(
+            code,
+            format!(
+                "{} and {} hold different values of {what}: {} and {}",
+                a.show(),
+                b.show(),
+                shown(&x),
+                shown(&y)
+            ),
+            (&x.at, &format!("{}'s value", a.service)),
+            (&y.at, &format!("{}'s value", b.service)),
+            format!("write {what} to both from one value (a module option or a stackc secret)"),
+        ));
+    }
+}
+
+/// One relying party, read.
+struct Rp<'a> {
+    who: Who<'a>,
+    what: &'a str,
+    client_id: Got,
+    issuer: Option<Got>,
+    callback: Got,
+    method: Option<Got>,
+    secret: Option<Got>,
+    required: Vec<(&'a str, Option<At>)>,
+    urls: Vec<Got>,
+}
+
+/// A provider: the service, and its clients read.
+struct Op<'a> {
+    who: Who<'a>,
+    served_path: String,
+    clients: Vec<(&'a ProviderClient, Option<String>)>,
+}
+
+fn oidc(ix: &Index, out: &mut Vec<Diagnostic>) {
+    let ops: Vec<Op> = ix
+        .roles()
+        .filter_map(|(machine, r)| match r {
+            Role::OidcProvider {
+                service,
+                served_path,
+                clients,
+                ..
+            } => {
+                let who = Who { machine, service };
+                Some(Op {
+                    who,
+                    served_path: served_path
+                        .as_ref()
+                        .and_then(|p| ix.eval(who, p))
+                        .and_then(|g| g.text())
+                        .unwrap_or_default(),
+                    clients: clients
+                        .iter()
+                        .map(|c| (c, ix.eval(who, &c.id).and_then(|g| g.text())))
+                        .collect(),
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    for (machine, r) in ix.roles() {
+        let Role::OidcClient {
+            service,
+            what,
+            client_id,
+            issuer,
+            provider_urls,
+            callback,
+            secret,
+            auth_method,
+            required_claims,
+            ..
+        } = r
+        else {
+            continue;
+        };
+        let who = Who { machine, service };
+        let (Some(client_id), Some(callback)) = (ix.eval(who, client_id), ix.eval(who, callback)) else {
+            continue;
+        };
+        let rp = Rp {
+            who,
+            what,
+            client_id,
+            issuer: issuer.as_ref().and_then(|i| ix.eval(who, i)),
+            callback,
+            method: auth_method.as_ref().and_then(|m| ix.eval(who, m)),
+            secret: secret.as_ref().and_then(|s| ix.eval(who, s)),
+            required: required_claims
+                .iter()
+                .map(|c| (c.claim.as_str(), ix.eval(who, &c.at).and_then(|g| g.at)))
+                .collect(),
+            urls: provider_urls.iter().filter_map(|u| ix.eval(who, u)).collect(),
+        };
+        relying_party(ix, &ops, &rp, out);
+    }
+}
+
+fn relying_party(ix: &Index, ops: &[Op], rp: &Rp, out: &mut Vec<Diagnostic>) {
+    let cid = rp.client_id.text().unwrap_or_default();
+    let party = format!("{} (client `{cid}`, {})", rp.what, rp.who.show());
+    // The provider the relying party talks to: the one its URLs reach.
+    let urls: Vec<(&Got, &str, Result<Reached, String>)> = rp
+        .issuer
+        .iter()
+        .chain(&rp.urls)
+        .filter_map(|g| {
+            let text = g.str()?;
+            let r = Url::parse(text)
+                .ok_or_else(|| format!("`{text}` is not a URL"))
+                .and_then(|u| ix.reach_as(rp.who, &u));
+            Some((g, text, r))
+        })
+        .collect();
+    let op_of = |r: &Reached| {
+        ops.iter()
+            .find(|o| o.who.machine == r.machine && o.who.service == r.service)
+    };
+    let reached: Option<&Op> = urls.iter().find_map(|(_, _, r)| r.as_ref().ok().and_then(op_of));
+    for (g, text, r) in &urls {
+        let why = match (r, reached) {
+            (Ok(r), Some(op)) => match op_of(r) {
+                Some(o) if std::ptr::eq(o, op) => continue,
+                Some(o) => format!("it reaches {}, another provider than {}", o.who.show(), op.who.show()),
+                None => format!("it reaches `{}` on `{}`, not {}", r.service, r.machine, op.who.show()),
+            },
+            (Ok(r), None) => format!(
+                "it reaches `{}` on `{}`, which is not an OpenID Connect provider of the stack",
+                r.service, r.machine
+            ),
+            (Err(why), Some(op)) => format!("{why}; its other URLs reach {}", op.who.show()),
+            // A provider outside the stack (a public one) is its own business.
+            (Err(_), None) => continue,
+        };
+        out.push(ix.pair_at(
+            Code::Unreachable,
+            format!("the {party} calls its provider at `{text}`, which does not reach it: {why}"),
+            (&g.at, "this URL"),
+            (&rp.client_id.at, "the client"),
+            "use the URLs of the proxy site that serves the provider (its issuer and the endpoints its discovery document lists)",
+        ));
+    }
+    // URLs that all lead outside the stack: the provider is not ours to pair.
+    let external = reached.is_none() && !urls.is_empty();
+    let with_id: Vec<(&Op, &ProviderClient)> = ops
+        .iter()
+        .filter(|o| !external && reached.is_none_or(|p| std::ptr::eq(p, *o)))
+        .flat_map(|o| {
+            o.clients
+                .iter()
+                .filter(|(_, id)| id.as_deref() == Some(cid.as_str()))
+                .map(move |(c, _)| (o, *c))
+        })
+        .collect();
+    if with_id.is_empty() {
+        match reached {
+            Some(op) => out.push(ix.pair_at(
+                Code::OidcUnpaired,
+                format!(
+                    "the {party} logs in through {}, which has no client `{cid}` (its clients: {})",
+                    op.who.show(),
+                    list(op.clients.iter().filter_map(|(_, id)| id.as_deref()))
+                ),
+                (&rp.client_id.at, "this client id"),
+                (&op.clients.first().and_then(|(c, _)| ix.eval(op.who, &c.at)).and_then(|g| g.at), "the provider's clients"),
+                "register the client at the provider (its module's `clients`), with the relying party's redirect URI",
+            )),
+            None => {
+                let d = Diagnostic::warning(
+                    Code::OidcExternal,
+                    format!(
+                        "the {party} names no provider of the stack: its client cannot be checked{}",
+                        rp.issuer
+                            .as_ref()
+                            .and_then(|i| i.str())
+                            .map(|i| format!(" (issuer `{i}`)"))
+                            .unwrap_or_default()
+                    ),
+                )
+                .with_label(ix.span_at(&rp.client_id.at), "this client")
+                .with_help("nothing to do for a provider outside the stack; for one inside it, give the relying party the provider's issuer");
+                out.push(d);
+            }
+        }
+        return;
+    }
+    for (op, client) in with_id {
+        pair(ix, rp, op, client, &party, out);
+    }
+}
+
+fn pair(ix: &Index, rp: &Rp, op: &Op, client: &ProviderClient, party: &str, out: &mut Vec<Diagnostic>) {
+    let cid = rp.client_id.text().unwrap_or_default();
+    let op_client = format!("the client `{cid}` of {}", op.who.show());
+    let ev = |r: &Ref| ix.eval(op.who, r);
+    // F1: the callback the relying party sends must be registered exactly.
+    let callback = rp.callback.text().unwrap_or_default();
+    let uris = ev(&client.redirect_uris);
+    let listed: Vec<&str> = uris
+        .as_ref()
+        .and_then(|g| g.value.as_array())
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !listed.contains(&callback.as_str()) {
+        out.push(ix.pair_at(
+            Code::OidcRedirect,
+            format!(
+                "{op_client} does not allow the callback `{callback}` that the {party} sends; its redirect URIs: {}",
+                list(listed.iter().copied())
+            ),
+            (&uris.as_ref().and_then(|g| g.at.clone()), "redirect URIs without the callback"),
+            (&rp.callback.at, "the callback is made from this"),
+            format!("add `{callback}` to the client's redirect URIs, or set the relying party's base URL to the one the client expects"),
+        ));
+    }
+    // F3: one token endpoint authentication method on both sides.
+    let op_method = ev(&client.auth_method);
+    if let (Some(m), Some(om)) = (&rp.method, &op_method)
+        && m.value != om.value
+    {
+        let (a, b) = (m.text().unwrap_or_default(), om.text().unwrap_or_default());
+        out.push(ix.pair_at(
+            Code::OidcAuthMethod,
+            format!("the {party} authenticates with `{a}`, but {op_client} expects `{b}`"),
+            (&m.at, &format!("`{a}`")),
+            (&om.at, &format!("`{b}`")),
+            "write one method to both sides (from one option, as the matrix module's `client_auth_method` does)",
+        ));
+    }
+    // F4: the digest the provider holds must verify what the relying party sends.
+    let uses_secret = op_method
+        .as_ref()
+        .and_then(Got::str)
+        .is_none_or(|m| matches!(m, "client_secret_basic" | "client_secret_post"));
+    let digest = client.secret.as_ref().and_then(&ev);
+    if let (Some(digest), Some(plain), true) = (&digest, &rp.secret, uses_secret)
+        && let (Some(d), Some(p)) = (digest.str(), plain.str())
+        && let Some(why) = digest_mismatch(ix, d, p)
+    {
+        out.push(ix.pair_at(
+            Code::OidcSecret,
+            format!("{op_client} holds a digest of another secret than the {party} sends: {why}"),
+            (&digest.at, "this digest"),
+            (&plain.at, "the secret sent"),
+            "derive both from one secret: its digest (`stackc.secret.pbkdf2_sha512`) for the provider, its value or file for the relying party",
+        ));
+    }
+    // F9: the issuer the relying party expects must be one the provider answers with.
+    let served = ix.issuers(op.who, &op.served_path);
+    if let Some(issuer) = rp.issuer.as_ref()
+        && let Some(i) = issuer.str()
+        && !served.is_empty()
+        && !served.iter().any(|s| s == i)
+    {
+        let slash = served.iter().any(|s| super::same_base(s, i));
+        out.push(ix.pair_at(
+            Code::IssuerMismatch,
+            format!(
+                "the {party} expects issuer `{i}`, but {} answers as {}{}",
+                op.who.show(),
+                list(served.iter().map(String::as_str)),
+                if slash { " (the trailing slash differs)" } else { "" }
+            ),
+            (&issuer.at, "the expected issuer"),
+            (&ev(&client.at).and_then(|g| g.at), "the provider's client"),
+            "issuers are compared as exact strings: write the URL of the proxy site that serves the provider, without a trailing slash",
+        ));
+    }
+    // F7: claims the relying party requires must be in the ID token.
+    if !rp.required.is_empty() {
+        let in_token = client.id_token_claims.as_ref().and_then(&ev);
+        let names: Vec<&str> = in_token
+            .as_ref()
+            .and_then(|g| g.value.as_array())
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let where_ = in_token
+            .as_ref()
+            .and_then(|g| g.at.clone())
+            .or_else(|| ev(&client.at).and_then(|g| g.at));
+        for (claim, at) in &rp.required {
+            if ALWAYS_IN_ID_TOKEN.contains(claim) || names.contains(claim) {
+                continue;
+            }
+            out.push(ix.pair_at(
+                Code::MissingClaim,
+                format!(
+                    "the {party} requires claim `{claim}` from the ID token, but {op_client} does not put it there (ID token claims: {})",
+                    list(names.iter().copied())
+                ),
+                (&where_, "ID token claims"),
+                (at, &format!("requires `{claim}`")),
+                format!("add `{claim}` to the client's ID token claims, or let the relying party read userinfo"),
+            ));
+        }
+    }
+}
+
+/// Claims every ID token carries.
+const ALWAYS_IN_ID_TOKEN: &[&str] = &[
+    "sub",
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "auth_time",
+    "nonce",
+    "amr",
+    "azp",
+    "acr",
+];
+
+/// Why a digest does not verify a plaintext; `None` if it does, or if the
+/// digest is of a kind stackc cannot check (said in the docs).
+fn digest_mismatch(ix: &Index, digest: &str, plain: &str) -> Option<String> {
+    let plain_name = || ix.secret_label(plain);
+    if let Some(name) = ix.secrets.digests.get(digest) {
+        let ok = ix.secrets.values.get(name).is_some_and(|v| v == plain);
+        return (!ok).then(|| {
+            format!(
+                "the digest is of secret `{name}`, the relying party sends {}",
+                plain_name()
+            )
+        });
+    }
+    if let Some(p) = digest.strip_prefix("$plaintext$") {
+        return (p != plain).then(|| format!("`$plaintext$` value differs from {}", plain_name()));
+    }
+    match pbkdf2_sha512_verifies(digest, plain.as_bytes()) {
+        Some(false) => Some(format!("the pbkdf2-sha512 digest does not verify {}", plain_name())),
+        Some(true) => None,
+        None if !digest.starts_with('$') => {
+            (digest != plain).then(|| format!("the plaintext value differs from {}", plain_name()))
+        }
+        None => None,
+    }
+}
+
+impl Index<'_> {
+    /// The issuers a provider answers with: `https://<site><path>` for every
+    /// proxy site that reaches it.
+    fn issuers(&self, op: Who, path: &str) -> Vec<String> {
+        let path = path.trim_end_matches('/');
+        let mut out = Vec::new();
+        for (pname, p) in &self.stack.machines {
+            for site in &p.sites {
+                let reached = self.route(pname, site, &format!("{path}/"));
+                if reached.is_ok_and(|r| r.machine == op.machine && r.service == op.service) {
+                    let (host, port) = crate::check::split_site(site);
+                    let port = port
+                        .filter(|p| *p != "443")
+                        .map(|p| format!(":{p}"))
+                        .unwrap_or_default();
+                    out.push(format!("https://{host}{port}{path}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_like_a_url() {
+        assert_eq!(
+            join_url("https://m.example/", "upstream/callback/X"),
+            "https://m.example/upstream/callback/X"
+        );
+        assert_eq!(
+            join_url("https://m.example", "upstream/callback/X"),
+            "https://m.example/upstream/callback/X"
+        );
+        assert_eq!(join_url("https://e.org/mas/", "a"), "https://e.org/mas/a");
+        assert_eq!(join_url("https://e.org/mas", "a"), "https://e.org/a");
+        assert_eq!(join_url("https://e.org/x/y", "/a"), "https://e.org/a");
+        assert_eq!(join_url("https://e.org/x/", "https://o.org/b"), "https://o.org/b");
+    }
+
+    #[test]
+    fn env_file_values() {
+        assert_eq!(env_value(" 'a b' "), "a b");
+        assert_eq!(env_value("\"x\\\"y\""), "x\"y");
+        assert_eq!(env_value("v # note"), "v");
+    }
+}
