@@ -118,6 +118,9 @@ pub struct Machine {
     /// What each service's files say to other services (see `xref::roles`).
     #[serde(default)]
     pub roles: Vec<Role>,
+    /// Start-up rules of the machine's programs that failed (SC0601).
+    #[serde(default)]
+    pub assertions: Vec<Assertion>,
     pub files: BTreeMap<String, FileSpec>,
 }
 
@@ -146,6 +149,19 @@ pub struct Ref {
 pub struct RefMap {
     pub of: Ref,
     pub to: BTreeMap<String, serde_json::Value>,
+}
+
+/// A failed start-up rule a module keeps next to its options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assertion {
+    pub service: String,
+    pub message: String,
+    pub help: String,
+    pub at: Option<Ref>,
+    /// The option value the rule is about; only its position is used.
+    #[serde(default)]
+    pub origin: Option<serde_json::Value>,
 }
 
 /// A client an OpenID Connect provider knows.

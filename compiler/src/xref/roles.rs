@@ -449,6 +449,7 @@ pub(crate) fn join_url(base: &str, rel: &str) -> String {
 }
 
 pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
+    assertions(ix, out);
     routes(ix, out);
     endpoints(ix, out);
     shares(ix, out);
@@ -512,6 +513,38 @@ fn endpoints(ix: &Index, out: &mut Vec<Diagnostic>) {
                     }
                 ),
             ));
+        }
+    }
+}
+
+/// Start-up rules the modules found broken, pointed at the value.
+fn assertions(ix: &Index, out: &mut Vec<Diagnostic>) {
+    for (machine, m) in &ix.stack.machines {
+        for (i, a) in m.assertions.iter().enumerate() {
+            let who = Who {
+                machine,
+                service: &a.service,
+            };
+            let at = a.at.as_ref().and_then(|r| ix.eval(who, r)).and_then(|g| g.at);
+            // The user's own option value, when the written one was computed.
+            let origin = a
+                .origin
+                .as_ref()
+                .and_then(|_| {
+                    ix.pos.at(&format!(
+                        "/machines/{}/assertions/{i}/origin",
+                        crate::eval::pointer_escape(machine)
+                    ))
+                })
+                .filter(Span::in_user);
+            let span = origin.or_else(|| ix.span_at(&at));
+            let mut d = Diagnostic::error(Code::StartupRule, format!("{} ({})", a.message, who.show()));
+            if span.is_none()
+                && let Some(at) = &at
+            {
+                d = d.with_path(at_path(at));
+            }
+            out.push(d.with_label(span, "here").with_help(a.help.clone()));
         }
     }
 }
