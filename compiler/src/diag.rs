@@ -80,6 +80,7 @@ codes! {
     UnsafePath = "SC0401", 1, "an emitted file path is not a safe relative path";
     BadContent = "SC0402", 1, "a file's content cannot be rendered in its format";
     SchemaViolation = "SC0403", 1, "a written config breaks its schema";
+    UnknownKey = "SC0404", 1, "a written config has a key its program does not know";
     OidcRedirect = "SC0501", 1, "an OpenID client does not allow the callback its relying party sends";
     OidcSecret = "SC0502", 1, "an OpenID client's secret digest does not verify the secret its relying party sends";
     OidcAuthMethod = "SC0503", 1, "the two sides of an OpenID client use different token endpoint auth methods";

@@ -14,6 +14,7 @@ use crate::load::SCHEMAS;
 use crate::model::{Format, Stack};
 use crate::render::Rendered;
 use crate::secrets::Resolved;
+use jsonschema::error::ValidationErrorKind;
 
 pub fn verify(files: &Rendered, secrets: &Resolved) -> Vec<Diagnostic> {
     let mut out = Vec::new();
@@ -80,8 +81,56 @@ pub fn schemas(stack: &Stack, files: &Rendered, pos: &Positions) -> Vec<Diagnost
                 );
                 continue;
             };
+            let schema = schema_value(name);
             for e in validator.iter_errors(&value) {
                 let at = e.instance_path().to_string();
+                if let ValidationErrorKind::AdditionalProperties { unexpected } = e.kind() {
+                    // Known keys at that level: the `properties` next to the
+                    // failing `additionalProperties` (a key whose schema is
+                    // `false` is known only to be refused: never suggested).
+                    let known = e
+                        .schema_path()
+                        .as_str()
+                        .strip_suffix("/additionalProperties")
+                        .and_then(|parent| schema.as_ref()?.pointer(parent)?.get("properties")?.as_object())
+                        .map(|props| {
+                            props
+                                .iter()
+                                .filter(|(_, s)| **s != serde_json::Value::Bool(false))
+                                .map(|(k, _)| k.as_str())
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default();
+                    let list_at = e.schema_path().as_str().replace("/additionalProperties", "/properties");
+                    for key in unexpected {
+                        let key_ptr = format!("{file_ptr}/content{at}/{}", pointer_escape(key));
+                        let level = if at.is_empty() {
+                            "the top level".to_owned()
+                        } else {
+                            format!("`{at}`")
+                        };
+                        let help = match closest(key, &known) {
+                            Some(k) => format!("did you mean `{k}`?"),
+                            None => "remove it, or correct its spelling".to_owned(),
+                        };
+                        out.push(
+                            Diagnostic::error(
+                                Code::UnknownKey,
+                                format!("`{mname}/{path}` has an unknown key `{key}` at {level} (schema `{name}`)"),
+                            )
+                            .with_label(
+                                pos.at(&key_ptr)
+                                    .or_else(|| pos.at(&format!("{file_ptr}/content{at}")))
+                                    .or_else(|| pos.at(&file_ptr)),
+                                "the unknown key is set here",
+                            )
+                            .with_help(format!(
+                                "{help} The keys known there are listed in schemas/{name}.schema.json at `{list_at}`."
+                            )),
+                        );
+                    }
+                    continue;
+                }
                 let shown = if at.is_empty() {
                     "the top level".to_owned()
                 } else {
@@ -115,6 +164,34 @@ fn schema_names() -> Vec<String> {
         .collect()
 }
 
+/// The closest of `known` to `key`, if it is close enough to be a typo of
+/// it: optimal string alignment distance (a swap of two neighbours counts
+/// once) over the names lower-cased without `_` and `-` (so `maxUploadSize`
+/// finds `max_upload_size`), at most a third of the key's length (at least
+/// one). Ties go to the smaller raw distance, then to the first in order.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let norm = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let nkey = norm(key);
+    let limit = (nkey.chars().count() / 3).max(1);
+    known
+        .iter()
+        .map(|k| (strsim::osa_distance(&nkey, &norm(k)), strsim::osa_distance(key, k), *k))
+        .filter(|(d, _, _)| *d <= limit)
+        .min()
+        .map(|(_, _, k)| k)
+}
+
+fn schema_value(name: &str) -> Option<serde_json::Value> {
+    let file = format!("{name}.schema.json");
+    let (_, text) = SCHEMAS.iter().find(|(f, _)| *f == file)?;
+    serde_json::from_str(text).ok()
+}
+
 fn compile_schema(name: &str) -> Result<jsonschema::Validator, String> {
     let file = format!("{name}.schema.json");
     let (_, text) = SCHEMAS
@@ -131,6 +208,25 @@ fn compile_schema(name: &str) -> Result<jsonschema::Validator, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closest_suggests_typos_only() {
+        let known = [
+            "max_upload_size",
+            "brand",
+            "branding",
+            "public_base",
+            "session",
+            "server",
+        ];
+        assert_eq!(closest("max_upload_sise", &known), Some("max_upload_size"));
+        assert_eq!(closest("maxUploadSize", &known), Some("max_upload_size"));
+        assert_eq!(closest("brnad", &known), Some("brand"));
+        assert_eq!(closest("public_bse", &known), Some("public_base"));
+        assert_eq!(closest("sesion", &known), Some("session"));
+        assert_eq!(closest("completely_else", &known), None);
+        assert_eq!(closest("x", &known), None);
+    }
 
     #[test]
     fn every_schema_compiles() {
