@@ -1,11 +1,14 @@
-//! Live test of the matrix-3-machine bundle: see tests/live/README.md.
+//! Live tests of the Matrix stack in all five layouts (and of Lair Chat):
+//! see tests/live/README.md.
 //!
-//! Builds `examples/matrix-3-machine/prod.ncl` with the test key, then runs
-//! what can run here from the bundle as emitted: a real PostgreSQL (Debian),
-//! Synapse (PyPI) and Caddy (PyPI), each machine in its own network namespace
-//! with the bundle's addresses and its emitted `firewall/rules.nft` loaded, and
-//! checks them from a client namespace through Caddy. Left out: MAS, Authelia,
-//! Element and the bridges (no images or binaries here); the test says so.
+//! Builds each layout's stack with the test key — the three examples, and
+//! matrix-2-machine's stack with its roles moved for the other two — then
+//! runs what can run here from the bundle as emitted: a real PostgreSQL
+//! (Debian), Synapse (PyPI) and Caddy (PyPI), each machine in its own network
+//! namespace with the bundle's addresses and its emitted `firewall/rules.nft`
+//! loaded, and checks them from a client namespace through Caddy. Left out:
+//! MAS, Authelia, Element and the bridges (no images or binaries here); the
+//! test says so.
 //!
 //! Bounded (`STACKC_LIVE_MAX_S`, default 180 s); every child is stopped and
 //! every namespace deleted on success, failure or panic (`Lab`'s `Drop`), and
@@ -43,17 +46,31 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn matrix_3_machine_live() {
-    matrix_live("matrix-3-machine");
+    matrix_live(Stack::Example("matrix-3-machine"));
 }
 
 #[test]
 fn matrix_2_machine_live() {
-    matrix_live("matrix-2-machine");
+    matrix_live(Stack::Example("matrix-2-machine"));
 }
 
 #[test]
 fn matrix_1_machine_live() {
-    matrix_live("matrix-1-machine");
+    matrix_live(Stack::Example("matrix-1-machine"));
+}
+
+/// The two two-machine layouts no example shows, from matrix-2-machine's
+/// stack with its roles moved (`relayout`). Here: the proxy on the edge,
+/// Authelia and the Matrix services together on the backend.
+#[test]
+fn matrix_2_machine_auth_with_matrix_live() {
+    matrix_live(relayout("auth", "auth"));
+}
+
+/// Proxy and the Matrix services on the edge; Authelia alone on the backend.
+#[test]
+fn matrix_2_machine_auth_alone_live() {
+    matrix_live(relayout("auth", "edge"));
 }
 
 /// Lair Chat (seed 003) as deployed: native Caddy started by its emitted
@@ -66,7 +83,7 @@ fn lair_chat_live() {
     let dl = deadline();
     let max_s = dl.max_s;
     let Some(t) = tools() else { return };
-    let (work, out) = build("lair-chat", dl);
+    let (work, out) = build(&Stack::Example("lair-chat"), dl);
     let manifest: Json = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let units = manifest["machines"]["chat"]["units"].as_array().unwrap();
     assert!(
@@ -155,16 +172,90 @@ fn deadline() -> Deadline {
     }
 }
 
-/// Builds `examples/<example>/prod.ncl` with the test key into a fresh work
-/// dir; returns the work dir and the bundle's path.
-fn build(example: &str, dl: Deadline) -> (common::TempDir, PathBuf) {
+/// What a live test builds: an example as committed, or a stack text
+/// written into the work dir (`prod.ncl`, next to a copy of the example it
+/// comes from), with the name its lab goes by.
+enum Stack {
+    Example(&'static str),
+    Written {
+        tag: String,
+        from: &'static str,
+        text: String,
+    },
+}
+
+impl Stack {
+    fn tag(&self) -> &str {
+        match self {
+            Stack::Example(example) => example,
+            Stack::Written { tag, .. } => tag,
+        }
+    }
+}
+
+/// `examples/matrix-2-machine/prod.ncl` with `auth` and `matrix` on other
+/// machines: the proxy stays on `edge` (public and private network), the
+/// other machine is the one named in `auth`/`matrix` that is not `edge`,
+/// with the example's backend address on the private network. Only three
+/// lines change; each must be found once, so an edit of the example that
+/// moves them fails here rather than testing something else.
+fn relayout(auth: &'static str, matrix: &'static str) -> Stack {
+    const FROM: &str = "matrix-2-machine";
+    let backend = [auth, matrix]
+        .into_iter()
+        .find(|m| *m != "edge")
+        .expect("a machine besides the edge");
+    assert!(
+        [auth, matrix].iter().all(|m| *m == "edge" || *m == backend),
+        "two machines: edge and one other"
+    );
+    let mut rest = fs::read_to_string(common::repo().join(format!("examples/{FROM}/prod.ncl"))).unwrap();
+    let tag = format!("{FROM}-{auth}-{matrix}");
+    let mut text = format!(
+        "# Written by tests/live.rs from examples/{FROM}/prod.ncl: proxy on `edge`, auth on `{auth}`,\n\
+         # matrix on `{matrix}` (the comments below are the example's).\n"
+    );
+    for (from, to) in [
+        (
+            r#"machines = { proxy = "edge", auth = "edge", matrix = "matrix" }"#.to_owned(),
+            format!(r#"machines = {{ proxy = "edge", auth = "{auth}", matrix = "{matrix}" }}"#),
+        ),
+        (
+            "    matrix.addresses.lan = ".to_owned(),
+            format!("    {backend}.addresses.lan = "),
+        ),
+        (format!(r#"name = "{FROM}""#), format!(r#"name = "{tag}""#)),
+    ] {
+        assert_eq!(
+            rest.matches(&from).count(),
+            1,
+            "examples/{FROM}/prod.ncl: `{from}` once"
+        );
+        rest = rest.replace(&from, &to);
+    }
+    text += &rest;
+    Stack::Written { tag, from: FROM, text }
+}
+
+/// Builds `stack` with the test key into a fresh work dir; returns the work
+/// dir and the bundle's path.
+fn build(stack: &Stack, dl: Deadline) -> (common::TempDir, PathBuf) {
     // The work dir holds copies of secrets: only its owner reads it; the
     // postgres user only needs to traverse it to reach its cluster.
     let work = common::TempDir::new("live");
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o711)).unwrap();
     let out = work.path().join("bundle");
     let key = common::test_key(work.path());
-    let entry = common::repo().join(format!("examples/{example}/prod.ncl"));
+    let entry = match stack {
+        Stack::Example(example) => common::repo().join(format!("examples/{example}/prod.ncl")),
+        Stack::Written { from, text, .. } => {
+            let dir = work.path().join("stack");
+            copy_tree(&common::repo().join(format!("examples/{from}")), &dir);
+            let entry = dir.join("prod.ncl");
+            fs::write(&entry, text).unwrap();
+            entry
+        }
+    };
     let o = run(
         common::stackc()
             .args(["build", "--no-cache", "-o"])
@@ -178,6 +269,9 @@ fn build(example: &str, dl: Deadline) -> (common::TempDir, PathBuf) {
     );
     ok(&o, "stackc build");
     println!("live: built {} into {}", entry.display(), out.display());
+    if let Stack::Written { text, .. } = stack {
+        println!("live: the stack as written:\n{text}");
+    }
     (work, out)
 }
 
@@ -254,12 +348,13 @@ fn ssh_sources(rules: &str) -> Option<Vec<String>> {
     set.map(|set| set.split(',').map(|s| s.trim().to_owned()).collect())
 }
 
-fn matrix_live(example: &str) {
+fn matrix_live(stack: Stack) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dl = deadline();
     let max_s = dl.max_s;
     let Some(t) = tools() else { return };
-    let (work, out) = build(example, dl);
+    let (work, out) = build(&stack, dl);
+    let example = stack.tag();
     // Everything below is read from the bundle as emitted: the networks,
     // each machine's addresses, and where Caddy and Synapse run.
     let manifest: Json = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
@@ -274,29 +369,32 @@ fn matrix_live(example: &str) {
     let (proxy_m, matrix_m) = (with("caddy/Caddyfile"), with("synapse/homeserver.yaml"));
     let address = |m: &str| manifest["machines"][m]["address"].as_str().unwrap().to_owned();
     let (edge_addr, matrix_addr) = (address(&proxy_m), address(&matrix_m));
-    let started: Vec<&str> = if proxy_m == matrix_m {
-        vec![proxy_m.as_str()]
-    } else {
-        vec![proxy_m.as_str(), matrix_m.as_str()]
-    };
+    // Every machine of the bundle gets its namespace, addresses and rules;
+    // the services that run here run on the proxy and the matrix machine.
+    let started: Vec<&str> = machines.iter().map(String::as_str).collect();
     let lay = layout(&manifest, &proxy_m, &started);
-    // The proxy reaches the matrix machine from its address on the network
-    // they share (the lab's private segment), or over loopback.
-    let edge_lan = lay
-        .segments
-        .iter()
-        .skip(1)
-        .find(|(_, _, members)| members.iter().any(|(m, _)| *m == matrix_m))
-        .and_then(|(_, _, members)| members.iter().find(|(m, _)| *m == proxy_m).map(|(_, a)| a.clone()))
-        .unwrap_or_else(|| edge_addr.clone());
-    if proxy_m != matrix_m {
+    let backends: Vec<&str> = started.iter().copied().filter(|m| *m != proxy_m).collect();
+    // The private segment a backend shares with the proxy, and the proxy's
+    // address on it: where the proxy's connections to it come from.
+    let private_of = |m: &str| -> (String, String) {
+        lay.segments
+            .iter()
+            .skip(1)
+            .filter(|(_, _, members)| members.iter().any(|(n, _)| n == m))
+            .find_map(|(net, _, members)| {
+                members
+                    .iter()
+                    .find(|(n, _)| *n == proxy_m)
+                    .map(|(_, a)| (net.clone(), a.clone()))
+            })
+            .unwrap_or_else(|| panic!("{m} shares no private network with the proxy {proxy_m}"))
+    };
+    // As the examples deploy it: only the proxy faces the public network.
+    let public = lay.segments[0].0.as_str();
+    for b in &backends {
         assert!(
-            !manifest["machines"][&matrix_m]["addresses"]
-                .as_object()
-                .unwrap()
-                .values()
-                .any(|a| *a == edge_addr.as_str()),
-            "the matrix machine is not on the proxy's public address"
+            manifest["machines"][*b]["addresses"][public].is_null(),
+            "{b} has an address on the public network `{public}`"
         );
     }
     let matrix_dir = out.join(&matrix_m);
@@ -429,30 +527,19 @@ fn matrix_live(example: &str) {
     assert_eq!(v["server"]["name"].as_str(), Some("Synapse"), "{url}: {v}");
     println!("live: ok {url}: {v}");
 
-    // The firewalls are live. Nothing listens on the edge's 8008 (or, on one
-    // machine, Synapse does but the port is not public), so without rules the
-    // client would be answered or refused at once; the rules drop it.
-    let syn = format!("http://{matrix_addr}:{synapse_port}/_matrix/client/versions");
+    // The firewalls are live. Nothing listens on the edge's 8008 (or, where
+    // Synapse runs on the edge, it does but the port is not public), so
+    // without rules the client would be answered or refused at once; the
+    // rules drop it.
     expect_dropped(&t, client, &format!("http://{edge_addr}:{synapse_port}/"), dl);
-    if proxy_m != matrix_m {
+    println!("live: ok firewall: client -> {edge_addr}:{synapse_port} dropped");
+    if !backends.is_empty() {
         // The private network is not reachable from the public one at all;
-        // to show the matrix machine's own rules drop a stranger, the client
+        // to show each backend's own rules drop a stranger, the client
         // routes the private prefix through the edge, which forwards, and
-        // the matrix machine routes back through the edge: only its firewall
-        // stands between the client and 8008. The edge's own requests come
-        // from its private address, which the rules admit.
-        let private = lay
-            .segments
-            .iter()
-            .skip(1)
-            .find(|(_, _, m)| m.iter().any(|(n, _)| *n == matrix_m))
-            .unwrap();
-        let private_cidr = manifest["networks"][private.0.as_str()]["cidr"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        lab.ip(&["-n", client, "route", "add", &private_cidr, "via", &edge_addr], dl);
-        lab.ip(&["-n", matrix, "route", "add", "default", "via", &edge_lan], dl);
+        // every backend routes back through the edge: only its firewall
+        // stands between the client and its ports. The edge's own
+        // connections come from its private address, which the rules admit.
         ok(
             &run(
                 in_ns(&t, edge, &t.sysctl).args(["-qw", "net.ipv4.ip_forward=1"]),
@@ -462,15 +549,52 @@ fn matrix_live(example: &str) {
             ),
             "sysctl net.ipv4.ip_forward=1 in the edge namespace",
         );
-        expect_dropped(&t, client, &syn, dl);
+        let mut routed = Vec::new();
+        for b in &backends {
+            let (net, edge_lan) = private_of(b);
+            let cidr = manifest["networks"][net.as_str()]["cidr"].as_str().unwrap().to_owned();
+            if !routed.contains(&cidr) {
+                lab.ip(&["-n", client, "route", "add", &cidr, "via", &edge_addr], dl);
+                routed.push(cidr);
+            }
+            lab.ip(&["-n", &ns[*b], "route", "add", "default", "via", &edge_lan], dl);
+        }
+        // Every port the proxy sends to on a backend (the Caddyfile's
+        // upstreams at a backend's address): dropped from the client,
+        // admitted from the edge — answered where the service runs here,
+        // refused (nothing listens) where it is left out.
+        // The drops wait out curl's connect timeout: they run side by side.
+        let upstreams = caddy_upstreams(&out.join(&proxy_m).join("caddy/Caddyfile"));
+        let mut checks: Vec<(&str, String)> = Vec::new();
+        for b in &backends {
+            let addrs = manifest["machines"][*b]["addresses"].as_object().unwrap();
+            let before = checks.len();
+            for (host, port) in &upstreams {
+                if addrs.values().any(|a| a == host.as_str()) {
+                    checks.push((b, format!("http://{host}:{port}/")));
+                }
+            }
+            assert!(checks.len() > before, "the proxy sends nothing to {b}: {upstreams:?}");
+        }
+        thread::scope(|s| {
+            for (_, url) in &checks {
+                s.spawn(|| expect_dropped(&t, client, url, dl));
+            }
+        });
+        for (b, url) in &checks {
+            let how = expect_admitted(&t, edge, url, dl);
+            let (_, edge_lan) = private_of(b);
+            println!(
+                "live: ok firewall: client -> {b} {url} (routed through {proxy_m}) dropped; \
+                 {proxy_m} ({edge_lan}) -> {url} {how}"
+            );
+        }
+    }
+    if matrix_m != proxy_m {
+        let syn = format!("http://{matrix_addr}:{synapse_port}/_matrix/client/versions");
         let r = expect_200(get(&t, edge, &syn, &[], dl), &syn);
         assert!(r.body.contains("\"versions\""), "{syn} from the edge: {}", r.body);
-        println!(
-            "live: ok firewall: client -> {edge_addr}:{synapse_port} and (routed through {proxy_m}) -> {matrix_addr}:{synapse_port} dropped; \
-             {proxy_m} ({edge_lan}) -> {matrix_addr}:{synapse_port} answers"
-        );
-    } else {
-        println!("live: ok firewall: client -> {edge_addr}:{synapse_port} (Synapse listens, not public) dropped");
+        println!("live: ok {syn} answers the edge");
     }
 
     // Operator access: a stand-in for sshd (an HTTP server on port 22: what
@@ -571,7 +695,8 @@ fn print_left_out() {
          \x20 - MAS: not started. Synapse keeps `matrix_authentication_service` enabled as emitted, its\n\
          \x20   endpoint leads nowhere: unauthenticated endpoints work, authenticated ones answer 503, and\n\
          \x20   Caddy's login/logout/refresh routes and mas.* answer 502.\n\
-         \x20 - Authelia and its PostgreSQL: the auth machine is not created; auth.* answers 502.\n\
+         \x20 - Authelia and its PostgreSQL: not started (where they have a machine of their own, it gets its\n\
+         \x20   namespace, address and rules, nothing runs on it); auth.* answers 502.\n\
          \x20 - Element Web: element.* answers 502.\n\
          \x20 - mautrix-meta bridges: their appservice registrations are loaded, the bridges do not run.\n\
          \x20 - docker compose and the systemd units: the programs run directly; the firewall rules are\n\
@@ -959,6 +1084,39 @@ fn expect_dropped(t: &Tools, ns: &str, url: &str, dl: Deadline) {
         "{url} from namespace {ns} should be dropped by the firewall (curl exit 28, connect timeout); got {:?}: {err}",
         o.status.code()
     );
+}
+
+/// A TCP connection from `ns` to `url` gets through the firewall: answered
+/// (any HTTP status) or refused by the machine because nothing listens
+/// there (curl exit 7), at once — not dropped. Returns which.
+fn expect_admitted(t: &Tools, ns: &str, url: &str, dl: Deadline) -> &'static str {
+    let o = run(
+        in_ns(t, ns, &t.curl).args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--connect-timeout",
+            "3",
+            "--max-time",
+            "10",
+            "--noproxy",
+            "*",
+            url,
+        ]),
+        "curl",
+        Duration::from_secs(20),
+        dl,
+    );
+    match o.status.code() {
+        Some(0) => "answers",
+        Some(7) if !["No route", "unreachable"].iter().any(|e| text(&o).contains(e)) => {
+            "refused (nothing listens: left out)"
+        }
+        code => panic!(
+            "{url} from namespace {ns} should get through the firewall (answered or refused); got {code:?}: {}",
+            text(&o)
+        ),
+    }
 }
 
 // ---------------------------------------------------------------- the lab
@@ -1509,6 +1667,27 @@ fn tools() -> Option<Tools> {
     }
     eprintln!("NOT CHECKED (STACKC_SKIP_MISSING_TOOLS=1): the live Matrix test did not run; missing:\n{list}");
     None
+}
+
+/// The upstreams of a Caddyfile as stackc writes it (`reverse_proxy
+/// HOST:PORT` lines), as (host, port), each once.
+fn caddy_upstreams(file: &Path) -> Vec<(String, String)> {
+    let text = fs::read_to_string(file).unwrap();
+    let mut ups: Vec<(String, String)> = Vec::new();
+    for l in text.lines() {
+        let Some(up) = l.trim().strip_prefix("reverse_proxy ") else {
+            continue;
+        };
+        let up = up.trim_end_matches(" {");
+        let (host, port) = up
+            .rsplit_once(':')
+            .unwrap_or_else(|| panic!("{}: upstream without a port: {l}", file.display()));
+        let up = (host.to_owned(), port.to_owned());
+        if !ups.contains(&up) {
+            ups.push(up);
+        }
+    }
+    ups
 }
 
 /// The site addresses of a Caddyfile as stackc writes it: the
