@@ -257,3 +257,63 @@ fn no_secret_leaks_into_plain_files_output_or_the_manifest() {
         std::fs::remove_dir_all(&out).unwrap();
     }
 }
+
+/// A finding that quotes a value holding a secret (a database URL with its
+/// password) names the secret instead: built with a real key, the password
+/// appears in the env file of the good stack and nowhere in the findings
+/// of the broken one.
+#[test]
+fn findings_never_show_a_secret_inside_a_value() {
+    let tmp = TempDir::new("secret-in-finding");
+    let key = test_key(tmp.path());
+    let cache = tmp.path().join("cache");
+    let stack = |port: u16| {
+        format!(
+            r#"let stackc = import "stackc.ncl" in
+let pw = stackc.secret.password {{ name = "app-db", length = 32 }} in
+let pg = stackc.modules.postgres.lower "postgres" {{
+  superuser_password = stackc.secret.password {{ name = "pg-super", length = 32 }},
+  databases.app = {{ owner = "app", password = pw }},
+}} in
+stackc.stack {{
+  name = "leak",
+  machines.m = {{
+    address = "203.0.113.9",
+    containers = pg.containers & {{
+      app = {{
+        image = "example/app:1.0.0",
+        secret_environment.DATABASE_URL = stackc.secret.join ["postgres://app:", pw, "@postgres:{port}/app"],
+        roles.endpoints.db = {{ what = "the app's database", url.env = "DATABASE_URL", target = "postgres" }},
+      }},
+    }},
+    files = pg.files,
+  }},
+}}
+"#
+        )
+    };
+    let good = tmp.path().join("good.ncl");
+    std::fs::write(&good, stack(5432)).unwrap();
+    let out = tmp.path().join("out");
+    let o = build(&good, &out, &key, &cache);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let env = std::fs::read_to_string(out.join("m/secrets/app.env")).unwrap();
+    let password = env
+        .split("postgres://app:")
+        .nth(1)
+        .and_then(|r| r.split('@').next())
+        .expect("the env file holds the URL");
+    assert!(password.len() >= 32, "{env}");
+
+    let bad = tmp.path().join("bad.ncl");
+    std::fs::write(&bad, stack(5433)).unwrap();
+    let o = build(&bad, &tmp.path().join("out2"), &key, &cache);
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("SC0505"), "{stderr}");
+    assert!(
+        !stderr.contains(password) && !stdout.contains(password),
+        "the password leaked: {stderr}"
+    );
+    assert!(stderr.contains("postgres://app:…@postgres:5433/app"), "{stderr}");
+}

@@ -95,6 +95,7 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         problems = verify::schemas(&stack, &files, &pos);
         problems.extend(xref::check(&stack, &files, &resolved, &pos));
     }
+    resolved.mask(&mut problems);
     if problems.iter().any(|d| d.severity != diag::Severity::Warning) {
         return Err(sorted(problems));
     }

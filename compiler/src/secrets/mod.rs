@@ -416,6 +416,32 @@ pub struct Resolved {
     pub digests: BTreeMap<String, String>,
 }
 
+impl Resolved {
+    /// Findings with every secret value in their text replaced by the
+    /// secret's name: a message quoting a URL or a setting must not show
+    /// the password inside it, whatever check wrote it.
+    pub fn mask(&self, diags: &mut [crate::diag::Diagnostic]) {
+        // Longest first, so a secret containing another is masked whole.
+        let mut values: Vec<(&String, &String)> = self.values.iter().filter(|(_, v)| v.len() >= 6).collect();
+        values.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        let hide = |text: &mut String| {
+            for (name, value) in &values {
+                if text.contains(value.as_str()) {
+                    *text = text.replace(value.as_str(), &format!("«secret {name}»"));
+                }
+            }
+        };
+        for d in diags {
+            hide(&mut d.message);
+            if let Some(h) = &mut d.help {
+                hide(h);
+            }
+            d.notes.iter_mut().for_each(&hide);
+            d.labels.iter_mut().for_each(|l| hide(&mut l.message));
+        }
+    }
+}
+
 /// Names only: a stray `{:?}` must not print a secret.
 impl std::fmt::Debug for Resolved {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -300,7 +300,7 @@ impl<'a> Index<'a> {
             machine: r.machine,
             service: &r.service,
         };
-        let listeners: Vec<(u16, Vec<String>, Vec<String>)> = self
+        let listeners: Vec<(u16, Vec<String>, Option<Vec<String>>)> = self
             .roles()
             .filter(|(m, role)| *m == r.machine && role.service() == r.service)
             .filter_map(|(_, role)| match role {
@@ -331,14 +331,15 @@ impl<'a> Index<'a> {
                     {
                         binds.push(h);
                     }
-                    let names = resources
-                        .as_ref()
-                        .and_then(|x| self.eval(who, x))
-                        .and_then(|g| g.value.as_array().cloned())
-                        .unwrap_or_default()
-                        .iter()
-                        .filter_map(|n| n.as_str().map(str::to_owned))
-                        .collect();
+                    // No `resources`: what the listener serves is not known.
+                    let names = resources.as_ref().map(|x| {
+                        self.eval(who, x)
+                            .and_then(|g| g.value.as_array().cloned())
+                            .unwrap_or_default()
+                            .iter()
+                            .filter_map(|n| n.as_str().map(str::to_owned))
+                            .collect::<Vec<String>>()
+                    });
                     Some((port, binds, names))
                 }
                 _ => None,
@@ -347,7 +348,7 @@ impl<'a> Index<'a> {
         if listeners.is_empty() {
             return Ok(());
         }
-        let on_port: Vec<&(u16, Vec<String>, Vec<String>)> =
+        let on_port: Vec<&(u16, Vec<String>, Option<Vec<String>>)> =
             listeners.iter().filter(|(p, _, _)| *p == r.port).collect();
         if on_port.is_empty() {
             let mut have: Vec<String> = listeners.iter().map(|(p, _, _)| p.to_string()).collect();
@@ -370,7 +371,7 @@ impl<'a> Index<'a> {
                 same_namespace || binds.is_empty() || binds.iter().any(|b| !crate::model::is_loopback(b))
             })
             .collect();
-        let Some(first) = reachable.first() else {
+        if reachable.is_empty() {
             let binds: Vec<&str> = on_port
                 .iter()
                 .flat_map(|(_, b, _)| b.iter().map(String::as_str))
@@ -387,15 +388,17 @@ impl<'a> Index<'a> {
                 list(binds),
                 caller.show()
             ));
-        };
+        }
         let missing: Vec<&str> = needs
             .iter()
             .map(String::as_str)
-            .filter(|n| !reachable.iter().any(|(_, _, names)| names.iter().any(|h| h == n)))
+            .filter(|n| {
+                !reachable
+                    .iter()
+                    .any(|(_, _, names)| names.as_ref().is_none_or(|names| names.iter().any(|h| h == n)))
+            })
             .collect();
-        if missing.is_empty()
-            || first.2.is_empty() && reachable.iter().all(|(_, _, n)| n.is_empty()) && needs.is_empty()
-        {
+        if missing.is_empty() {
             Ok(())
         } else {
             Err(format!(
@@ -415,6 +418,22 @@ fn at_path(at: &At) -> String {
         "machines.{m}.files.\"{p}\".content{}{d}",
         if d.is_empty() { "" } else { "." }
     )
+}
+
+/// A URL as messages show it: a password in its user info is never shown.
+pub(crate) fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((info, host)) => {
+            let user = info.split_once(':').map_or(info, |(u, _)| u);
+            let pw = if info.contains(':') { ":…" } else { "" };
+            format!("{scheme}://{user}{pw}@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// A value of an env file line: single quotes are literal, double quotes
@@ -475,9 +494,10 @@ fn endpoints(ix: &Index, out: &mut Vec<Diagnostic>) {
         let who = Who { machine, service };
         let Some(got) = ix.eval(who, url) else { continue };
         let tm = target_machine.as_deref().unwrap_or(machine);
-        let Some(text) = got.str() else { continue };
+        let Some(raw) = got.str() else { continue };
+        let text = &shown_url(raw);
         let mut landed = None;
-        let why = match Url::parse(text) {
+        let why = match Url::parse(raw) {
             None => Some(format!("`{text}` is not a URL")),
             Some(u) => match ix.reach_as(who, &u) {
                 Err(why) => Some(why),
@@ -764,13 +784,14 @@ fn relying_party(ix: &Index, ops: &[Op], rp: &Rp, out: &mut Vec<Diagnostic>) {
     let cid = rp.client_id.text().unwrap_or_default();
     let party = format!("{} (client `{cid}`, {})", rp.what, rp.who.show());
     // The provider the relying party talks to: the one its URLs reach.
-    let urls: Vec<(&Got, &str, Result<Reached, String>)> = rp
+    let urls: Vec<(&Got, String, Result<Reached, String>)> = rp
         .issuer
         .iter()
         .chain(&rp.urls)
         .filter_map(|g| {
-            let text = g.str()?;
-            let r = Url::parse(text)
+            let raw = g.str()?;
+            let text = shown_url(raw);
+            let r = Url::parse(raw)
                 .ok_or_else(|| format!("`{text}` is not a URL"))
                 .and_then(|u| ix.reach_as(rp.who, &u));
             Some((g, text, r))
