@@ -300,7 +300,7 @@ impl<'a> Index<'a> {
             machine: r.machine,
             service: &r.service,
         };
-        let listeners: Vec<(u16, Vec<String>, Option<Vec<String>>)> = self
+        let listeners: Vec<Listening> = self
             .roles()
             .filter(|(m, role)| *m == r.machine && role.service() == r.service)
             .filter_map(|(_, role)| match role {
@@ -348,8 +348,7 @@ impl<'a> Index<'a> {
         if listeners.is_empty() {
             return Ok(());
         }
-        let on_port: Vec<&(u16, Vec<String>, Option<Vec<String>>)> =
-            listeners.iter().filter(|(p, _, _)| *p == r.port).collect();
+        let on_port: Vec<&Listening> = listeners.iter().filter(|(p, _, _)| *p == r.port).collect();
         if on_port.is_empty() {
             let mut have: Vec<String> = listeners.iter().map(|(p, _, _)| p.to_string()).collect();
             have.dedup();
@@ -410,6 +409,10 @@ impl<'a> Index<'a> {
         }
     }
 }
+
+/// A listener as its config says: port, bind addresses (none: every
+/// address), and what it serves (`None`: not known).
+type Listening = (u16, Vec<String>, Option<Vec<String>>);
 
 fn at_path(at: &At) -> String {
     let (m, p) = at.file.split_once('/').unwrap_or((&at.file, ""));
