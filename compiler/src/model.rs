@@ -140,6 +140,44 @@ pub struct Ref {
     pub first: Option<Vec<Ref>>,
     pub read: Option<Box<Ref>>,
     pub map: Option<Box<RefMap>>,
+    /// A JSON document held in a string, and a pointer into it.
+    pub json: Option<Box<RefJson>>,
+    /// The body a proxy site answers for a path (`respond`).
+    pub respond: Option<Box<RefRespond>>,
+    /// `give` when `test` is `true`, else nothing.
+    pub when: Option<Box<RefWhen>>,
+    /// What follows the first `skip` fields separated by `sep` (a pgpass
+    /// line's password).
+    pub split: Option<Box<RefSplit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefSplit {
+    pub of: Ref,
+    pub sep: String,
+    pub skip: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefJson {
+    pub of: Ref,
+    pub ptr: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefRespond {
+    pub site: Ref,
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefWhen {
+    pub test: Ref,
+    pub give: Ref,
 }
 
 /// `{ map = { of, to } }`: a value looked up in a table (keys compared
@@ -159,6 +197,9 @@ pub struct Assertion {
     pub message: String,
     pub help: String,
     pub at: Option<Ref>,
+    /// A more precise code than SC0601, when the module names one.
+    #[serde(default)]
+    pub code: Option<String>,
     /// The option value the rule is about; only its position is used.
     #[serde(default)]
     pub origin: Option<serde_json::Value>,
@@ -226,19 +267,93 @@ pub enum Role {
         target_machine: Option<String>,
         #[serde(default)]
         needs: Vec<String>,
+        /// Called by clients and other servers on the internet, not by the service.
+        #[serde(default)]
+        public: bool,
+        code: Option<String>,
+        help: Option<String>,
     },
     Share {
         service: String,
         name: String,
         what: String,
         mine: Ref,
-        target: String,
+        /// The other service (absent: `theirs` is read as this one's).
+        target: Option<String>,
         target_machine: Option<String>,
         theirs: Ref,
         #[serde(default)]
         secret: bool,
         code: Option<String>,
+        /// `exact`, `base` (a final `/` does not count) or `url` (`mine` as
+        /// URL libraries serialise it: a bare origin gets its `/`).
+        #[serde(default)]
+        compare: Option<String>,
+        help: Option<String>,
     },
+    DbServer {
+        service: String,
+        name: String,
+        /// What labels point at (its first-start script).
+        at: Option<Ref>,
+        #[serde(default)]
+        databases: Vec<DbDatabase>,
+        #[serde(default)]
+        logins: Vec<DbLogin>,
+    },
+    DbClient {
+        service: String,
+        name: String,
+        what: String,
+        /// `postgres://user:password@host:port/database` or `tcp://host:port`.
+        url: Option<Ref>,
+        host: Option<Ref>,
+        port: Option<Ref>,
+        database: Option<Ref>,
+        user: Option<Ref>,
+        password: Option<Ref>,
+    },
+    /// A path the service's config names, that must exist where it looks.
+    FileNamed { service: String, name: String, path: Ref },
+    /// A URL clients or other servers are given: https, and served by a
+    /// proxy site with a publicly trusted certificate (`ours`: the stack
+    /// must serve it).
+    PublicUrl {
+        service: String,
+        name: String,
+        url: Ref,
+        #[serde(default = "yes")]
+        ours: bool,
+    },
+    /// Lines every line of a file (as the service sees it) must match.
+    Lines {
+        service: String,
+        name: String,
+        what: String,
+        path: Ref,
+        must: String,
+        must_not: Option<String>,
+        help: String,
+        code: Option<String>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbDatabase {
+    pub name: Ref,
+    pub owner: Ref,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbLogin {
+    pub name: Ref,
+    pub password: Option<Ref>,
 }
 
 impl Role {
@@ -249,7 +364,12 @@ impl Role {
             | Role::OidcClient { service, .. }
             | Role::Listener { service, .. }
             | Role::Endpoint { service, .. }
-            | Role::Share { service, .. } => service,
+            | Role::Share { service, .. }
+            | Role::DbServer { service, .. }
+            | Role::DbClient { service, .. }
+            | Role::FileNamed { service, .. }
+            | Role::PublicUrl { service, .. }
+            | Role::Lines { service, .. } => service,
         }
     }
 }

@@ -1,310 +1,165 @@
-//! Database clients ↔ the PostgreSQL servers of the stack: each client
-//! reaches a server whose first-start scripts create the database and the
-//! role it connects with, with the password it sends.
+//! Database clients ↔ the database servers of the stack, as their modules
+//! declare them (`db_server` and `db_client` roles): each client reaches a
+//! server that creates the database and the role it connects with, with
+//! the password it sends.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{Conf, Index, Kind, Url, list};
+use super::roles::{At, Got, Who, shown_url};
+use super::{Index, Url, list};
 use crate::diag::{Code, Diagnostic};
-use crate::eval::pointer_escape;
+use crate::model::{Ref, Role};
 
-/// A PostgreSQL container and what its environment and init scripts create.
+/// A server: what it creates, read through its role.
 struct Server<'a> {
-    machine: &'a str,
-    service: String,
+    who: Who<'a>,
     /// Database → owner.
     dbs: BTreeMap<String, String>,
-    /// Role → password, when known.
-    roles: BTreeMap<String, Option<String>>,
-    /// Bundle path of the init script folder (for labels).
-    init: Option<String>,
+    /// Login role → its password, when known, and where it is written.
+    logins: BTreeMap<String, Option<Got>>,
+    at: Option<At>,
 }
 
 /// What a client connects with, and where each part is written.
-struct Client<'c, 'a> {
-    conf: &'c Conf<'a>,
-    what: &'static str,
+struct Client<'a> {
+    who: Who<'a>,
+    what: &'a str,
     host: String,
     port: u16,
     db: String,
     user: String,
     password: Option<String>,
-    host_ptr: String,
-    db_ptr: String,
-    user_ptr: String,
-    password_ptr: String,
+    host_at: Option<At>,
+    db_at: Option<At>,
+    user_at: Option<At>,
+    password_at: Option<At>,
 }
 
 pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
-    let servers = servers(ix);
-    for c in clients(ix) {
+    let servers: Vec<Server> = ix
+        .roles()
+        .filter_map(|(machine, r)| match r {
+            Role::DbServer {
+                service,
+                databases,
+                logins,
+                at: label,
+                ..
+            } => {
+                let who = Who { machine, service };
+                let text = |r: &Ref| ix.eval(who, r).and_then(|g| g.text_value());
+                let mut at = label.as_ref().and_then(|l| ix.eval(who, l)).and_then(|g| g.at);
+                let dbs = databases
+                    .iter()
+                    .filter_map(|d| {
+                        let name = ix.eval(who, &d.name)?;
+                        at = at.take().or(name.at.clone());
+                        Some((name.text_value()?, text(&d.owner)?))
+                    })
+                    .collect();
+                let logins = logins
+                    .iter()
+                    .filter_map(|l| Some((text(&l.name)?, l.password.as_ref().and_then(|p| ix.eval(who, p)))))
+                    .collect();
+                Some(Server { who, dbs, logins, at })
+            }
+            _ => None,
+        })
+        .collect();
+    for (machine, r) in ix.roles() {
+        let Role::DbClient {
+            service,
+            what,
+            url,
+            host,
+            port,
+            database,
+            user,
+            password,
+            ..
+        } = r
+        else {
+            continue;
+        };
+        let who = Who { machine, service };
+        let Some(c) = client(ix, who, what, [url, host, port, database, user, password]) else {
+            continue;
+        };
         connect(ix, &servers, &c, out);
     }
 }
 
-fn servers<'a>(ix: &Index<'a>) -> Vec<Server<'a>> {
-    let mut out = Vec::new();
-    for (machine, compose) in &ix.compose {
-        let Some(services) = compose.get("services").and_then(Value::as_object) else {
-            continue;
-        };
-        for (name, svc) in services {
-            let image = svc.get("image").and_then(Value::as_str).unwrap_or_default();
-            let base = image.rsplit('/').next().unwrap_or_default();
-            let base = base.split([':', '@']).next().unwrap_or_default();
-            if !["postgres", "postgis", "pgvector"].iter().any(|p| base.contains(p)) {
-                continue;
-            }
-            let mut env: BTreeMap<String, String> = BTreeMap::new();
-            // `env_file`: a path, or a list of paths or `{ path }` records.
-            let env_files: Vec<&str> = match svc.get("env_file") {
-                Some(Value::String(f)) => vec![f.as_str()],
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|f| f.as_str().or_else(|| f.get("path")?.as_str()))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            for f in env_files {
-                let Some(text) = ix.text(&format!("{machine}/{}", f.trim_start_matches("./"))) else {
-                    continue;
-                };
-                for line in text.lines().filter(|l| !l.starts_with('#')) {
-                    if let Some((k, v)) = line.split_once('=') {
-                        env.insert(k.trim().to_owned(), env_value(v));
-                    }
-                }
-            }
-            // `environment`: a map, or a list of `KEY=value`. Read back from
-            // the compose bytes: `$$` is compose's `$`.
-            match svc.get("environment") {
-                Some(Value::Object(m)) => {
-                    for (k, v) in m {
-                        if let Some(v) = v.as_str() {
-                            env.insert(k.clone(), v.replace("$$", "$"));
-                        }
-                    }
-                }
-                Some(Value::Array(a)) => {
-                    for (k, v) in a.iter().filter_map(Value::as_str).filter_map(|e| e.split_once('=')) {
-                        env.insert(k.to_owned(), v.replace("$$", "$"));
-                    }
-                }
-                _ => {}
-            }
-            let su = env.get("POSTGRES_USER").cloned().unwrap_or_else(|| "postgres".into());
-            let mut s = Server {
-                machine,
-                service: name.clone(),
-                dbs: BTreeMap::from([(
-                    env.get("POSTGRES_DB").cloned().unwrap_or_else(|| su.clone()),
-                    su.clone(),
-                )]),
-                roles: BTreeMap::from([(su, env.get("POSTGRES_PASSWORD").cloned())]),
-                init: None,
-            };
-            for (src, dst) in ix.volumes(machine, name) {
-                let (Some(src), "/docker-entrypoint-initdb.d") = (src.strip_prefix("./"), dst.trim_end_matches('/'))
-                else {
-                    continue;
-                };
-                let dir = format!("{machine}/{}/", src.trim_end_matches('/'));
-                s.init = Some(dir.clone());
-                for (path, f) in ix.files.range(dir.clone()..) {
-                    if !path.starts_with(&dir) {
-                        break;
-                    }
-                    if let Ok(text) = std::str::from_utf8(&f.bytes) {
-                        read_init(text, &env, &mut s);
-                    }
-                }
-            }
-            out.push(s);
-        }
-    }
-    out
-}
-
-/// A value of a compose `env_file` line: single quotes are literal,
-/// double quotes are stripped, bare values end at ` #`.
-fn env_value(v: &str) -> String {
-    let v = v.trim();
-    if let Some(inner) = v.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
-        return inner.to_owned();
-    }
-    if let Some(inner) = v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-        return inner.replace("\\\"", "\"");
-    }
-    v.split(" #").next().unwrap_or(v).to_owned()
-}
-
-/// Reads `CREATE ROLE` / `CREATE DATABASE` statements of an init script;
-/// passwords given as psql variables (`-v x="$ENV"`, `PASSWORD :'x'`) are
-/// looked up in the container's environment.
-fn read_init(text: &str, env: &BTreeMap<String, String>, s: &mut Server) {
-    let mut vars: BTreeMap<&str, &str> = BTreeMap::new();
-    for part in text.split("-v ").skip(1) {
-        let Some((name, rest)) = part.split_once('=') else {
-            continue;
-        };
-        let value = rest
-            .trim_start_matches('"')
-            .split(['"', ' ', '\n'])
-            .next()
-            .unwrap_or_default();
-        if let Some(e) = value.strip_prefix('$') {
-            vars.insert(name.trim(), e.trim_matches(['{', '}']));
-        }
-    }
-    for stmt in text.split(';') {
-        let words: Vec<&str> = stmt.split_whitespace().collect();
-        let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
-        let Some(i) = upper.iter().position(|w| w == "CREATE") else {
-            continue;
-        };
-        // Unquoted identifiers fold to lower case; quoted ones keep theirs.
-        let ident = |w: &str| match w.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
-            Some(q) => q.to_owned(),
-            None => w.to_ascii_lowercase(),
-        };
-        match (upper.get(i + 1).map(String::as_str), words.get(i + 2)) {
-            (Some("ROLE" | "USER"), Some(role)) => {
-                let pw = upper
-                    .iter()
-                    .position(|w| w == "PASSWORD")
-                    .and_then(|j| words.get(j + 1))
-                    .and_then(|p| match p.strip_prefix(":'").and_then(|v| v.strip_suffix('\'')) {
-                        Some(var) => vars.get(var).and_then(|e| env.get(*e)).cloned(),
-                        // A pre-hashed password cannot be compared with a plaintext.
-                        None => p
-                            .strip_prefix('\'')
-                            .and_then(|v| v.strip_suffix('\''))
-                            .filter(|v| !(v.starts_with("SCRAM-SHA-256$") || (v.len() == 35 && v.starts_with("md5"))))
-                            .map(str::to_owned),
-                    });
-                s.roles.insert(ident(role), pw);
-            }
-            (Some("DATABASE"), Some(db)) => {
-                let owner = upper
-                    .iter()
-                    .position(|w| w == "OWNER")
-                    .and_then(|j| words.get(j + 1))
-                    .map_or_else(|| s.roles.keys().next().cloned().unwrap_or_default(), |o| ident(o));
-                s.dbs.insert(ident(db), owner);
-            }
-            _ => {}
+impl Got {
+    /// A string, or a number written as one.
+    pub(crate) fn text_value(&self) -> Option<String> {
+        match &self.value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
         }
     }
 }
 
-fn clients<'c, 'a>(ix: &'c Index<'a>) -> Vec<Client<'c, 'a>> {
-    let mut out = Vec::new();
-    for c in &ix.confs {
-        let client = match c.kind {
-            Kind::Synapse if c.str("/database/name") == Some("psycopg2") => {
-                let a = "/database/args";
-                let db_ptr = if c.get(&format!("{a}/dbname")).is_some() {
-                    "dbname"
-                } else {
-                    "database"
-                };
-                let mut cl = Client {
-                    conf: c,
-                    what: "Synapse",
-                    host: c.str(&format!("{a}/host")).unwrap_or("localhost").to_owned(),
-                    port: port(c.get(&format!("{a}/port"))),
-                    db: c.str(&format!("{a}/{db_ptr}")).unwrap_or_default().to_owned(),
-                    user: c.str(&format!("{a}/user")).unwrap_or_default().to_owned(),
-                    password: c.str(&format!("{a}/password")).map(str::to_owned),
-                    host_ptr: format!("{a}/host"),
-                    db_ptr: format!("{a}/{db_ptr}"),
-                    user_ptr: format!("{a}/user"),
-                    password_ptr: format!("{a}/password"),
-                };
-                if cl.password.is_none()
-                    && let Some(text) = c.str(&format!("{a}/passfile")).and_then(|p| ix.read(c, p))
-                {
-                    cl.password = pgpass(text, &cl);
-                    cl.password_ptr = format!("{a}/passfile");
-                }
-                cl
-            }
-            Kind::Mas if c.get("/database").is_some() => {
-                if let Some(uri) = c.str("/database/uri") {
-                    match from_uri(c, "MAS", uri, "/database/uri") {
-                        Some(cl) => cl,
-                        None => continue,
-                    }
-                } else {
-                    let (password, password_ptr) = ix
-                        .secret_of(c, "/database/password", "/database/password_file")
-                        .map_or((None, "/database/password".to_owned()), |(v, p)| (Some(v), p));
-                    Client {
-                        conf: c,
-                        what: "MAS",
-                        host: c.str("/database/host").unwrap_or("localhost").to_owned(),
-                        port: port(c.get("/database/port")),
-                        db: c.str("/database/database").unwrap_or_default().to_owned(),
-                        user: c.str("/database/username").unwrap_or_default().to_owned(),
-                        password,
-                        host_ptr: "/database/host".into(),
-                        db_ptr: "/database/database".into(),
-                        user_ptr: "/database/username".into(),
-                        password_ptr,
-                    }
-                }
-            }
-            Kind::Authelia if c.get("/storage/postgres").is_some() => {
-                let p = "/storage/postgres";
-                let address = c.str(&format!("{p}/address")).unwrap_or_default();
-                let Some(u) = Url::parse(address) else { continue };
-                Client {
-                    conf: c,
-                    what: "Authelia",
-                    host: u.host.to_owned(),
-                    port: if u.port == 0 { 5432 } else { u.port },
-                    db: c.str(&format!("{p}/database")).unwrap_or_default().to_owned(),
-                    user: c.str(&format!("{p}/username")).unwrap_or_default().to_owned(),
-                    password: c.str(&format!("{p}/password")).map(str::to_owned),
-                    host_ptr: format!("{p}/address"),
-                    db_ptr: format!("{p}/database"),
-                    user_ptr: format!("{p}/username"),
-                    password_ptr: format!("{p}/password"),
-                }
-            }
-            Kind::Bridge if c.str("/database/type") == Some("postgres") => {
-                match c
-                    .str("/database/uri")
-                    .and_then(|u| from_uri(c, "the bridge", u, "/database/uri"))
-                {
-                    Some(cl) => cl,
-                    None => continue,
-                }
-            }
-            _ => continue,
-        };
-        let mut client = client;
-        // libpq: the database defaults to the user's name.
-        if client.db.is_empty() {
-            client.db = client.user.clone();
-        }
-        out.push(client);
+/// A client's connection: a URL's parts, overridden by separate settings.
+fn client<'a>(ix: &Index, who: Who<'a>, what: &'a str, refs: [&Option<Ref>; 6]) -> Option<Client<'a>> {
+    let [url, host, port, database, user, password] = refs.map(|r| r.as_ref().and_then(|r| ix.eval(who, r)));
+    let mut c = Client {
+        who,
+        what,
+        host: "localhost".into(),
+        port: 5432,
+        db: String::new(),
+        user: String::new(),
+        password: None,
+        host_at: None,
+        db_at: None,
+        user_at: None,
+        password_at: None,
+    };
+    if let Some(u) = &url {
+        let (h, p, usr, pw, db) = from_uri(u.str()?)?;
+        c.host = h;
+        c.port = p.unwrap_or(5432);
+        c.user = usr;
+        c.password = pw;
+        c.db = db;
+        (c.host_at, c.db_at, c.user_at, c.password_at) = (u.at.clone(), u.at.clone(), u.at.clone(), u.at.clone());
     }
-    out
+    let set = |g: &Option<Got>, field: &mut String, at: &mut Option<At>| {
+        if let Some(g) = g
+            && let Some(v) = g.text_value()
+        {
+            *field = v;
+            *at = g.at.clone();
+        }
+    };
+    set(&host, &mut c.host, &mut c.host_at);
+    set(&database, &mut c.db, &mut c.db_at);
+    set(&user, &mut c.user, &mut c.user_at);
+    if let Some(p) = port.as_ref().and_then(Got::text_value) {
+        c.port = p.parse().ok()?;
+    }
+    if let Some(g) = &password {
+        c.password = g.text_value();
+        c.password_at = g.at.clone();
+    }
+    // libpq: the database defaults to the user's name.
+    if c.db.is_empty() {
+        c.db = c.user.clone();
+    }
+    Some(c)
 }
 
-fn port(v: Option<&Value>) -> u16 {
-    v.and_then(Value::as_u64)
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or(5432)
-}
+/// Host, port, user, password and database of a connection URL.
+type UriParts = (String, Option<u16>, String, Option<String>, String);
 
-/// `postgres://user:password@host:port/db?…`. `None` when the user info is
+/// `postgres://user:password@host:port/db?…` (or `tcp://host:port`):
+/// host, port, user, password, database. `None` when the user info is
 /// ambiguous (an unencoded `/`, `?` or `#` in it): its parts could be
 /// password fragments, which must not reach a message.
-fn from_uri<'c, 'a>(c: &'c Conf<'a>, what: &'static str, uri: &str, ptr: &str) -> Option<Client<'c, 'a>> {
+fn from_uri(uri: &str) -> Option<UriParts> {
     let (scheme, rest) = uri.split_once("://")?;
     let (userinfo, hostpart) = match rest.rsplit_once('@') {
         Some((ui, _)) if ui.contains(['/', '?', '#']) => return None,
@@ -321,19 +176,8 @@ fn from_uri<'c, 'a>(c: &'c Conf<'a>, what: &'static str, uri: &str, ptr: &str) -
         None => (String::new(), None),
     };
     let db = percent_decode(u.path.trim_start_matches('/'))?;
-    Some(Client {
-        conf: c,
-        what,
-        host: u.host.to_owned(),
-        port: u.port,
-        db,
-        user,
-        password,
-        host_ptr: ptr.into(),
-        db_ptr: ptr.into(),
-        user_ptr: ptr.into(),
-        password_ptr: ptr.into(),
-    })
+    let port = (u.port != 0).then_some(u.port);
+    Some((u.host.to_owned(), port, user, password, db))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -353,109 +197,86 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The password a libpq passfile gives for a connection.
-fn pgpass(text: &str, c: &Client) -> Option<String> {
-    let port = c.port.to_string();
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let f: Vec<&str> = l.splitn(5, ':').collect();
-        let ok = |i: usize, want: &str| f.get(i).is_some_and(|v| *v == "*" || *v == want);
-        (f.len() == 5 && ok(0, &c.host) && ok(1, &port) && ok(2, &c.db) && ok(3, &c.user)).then(|| f[4].to_owned())
-    })
-}
-
 fn connect(ix: &Index, servers: &[Server], c: &Client, out: &mut Vec<Diagnostic>) {
-    let who = format!("{} ({})", c.what, c.conf.who());
+    let who = format!("{} ({})", c.what, c.who.show());
+    let shown = shown_url(&format!("{}:{}", c.host, c.port));
     let url = format!("postgres://{}:{}/", c.host, c.port);
     let reached = Url::parse(&url)
         .ok_or_else(|| format!("`{}` is not a host", c.host))
-        .and_then(|u| ix.reach(c.conf, &u));
+        .and_then(|u| ix.reach_as(c.who, &u))
+        .and_then(|r| ix.listener_admits(c.who, &r, &[]).map(|()| r));
     let server = match reached {
         Err(why) => {
-            out.push(ix.one(
-                Code::Unreachable,
-                format!("{who} cannot reach its database at `{}:{}`: {why}", c.host, c.port),
-                (c.conf, &c.host_ptr, "this host"),
-                "name the PostgreSQL compose service of the same machine, or a machine address whose firewall lets this one in",
-            ));
+            out.push(
+                ix.pair_at(
+                    Code::Unreachable,
+                    format!("{who} cannot reach its database at `{shown}`: {why}"),
+                    (&c.host_at, "this host"),
+                    (&None, ""),
+                    "name the database server's compose service on the same machine, or its machine's address on a shared network with a port it publishes and opens to this machine (`firewall.allow`)",
+                ),
+            );
             return;
         }
         Ok(r) => match servers
             .iter()
-            .find(|s| s.machine == r.machine && s.service == r.service)
+            .find(|s| s.who.machine == r.machine && s.who.service == r.service)
         {
             Some(s) => s,
-            // An image stackc does not know may well be a PostgreSQL server:
-            // only a service whose config stackc read is known not to be one.
-            None if !ix
-                .confs
-                .iter()
-                .any(|k| k.machine == r.machine && k.service.as_deref() == Some(r.service.as_str())) =>
-            {
-                return;
-            }
             None => {
-                out.push(ix.one(
-                    Code::Unreachable,
-                    format!(
-                        "{who} connects to its database at `{}:{}`, which is `{}` on `{}`, not a PostgreSQL server of the stack",
-                        c.host, c.port, r.service, r.machine
-                    ),
-                    (c.conf, &c.host_ptr, "this host"),
-                    "name the PostgreSQL compose service",
-                ));
+                out.push(
+                    Diagnostic::warning(
+                        Code::Unpaired,
+                        format!(
+                            "{who} connects to `{}` on `{}`, which declares no database server role: its database, role and password are not checked",
+                            r.service, r.machine
+                        ),
+                    )
+                    .with_label(ix.span_at(&c.host_at), "this host")
+                    .with_help("use `stackc.modules.postgres` for the server, or declare its `roles.db_server`"),
+                );
                 return;
             }
         },
     };
-    let init_span = server.init.as_ref().and_then(|dir| {
-        let m = &ix.stack.machines[server.machine];
-        let rel = dir.strip_prefix(&format!("{}/", server.machine))?;
-        let (path, _) = m
-            .files
-            .range(rel.to_owned()..)
-            .next()
-            .filter(|(p, _)| p.starts_with(rel))?;
-        ix.pos.at(&format!(
-            "/machines/{}/files/{}",
-            pointer_escape(server.machine),
-            pointer_escape(path)
-        ))
-    });
-    let on = format!("`{}` on `{}`", server.service, server.machine);
-    let mut problem = |ptr: &str, msg: String, label: &str, help: String| {
-        out.push(
-            ix.one(Code::DatabaseMismatch, msg, (c.conf, ptr, label), help)
-                .with_secondary(init_span.clone(), "what the server creates"),
-        );
+    let on = server.who.show();
+    let mut problem = |at: &Option<At>, msg: String, label: &str, help: &str| {
+        out.push(ix.pair_at(
+            Code::DatabaseMismatch,
+            msg,
+            (at, label),
+            (&server.at, "what the server creates"),
+            help,
+        ));
     };
     if !server.dbs.contains_key(&c.db) {
         problem(
-            &c.db_ptr,
+            &c.db_at,
             format!(
                 "{who} connects to database `{}`, which {on} does not create (it creates {})",
                 c.db,
                 list(server.dbs.keys().map(String::as_str))
             ),
             "this database",
-            "name a database of the server, or add it to the server's `databases`".into(),
+            "name a database of the server, or add it to the server's `databases`",
         );
     }
-    match server.roles.get(&c.user) {
+    match server.logins.get(&c.user) {
         None => problem(
-            &c.user_ptr,
+            &c.user_at,
             format!(
                 "{who} connects as role `{}`, which {on} does not create (it creates {})",
                 c.user,
-                list(server.roles.keys().map(String::as_str))
+                list(server.logins.keys().map(String::as_str))
             ),
             "this role",
-            "connect as the owner of the database, or add the role to the server".into(),
+            "connect as the owner of the database, or add the role to the server",
         ),
-        Some(Some(want)) if c.password.as_ref().is_some_and(|p| p != want) => problem(
-            &c.password_ptr,
+        Some(Some(want)) if c.password.as_ref().is_some_and(|p| Some(p.as_str()) != want.str()) => problem(
+            &c.password_at,
             format!("{who} sends another password for role `{}` than {on} sets", c.user),
             "this password",
-            "derive both from one `stackc.secret.password` (the postgres module's `Connection` does)".into(),
+            "derive both from one `stackc.secret.password` (the postgres module's `Connection` does)",
         ),
         _ => {}
     }
@@ -465,64 +286,16 @@ fn connect(ix: &Index, servers: &[Server], c: &Client, out: &mut Vec<Diagnostic>
 mod tests {
     use super::*;
 
-    fn conf() -> Conf<'static> {
-        Conf {
-            machine: "m",
-            path: "b/config.yaml",
-            kind: Kind::Bridge,
-            value: Value::Null,
-            service: None,
-        }
-    }
-
     #[test]
     fn database_uris() {
-        let c = conf();
-        let cl = from_uri(
-            &c,
-            "x",
-            "postgres://u%40x:p%2Fw@db:5433/name?sslmode=disable",
-            "/database/uri",
-        )
-        .unwrap();
+        let (host, port, user, password, db) = from_uri("postgres://u%40x:p%2Fw@db:5433/name?sslmode=disable").unwrap();
         assert_eq!(
-            (
-                cl.user.as_str(),
-                cl.password.as_deref(),
-                cl.host.as_str(),
-                cl.port,
-                cl.db.as_str()
-            ),
-            ("u@x", Some("p/w"), "db", 5433, "name")
+            (user.as_str(), password.as_deref(), host.as_str(), port, db.as_str()),
+            ("u@x", Some("p/w"), "db", Some(5433), "name")
         );
         // An unencoded `/` in the password: nothing of it may be read as host or database.
-        assert!(from_uri(&c, "x", "postgres://u:12/34@db/name", "/database/uri").is_none());
-    }
-
-    #[test]
-    fn reads_init_scripts() {
-        let mut s = Server {
-            machine: "m",
-            service: "postgres".into(),
-            dbs: BTreeMap::new(),
-            roles: BTreeMap::new(),
-            init: None,
-        };
-        let env = BTreeMap::from([("STACKC_PASSWORD_MAS".to_owned(), "pw".to_owned())]);
-        read_init(
-            "psql -v ON_ERROR_STOP=1 \\\n  -v mas_password=\"$STACKC_PASSWORD_MAS\" \\\n  <<'SQL'\nCREATE ROLE mas LOGIN PASSWORD :'mas_password';\nCREATE DATABASE mas OWNER mas ENCODING 'UTF8';\nCREATE ROLE x LOGIN PASSWORD 'lit';\nSQL\n",
-            &env,
-            &mut s,
-        );
-        assert_eq!(s.roles.get("mas"), Some(&Some("pw".to_owned())));
-        assert_eq!(s.roles.get("x"), Some(&Some("lit".to_owned())));
-        assert_eq!(s.dbs.get("mas").map(String::as_str), Some("mas"));
-        read_init(
-            "CREATE ROLE Big LOGIN PASSWORD 'SCRAM-SHA-256$4096:x$y:z';\nCREATE ROLE \"Q\";",
-            &env,
-            &mut s,
-        );
-        assert_eq!(s.roles.get("big"), Some(&None), "folded, and a hash is no plaintext");
-        assert!(s.roles.contains_key("Q"));
+        assert!(from_uri("postgres://u:12/34@db/name").is_none());
+        let (host, port, ..) = from_uri("tcp://authelia-postgres:5432").unwrap();
+        assert_eq!((host.as_str(), port), ("authelia-postgres", Some(5432)));
     }
 }

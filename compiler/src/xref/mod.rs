@@ -15,7 +15,6 @@
 //! published ports, machine addresses, firewalls and proxy sites.
 
 mod db;
-mod matrix;
 pub(crate) mod roles;
 
 use std::collections::BTreeMap;
@@ -23,7 +22,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::check::Positions;
-use crate::diag::{Code, Diagnostic, Span};
+use crate::diag::{Diagnostic, Span};
 use crate::eval::pointer_escape;
 use crate::model::{Format, Stack, is_loopback};
 use crate::render::Rendered;
@@ -33,64 +32,8 @@ pub fn check(stack: &Stack, files: &Rendered, secrets: &Resolved, pos: &Position
     let ix = Index::new(stack, files, secrets, pos);
     let mut out = Vec::new();
     roles::check(&ix, &mut out);
-    matrix::check(&ix, &mut out);
     db::check(&ix, &mut out);
     out
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Synapse,
-    Mas,
-    Authelia,
-    Element,
-    Registration,
-    Bridge,
-    /// A Caddyfile, as the structure it is written from.
-    Caddy,
-    Other,
-}
-
-/// One parsed config file of the bundle.
-pub(crate) struct Conf<'a> {
-    pub machine: &'a str,
-    pub path: &'a str,
-    pub kind: Kind,
-    pub value: Value,
-    /// The compose service that mounts the file (`None`: native or unmounted).
-    pub service: Option<String>,
-}
-
-impl Conf<'_> {
-    pub fn get(&self, ptr: &str) -> Option<&Value> {
-        self.value.pointer(ptr)
-    }
-
-    pub fn str(&self, ptr: &str) -> Option<&str> {
-        self.get(ptr).and_then(Value::as_str)
-    }
-
-    /// `matrix/mas/config.yaml`
-    pub fn file(&self) -> String {
-        format!("{}/{}", self.machine, self.path)
-    }
-
-    /// `` `matrix/mas/config.yaml` (`http.public_base`) ``
-    pub fn at(&self, ptr: &str) -> String {
-        if ptr.is_empty() {
-            format!("`{}`", self.file())
-        } else {
-            format!("`{}` (`{}`)", self.file(), dotted(ptr))
-        }
-    }
-
-    /// Who this is, for messages: the service if known, else the file.
-    pub fn who(&self) -> String {
-        match &self.service {
-            Some(s) => format!("`{s}` on `{}`", self.machine),
-            None => format!("`{}`", self.file()),
-        }
-    }
 }
 
 /// `/upstream_oauth2/providers/0/id` → `upstream_oauth2.providers[0].id`
@@ -180,7 +123,6 @@ pub(crate) struct Index<'a> {
     pub files: &'a Rendered,
     pub secrets: &'a Resolved,
     pub pos: &'a Positions<'a>,
-    pub confs: Vec<Conf<'a>>,
     /// Parsed compose file per machine.
     pub compose: BTreeMap<&'a str, Value>,
     /// Every YAML and JSON file of the bundle, parsed back, by bundle path.
@@ -191,7 +133,6 @@ impl<'a> Index<'a> {
     fn new(stack: &'a Stack, files: &'a Rendered, secrets: &'a Resolved, pos: &'a Positions<'a>) -> Self {
         let mut compose = BTreeMap::new();
         let mut values = BTreeMap::new();
-        let mut parsed = Vec::new();
         for (mname, m) in &stack.machines {
             // A namespace's pods resolve Service names and mount files as
             // compose services do: the same index serves both.
@@ -208,62 +149,25 @@ impl<'a> Index<'a> {
                     continue;
                 };
                 let value: Option<Value> = match spec.format {
-                    Format::Caddyfile => {
-                        parsed.push((mname.as_str(), path.as_str(), Kind::Caddy, spec.content.clone()));
-                        continue;
-                    }
                     Format::Json => serde_json::from_slice(&written.bytes).ok(),
                     Format::Yaml | Format::Compose => serde_yaml::from_slice(&written.bytes).ok(),
                     _ => None,
                 };
                 let Some(value) = value else { continue };
-                values.insert(format!("{mname}/{path}"), value.clone());
                 if spec.format == Format::Compose {
-                    compose.insert(mname.as_str(), value);
-                    continue;
+                    compose.insert(mname.as_str(), value.clone());
                 }
-                let kind = match spec.schema.as_deref() {
-                    Some("synapse-homeserver") => Kind::Synapse,
-                    Some("mas-config") => Kind::Mas,
-                    Some("authelia-configuration") => Kind::Authelia,
-                    Some("element-config") => Kind::Element,
-                    Some("appservice-registration") => Kind::Registration,
-                    _ if value.pointer("/appservice/as_token").is_some()
-                        && value.pointer("/homeserver/address").is_some() =>
-                    {
-                        Kind::Bridge
-                    }
-                    _ => Kind::Other,
-                };
-                if kind != Kind::Other {
-                    parsed.push((mname.as_str(), path.as_str(), kind, value));
-                }
+                values.insert(format!("{mname}/{path}"), value);
             }
         }
-        let mut ix = Index {
+        Index {
             stack,
             files,
             secrets,
             pos,
-            confs: Vec::new(),
             compose,
             values,
-        };
-        ix.confs = parsed
-            .into_iter()
-            .map(|(machine, path, kind, value)| Conf {
-                machine,
-                path,
-                kind,
-                value,
-                service: ix.service_of(machine, path),
-            })
-            .collect();
-        ix
-    }
-
-    pub fn of(&self, kind: Kind) -> impl Iterator<Item = &Conf<'a>> {
-        self.confs.iter().filter(move |c| c.kind == kind)
+        }
     }
 
     pub fn services(&self, machine: &str) -> Option<&serde_json::Map<String, Value>> {
@@ -285,33 +189,6 @@ impl<'a> Index<'a> {
                 Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
             })
             .collect()
-    }
-
-    /// The compose service that mounts a bundle file.
-    fn service_of(&self, machine: &str, path: &str) -> Option<String> {
-        let services = self.services(machine)?;
-        let mounting: Vec<&String> = services
-            .keys()
-            .filter(|name| {
-                self.volumes(machine, name).iter().any(|(src, _)| {
-                    src.strip_prefix("./")
-                        .map(|s| s.trim_end_matches('/'))
-                        .is_some_and(|src| path == src || path.starts_with(&format!("{src}/")))
-                })
-            })
-            .collect();
-        // A backup job may mount `./synapse` too: the folder's namesake owns it.
-        let first = path.split('/').next().unwrap_or_default();
-        mounting
-            .iter()
-            .find(|n| n.as_str() == first)
-            .or(mounting.first())
-            .map(|n| (*n).clone())
-    }
-
-    /// Where a path a config names (as its process sees it) lives.
-    pub fn place(&self, c: &Conf, path: &str) -> Place {
-        self.place_in(c.machine, c.service.as_deref(), path)
     }
 
     /// Where a path lives for a process of `machine`: in `container`, or
@@ -344,33 +221,10 @@ impl<'a> Index<'a> {
         Place::Unmounted
     }
 
-    /// The text of a bundle file a config names, if it is in the bundle.
-    pub fn read(&self, c: &Conf, path: &str) -> Option<&'a str> {
-        match self.place(c, path) {
-            Place::Bundle(p) => self.text(&p),
-            _ => None,
-        }
-    }
-
     pub fn text(&self, bundle_path: &str) -> Option<&'a str> {
         self.files
             .get(bundle_path)
             .and_then(|f| std::str::from_utf8(&f.bytes).ok())
-    }
-
-    pub fn conf_at(&self, bundle_path: &str) -> Option<&Conf<'a>> {
-        self.confs.iter().find(|c| c.file() == bundle_path)
-    }
-
-    /// A secret a config holds inline (`key`) or in a file (`key_file`).
-    pub fn secret_of(&self, c: &Conf, inline: &str, file: &str) -> Option<(String, String)> {
-        if let Some(v) = c.str(inline) {
-            return Some((v.to_owned(), inline.to_owned()));
-        }
-        let path = c.str(file)?;
-        // Secret files hold the bare value; a trailing newline is not part of it.
-        let text = self.read(c, path)?;
-        Some((text.trim_end_matches(['\n', '\r']).to_owned(), file.to_owned()))
     }
 
     /// The name of the stackc secret whose value this is, if any.
@@ -390,76 +244,11 @@ impl<'a> Index<'a> {
         }
     }
 
-    /// The `.ncl` position behind a value of a config: the closest pointer
-    /// with a known position, up to the file itself.
-    pub fn span(&self, c: &Conf, ptr: &str) -> Option<Span> {
-        let base = format!(
-            "/machines/{}/files/{}",
-            pointer_escape(c.machine),
-            pointer_escape(c.path)
-        );
-        let mut p = format!("{base}/content{ptr}");
-        loop {
-            // Nickel's own stdlib (`std.to_string`) says nothing to a user.
-            if let Some(s) = self.pos.at(&p).filter(|s| !s.file.name.starts_with("<stdlib")) {
-                return Some(s);
-            }
-            match p.rfind('/') {
-                Some(i) if p.len() > base.len() => p.truncate(i),
-                _ => return None,
-            }
-        }
-    }
-
     /// The `.ncl` position of a whole bundle file (`<machine>/<path>`).
     pub fn file_span(&self, bundle_path: &str) -> Option<Span> {
         let (m, p) = bundle_path.split_once('/')?;
         let base = format!("/machines/{}/files/{}", pointer_escape(m), pointer_escape(p));
         self.pos.at(&format!("{base}/content")).or_else(|| self.pos.at(&base))
-    }
-
-    /// A finding about two configs: primary label on `a`, secondary on `b`.
-    /// The field path of `a` stands in when neither has a position.
-    #[allow(clippy::too_many_arguments)]
-    pub fn pair(
-        &self,
-        code: Code,
-        message: String,
-        a: (&Conf, &str, &str),
-        b: (&Conf, &str, &str),
-        help: impl Into<String>,
-    ) -> Diagnostic {
-        let (sa, sb) = (self.span(a.0, a.1), self.span(b.0, b.1));
-        let mut d = Diagnostic::error(code, message);
-        if sa.is_none() && sb.is_none() {
-            d = d.with_path(field_path(a.0, a.1));
-        }
-        // The side the user wrote is the one to look at first.
-        let in_user = |s: &Option<Span>| s.as_ref().is_some_and(Span::in_user);
-        if !in_user(&sa) && in_user(&sb) {
-            return d
-                .with_label(sb, b.2.to_owned())
-                .with_secondary(sa, a.2.to_owned())
-                .with_help(help);
-        }
-        d.with_label(sa, a.2.to_owned())
-            .with_secondary(sb, b.2.to_owned())
-            .with_help(help)
-    }
-
-    /// A finding about one config value.
-    pub fn one(&self, code: Code, message: String, a: (&Conf, &str, &str), help: impl Into<String>) -> Diagnostic {
-        let s = self.span(a.0, a.1);
-        let mut d = Diagnostic::error(code, message);
-        if s.is_none() {
-            d = d.with_path(field_path(a.0, a.1));
-        }
-        d.with_label(s, a.2.to_owned()).with_help(help)
-    }
-
-    /// Where a connection from `from` (a config's service) to `url` lands.
-    pub fn reach(&self, from: &Conf, url: &Url) -> Result<Reached<'a>, String> {
-        self.reach_from(from.machine, from.service.as_deref(), url.host, url.port, url.path, 0)
     }
 
     /// Where a connection from a service (container or native) to `url`
@@ -761,16 +550,6 @@ fn ingress_route<'a>(
         service: service.to_owned(),
         port,
     })
-}
-
-fn field_path(c: &Conf, ptr: &str) -> String {
-    let d = dotted(ptr);
-    format!(
-        "machines.{}.files.\"{}\".content{}{d}",
-        c.machine,
-        c.path,
-        if d.is_empty() { "" } else { "." }
-    )
 }
 
 /// The handler (directive) a Caddy site block runs for a path: `handle`

@@ -49,8 +49,17 @@ pub(crate) struct Who<'a> {
 }
 
 impl Who<'_> {
+    /// Clients and other servers on the internet.
+    pub const INTERNET: Who<'static> = Who {
+        machine: "",
+        service: "",
+    };
+
     /// `` `mas` on `matrix` ``; a service named `""` is the machine's proxy.
     pub fn show(&self) -> String {
+        if self.machine.is_empty() {
+            return "clients on the internet".to_owned();
+        }
         if self.service.is_empty() {
             return format!("the proxy of `{}`", self.machine);
         }
@@ -63,6 +72,16 @@ impl<'a> Index<'a> {
     pub(crate) fn eval(&self, who: Who, r: &Ref) -> Option<Got> {
         if let Some(ptr) = &r.ptr {
             let file = format!("{}/{}", who.machine, r.file.as_deref()?);
+            // A whole file that is not YAML or JSON: only where it is.
+            if ptr.is_empty() && !self.values.contains_key(&file) && self.files.contains_key(&file) {
+                return Some(Got {
+                    value: Value::Null,
+                    at: Some(At {
+                        file,
+                        ptr: String::new(),
+                    }),
+                });
+            }
             let value = self.values.get(&file)?.pointer(ptr)?.clone();
             return Some(Got {
                 value,
@@ -117,6 +136,39 @@ impl<'a> Index<'a> {
                     .map(|(_, v)| v.clone())?;
             return Some(Got { value, at: g.at });
         }
+        if let Some(j) = &r.json {
+            let g = self.eval(who, &j.of)?;
+            let doc: Value = serde_json::from_str(g.str()?).ok()?;
+            return Some(Got {
+                value: doc.pointer(&j.ptr)?.clone(),
+                at: g.at,
+            });
+        }
+        if let Some(rs) = &r.respond {
+            let site = self.eval(who, &rs.site)?.text()?;
+            let (body, at) = self.respond_body(&site, &rs.path)?;
+            return Some(Got {
+                value: Value::String(body),
+                at: Some(at),
+            });
+        }
+        if let Some(sp) = &r.split {
+            let g = self.eval(who, &sp.of)?;
+            let text = g.text()?;
+            let rest = text.splitn(sp.skip + 1, sp.sep.as_str()).nth(sp.skip)?;
+            return Some(Got {
+                value: Value::String(rest.trim_end_matches(['\n', '\r']).to_owned()),
+                at: g.at,
+            });
+        }
+        if let Some(w) = &r.when {
+            let test = self.eval(who, &w.test)?;
+            return if test.value == Value::Bool(true) {
+                self.eval(who, &w.give)
+            } else {
+                None
+            };
+        }
         if let Some(options) = &r.first {
             return options.iter().find_map(|o| self.eval(who, o));
         }
@@ -130,6 +182,86 @@ impl<'a> Index<'a> {
             });
         }
         None
+    }
+
+    /// The body a proxy site answers for `path` with a `respond` handler,
+    /// and where the handler is written. `site` is a host, or `host:port`.
+    pub(crate) fn respond_body(&self, site: &str, path: &str) -> Option<(String, At)> {
+        for (mname, m) in &self.stack.machines {
+            for (fpath, f) in m
+                .files
+                .iter()
+                .filter(|(_, f)| f.format == crate::model::Format::Caddyfile)
+            {
+                let Some(sites) = f.content.get("sites").and_then(Value::as_object) else {
+                    continue;
+                };
+                let Some((name, block)) = sites
+                    .iter()
+                    .find(|(k, _)| k.as_str() == site || **k == format!("{site}:443"))
+                else {
+                    continue;
+                };
+                let block = block.as_array()?;
+                let handler = super::caddy_handler(block, path)?;
+                if handler.get("name")?.as_str()? != "respond" {
+                    return None;
+                }
+                let i = block.iter().position(|d| {
+                    std::ptr::eq(d, handler)
+                        || d.get("body")
+                            .and_then(Value::as_array)
+                            .is_some_and(|b| b.iter().any(|x| std::ptr::eq(x, handler)))
+                })?;
+                let body = handler.get("args")?.get(0)?.as_str()?.to_owned();
+                let at = At {
+                    file: format!("{mname}/{fpath}"),
+                    ptr: format!("/sites/{}/{i}", crate::eval::pointer_escape(name)),
+                };
+                return Some((body, at));
+            }
+        }
+        None
+    }
+
+    /// Where a proxy site is written: its block in the proxy's file.
+    pub(crate) fn site_at(&self, machine: &str, site: &str) -> Option<At> {
+        let m = self.stack.machines.get(machine)?;
+        let (path, _) = m.files.iter().find(|(_, f)| {
+            f.format == crate::model::Format::Caddyfile
+                && f.content
+                    .pointer(&format!("/sites/{}", crate::eval::pointer_escape(site)))
+                    .is_some()
+        })?;
+        Some(At {
+            file: format!("{machine}/{path}"),
+            ptr: format!("/sites/{}", crate::eval::pointer_escape(site)),
+        })
+    }
+
+    /// Where a request from the internet to `url` lands: a proxy site and
+    /// its route, else a public port of the machine with that address.
+    pub(crate) fn reach_public(&self, url: &Url) -> Result<Reached<'a>, String> {
+        if let Some((pname, site)) = self.sites_for(url.host, url.port).first() {
+            return self.route(pname, site, url.path);
+        }
+        let served = |m: &crate::model::Machine| {
+            m.listens.iter().any(|l| l.port == url.port && l.public)
+                && self
+                    .sites_for(url.host, 443)
+                    .iter()
+                    .any(|(p, _)| self.stack.machines.get(*p).is_some_and(|pm| std::ptr::eq(pm, m)))
+        };
+        // A public port on the machine that serves the host's sites (Synapse
+        // terminating TLS on 8448 itself).
+        for (mname, m) in &self.stack.machines {
+            if served(m) {
+                return self
+                    .on_machine(mname, url.port)
+                    .ok_or_else(|| format!("nothing on `{mname}` listens on port {}", url.port));
+            }
+        }
+        Err(format!("no proxy site serves `{}:{}`", url.host, url.port))
     }
 
     /// The text of a bundle file at `path` as service `who` sees it.
@@ -361,7 +493,8 @@ impl<'a> Index<'a> {
         }
         // Loopback is the caller's own namespace: the same container, or
         // the host for two native services of one machine.
-        let same_namespace = caller.machine == r.machine
+        let same_namespace = !caller.machine.is_empty()
+            && caller.machine == r.machine
             && (caller.service == r.service
                 || (!self.is_container(caller.machine, caller.service) && !self.is_container(r.machine, &r.service)));
         let reachable: Vec<_> = on_port
@@ -423,6 +556,14 @@ fn at_path(at: &At) -> String {
     )
 }
 
+/// A URL as URL libraries serialise it: a bare origin gets its `/`.
+fn serialised(url: &str) -> String {
+    match url.split_once("://") {
+        Some((_, rest)) if !rest.is_empty() && !rest.contains(['/', '?', '#']) => format!("{url}/"),
+        _ => url.to_owned(),
+    }
+}
+
 /// A URL as messages show it: a password in its user info is never shown.
 pub(crate) fn shown_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -472,6 +613,9 @@ pub(crate) fn join_url(base: &str, rel: &str) -> String {
 
 pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
     assertions(ix, out);
+    files_named(ix, out);
+    public_urls(ix, out);
+    lines(ix, out);
     routes(ix, out);
     endpoints(ix, out);
     shares(ix, out);
@@ -489,6 +633,9 @@ fn endpoints(ix: &Index, out: &mut Vec<Diagnostic>) {
             target,
             target_machine,
             needs,
+            public,
+            code,
+            help: module_help,
             ..
         } = role
         else {
@@ -499,44 +646,223 @@ fn endpoints(ix: &Index, out: &mut Vec<Diagnostic>) {
         let tm = target_machine.as_deref().unwrap_or(machine);
         let Some(raw) = got.str() else { continue };
         let text = &shown_url(raw);
+        let caller = if *public { Who::INTERNET } else { who };
         let mut landed = None;
         let why = match Url::parse(raw) {
             None => Some(format!("`{text}` is not a URL")),
-            Some(u) => match ix.reach_as(who, &u) {
+            Some(u) => match if *public {
+                ix.reach_public(&u)
+            } else {
+                ix.reach_as(who, &u)
+            } {
                 Err(why) => Some(why),
                 Ok(r) if r.machine != tm || r.service != *target => {
                     Some(format!("it reaches `{}` on `{}`, not `{target}`", r.service, r.machine))
                 }
                 Ok(r) => {
                     landed = Some(r.port);
-                    ix.listener_admits(who, &r, needs).err()
+                    ix.listener_admits(caller, &r, needs).err()
                 }
             },
         };
-        if let Some(why) = why {
-            // The listener it lands on, else where the listeners are.
-            let theirs = landed
-                .and_then(|p| bind_at(ix, tm, target, p))
-                .or_else(|| listener_at(ix, tm, target));
-            out.push(ix.pair_at(
-                Code::Unreachable,
-                format!(
-                    "{what} `{text}` ({}) does not reach `{target}` on `{tm}`: {why}",
-                    who.show()
-                ),
-                (&got.at, "this URL"),
-                (&theirs, "its listeners"),
-                format!(
-                    "name `{target}` as {} reaches it (its compose service name from a container of the same machine) and a port its listeners serve{}",
-                    who.show(),
-                    if needs.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" with {}", list(needs.iter().map(String::as_str)))
-                    }
-                ),
-            ));
+        let Some(why) = why else { continue };
+        // The listener it lands on, else where the listeners are.
+        let theirs = landed
+            .and_then(|p| bind_at(ix, tm, target, p))
+            .or_else(|| listener_at(ix, tm, target));
+        let serving = if needs.is_empty() {
+            String::new()
+        } else {
+            format!(" serving {}", list(needs.iter().map(String::as_str)))
+        };
+        let help = if *public {
+            format!("serve the URL from a proxy site that forwards it to a listener of `{target}`{serving}")
+        } else {
+            format!(
+                "point the URL at `{target}` as {} reaches it: from a container of the same machine, its compose service name and a port it listens on{serving}; from elsewhere, a proxy site, or its machine's address on a shared network with a port it publishes and opens to the caller (`firewall.allow`)",
+                who.show()
+            )
+        };
+        let code = code.as_deref().and_then(Code::parse).unwrap_or(Code::Unreachable);
+        let mut d = ix.pair_at(
+            code,
+            format!(
+                "{what} `{text}` ({}) does not reach `{target}` on `{tm}`: {why}",
+                caller.show()
+            ),
+            (&got.at, "this URL"),
+            (&theirs, "its listeners"),
+            module_help.clone().unwrap_or(help),
+        );
+        // From the internet, the site the request enters by is where the
+        // user routes it: its routes as written, when the user wrote them.
+        if *public
+            && let Some(u) = Url::parse(raw)
+            && let Some((pname, site)) = ix.sites_for(u.host, u.port).first()
+            && let Some(at) = ix.site_at(pname, site)
+        {
+            let routes = At {
+                file: at.file.clone(),
+                ptr: format!("{}/0/args/1", at.ptr),
+            };
+            match ix.span_at(&Some(routes)).filter(Span::in_user) {
+                Some(s) => d = d.with_primary(Some(s), "these routes"),
+                None => d = d.with_secondary(ix.span_at(&Some(at)), "this site"),
+            }
         }
+        out.push(d);
+    }
+}
+
+/// Files a config names exist where its process looks.
+fn files_named(ix: &Index, out: &mut Vec<Diagnostic>) {
+    for (machine, r) in ix.roles() {
+        let Role::FileNamed { service, path, .. } = r else {
+            continue;
+        };
+        let who = Who { machine, service };
+        let Some(g) = ix.eval(who, path) else { continue };
+        let Some(p) = g.str() else { continue };
+        let container = ix.is_container(machine, service).then_some(service.as_str());
+        let why = match ix.place_in(machine, container, p) {
+            super::Place::Bundle(b) if ix.files.contains_key(&b) => continue,
+            // In a named volume or outside the bundle: made at run time.
+            super::Place::Runtime => continue,
+            super::Place::Bundle(b) => format!("the bundle has no `{b}`"),
+            super::Place::Unmounted => match container {
+                Some(s) => format!("no volume of `{s}` contains it"),
+                None => "it is outside the machine's bundle".into(),
+            },
+        };
+        let file =
+            g.at.as_ref()
+                .map(|a| format!("`{}` (`{}`) names ", a.file, super::dotted(&a.ptr)))
+                .unwrap_or_default();
+        out.push(ix.pair_at(
+            Code::MissingFile,
+            format!("{file}`{p}`, which {} cannot read: {why}", who.show()),
+            (&g.at, "this path"),
+            (&None, ""),
+            "name a file the stack emits, as the service sees it through its volumes",
+        ));
+    }
+}
+
+/// URLs clients and other servers are given are https, and served by a
+/// proxy site with a publicly trusted certificate.
+fn public_urls(ix: &Index, out: &mut Vec<Diagnostic>) {
+    for (machine, r) in ix.roles() {
+        let Role::PublicUrl { service, url, ours, .. } = r else {
+            continue;
+        };
+        let who = Who { machine, service };
+        let Some(g) = ix.eval(who, url) else { continue };
+        let Some(text) = g.str() else { continue };
+        let shown = shown_url(text);
+        let what = g.at.as_ref().map_or_else(
+            || "a public URL".to_owned(),
+            |a| format!("`{}` (`{}`)", a.file, super::dotted(&a.ptr)),
+        );
+        let Some(u) = Url::parse(text).filter(|u| u.scheme == "https") else {
+            out.push(ix.pair_at(
+                Code::NoTlsSite,
+                format!("{what} is `{shown}`, which is not an `https://` URL"),
+                (&g.at, "not https"),
+                (&None, ""),
+                "public URLs are served over TLS by the proxy: write `https://<host>/`",
+            ));
+            continue;
+        };
+        let sites = ix.sites_for(u.host, u.port);
+        let why = match sites.first() {
+            None if !ours => continue,
+            None => format!(
+                "no proxy site serves `{}`",
+                if u.port == 443 {
+                    u.host.to_owned()
+                } else {
+                    format!("{}:{}", u.host, u.port)
+                }
+            ),
+            Some((pname, site)) => {
+                let internal = ix.site_block(pname, site).is_some_and(|b| {
+                    b.iter().any(|d| {
+                        d.get("name").and_then(Value::as_str) == Some("tls")
+                            && d.pointer("/args/0").and_then(Value::as_str) == Some("internal")
+                    })
+                });
+                if !internal {
+                    continue;
+                }
+                format!(
+                    "site `{site}` on `{pname}` uses Caddy's internal CA, which clients and other servers do not trust"
+                )
+            }
+        };
+        out.push(ix.pair_at(
+            Code::NoTlsSite,
+            format!("{what} is `{shown}`, but {why}"),
+            (&g.at, "this URL"),
+            (&None, ""),
+            "add a proxy site for the host with a public certificate (`tls = 'acme`), or use a host the proxy serves",
+        ));
+    }
+}
+
+/// Line rules of a file, on its bytes; only line numbers are shown.
+fn lines(ix: &Index, out: &mut Vec<Diagnostic>) {
+    for (machine, r) in ix.roles() {
+        let Role::Lines {
+            service,
+            what,
+            path,
+            must,
+            must_not,
+            help,
+            code,
+            ..
+        } = r
+        else {
+            continue;
+        };
+        let who = Who { machine, service };
+        let Some(g) = ix.eval(who, path) else { continue };
+        let Some(p) = g.str() else { continue };
+        let container = ix.is_container(machine, service).then_some(service.as_str());
+        let super::Place::Bundle(file) = ix.place_in(machine, container, p) else {
+            continue;
+        };
+        let Some(text) = ix.text(&file) else { continue };
+        let (Ok(must), Ok(not)) = (
+            regex::Regex::new(must),
+            must_not.as_deref().map(regex::Regex::new).transpose(),
+        ) else {
+            continue;
+        };
+        let bad: Vec<String> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .filter(|(_, l)| !must.is_match(l) || not.as_ref().is_some_and(|n| n.is_match(l)))
+            .map(|(n, _)| (n + 1).to_string())
+            .collect();
+        if bad.is_empty() {
+            continue;
+        }
+        let code = code.as_deref().and_then(Code::parse).unwrap_or(Code::StartupRule);
+        out.push(
+            Diagnostic::error(
+                code,
+                format!(
+                    "{what} `{file}` ({}) breaks its format on line {}",
+                    who.show(),
+                    bad.join(", ")
+                ),
+            )
+            .with_label(ix.file_span(&file), "this file")
+            .with_secondary(ix.span_at(&g.at), "read from here")
+            .with_help(help.clone()),
+        );
     }
 }
 
@@ -561,7 +887,8 @@ fn assertions(ix: &Index, out: &mut Vec<Diagnostic>) {
                 })
                 .filter(Span::in_user);
             let span = origin.or_else(|| ix.span_at(&at));
-            let mut d = Diagnostic::error(Code::StartupRule, format!("{} ({})", a.message, who.show()));
+            let code = a.code.as_deref().and_then(Code::parse).unwrap_or(Code::StartupRule);
+            let mut d = Diagnostic::error(code, format!("{} ({})", a.message, who.show()));
             if span.is_none()
                 && let Some(at) = &at
             {
@@ -657,44 +984,64 @@ fn shares(ix: &Index, out: &mut Vec<Diagnostic>) {
             theirs,
             secret,
             code,
+            compare,
+            help: module_help,
             ..
         } = role
         else {
             continue;
         };
         let tm = target_machine.as_deref().unwrap_or(machine);
-        let (a, b) = (
-            Who { machine, service },
-            Who {
-                machine: tm,
-                service: target,
-            },
-        );
+        let a = Who { machine, service };
+        let b = Who {
+            machine: tm,
+            service: target.as_deref().unwrap_or(service),
+        };
         let (Some(x), Some(y)) = (ix.eval(a, mine), ix.eval(b, theirs)) else {
             continue;
         };
-        if x.value == y.value {
+        let same = match (compare.as_deref(), x.str(), y.str()) {
+            (Some("base"), Some(p), Some(q)) => super::same_base(p, q),
+            // `mine` as URL libraries write it, `theirs` as written.
+            (Some("url"), Some(p), Some(q)) => serialised(p) == q,
+            _ => x.value == y.value,
+        };
+        if same {
             continue;
         }
+        // The other side: a service, or the file that holds the value.
+        let b_name = match (target, &y.at) {
+            (None, Some(at)) if at.file != x.at.as_ref().map_or(String::new(), |a| a.file.clone()) => {
+                format!("`{}`", at.file)
+            }
+            _ => b.show(),
+        };
+        let b_label = match target {
+            Some(t) => format!("{t}'s value"),
+            None => "the other value".to_owned(),
+        };
         let shown = |g: &Got| match (secret, g.str()) {
             (true, Some(s)) => ix.secret_label(s),
             (true, None) => "a value".to_owned(),
             (false, _) => format!("`{}`", g.text().unwrap_or_else(|| g.value.to_string())),
         };
         let code = code.as_deref().and_then(Code::parse).unwrap_or(Code::ShareMismatch);
-        out.push(ix.pair_at(
-            code,
-            format!(
-                "{} and {} hold different values of {what}: {} and {}",
-                a.show(),
-                b.show(),
-                shown(&x),
-                shown(&y)
+        out.push(
+            ix.pair_at(
+                code,
+                format!(
+                    "{} and {b_name} hold different values of {what}: {} and {}",
+                    a.show(),
+                    shown(&x),
+                    shown(&y)
+                ),
+                (&x.at, &format!("{}'s value", a.service)),
+                (&y.at, &b_label),
+                module_help.clone().unwrap_or_else(|| {
+                    format!("write {what} to both from one value (a module option or a stackc secret)")
+                }),
             ),
-            (&x.at, &format!("{}'s value", a.service)),
-            (&y.at, &format!("{}'s value", b.service)),
-            format!("write {what} to both from one value (a module option or a stackc secret)"),
-        ));
+        );
     }
 }
 
