@@ -215,6 +215,9 @@ pub struct ProviderClient {
     pub secret: Option<Ref>,
     pub auth_method: Ref,
     pub id_token_claims: Option<Ref>,
+    /// The scopes the client may request.
+    #[serde(default)]
+    pub scopes: Option<Ref>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +237,9 @@ pub enum Role {
         service: String,
         name: String,
         served_path: Option<Ref>,
+        /// Its endpoint paths below the issuer (discovery, authorization, token, …).
+        #[serde(default)]
+        paths: Vec<String>,
         #[serde(default)]
         clients: Vec<ProviderClient>,
     },
@@ -250,6 +256,8 @@ pub enum Role {
         auth_method: Option<Ref>,
         #[serde(default)]
         required_claims: Vec<RequiredClaim>,
+        /// The scopes it requests (an array, or a space-separated string).
+        scopes: Option<Ref>,
     },
     Listener {
         service: String,

@@ -233,21 +233,19 @@ fn connect(ix: &Index, servers: &[Server], c: &Client, out: &mut Vec<Diagnostic>
                         ),
                     )
                     .with_label(ix.span_at(&c.host_at), "this host")
-                    .with_help("use `stackc.modules.postgres` for the server, or declare its `roles.db_server`"),
+                    .with_help("use a database module for the server, or declare its `roles.db_server` (docs/checks.md)"),
                 );
                 return;
             }
         },
     };
     let on = server.who.show();
-    let mut problem = |at: &Option<At>, msg: String, label: &str, help: &str| {
-        out.push(ix.pair_at(
-            Code::DatabaseMismatch,
-            msg,
-            (at, label),
-            (&server.at, "what the server creates"),
-            help,
-        ));
+    let mut problem = |at: &Option<At>, msg: String, label: &str, help: &str, theirs: Option<&Option<At>>| {
+        let (theirs, their_label) = match theirs {
+            Some(t) => (t, "the password it sets"),
+            None => (&server.at, "what the server creates"),
+        };
+        out.push(ix.pair_at(Code::DatabaseMismatch, msg, (at, label), (theirs, their_label), help));
     };
     if !server.dbs.contains_key(&c.db) {
         problem(
@@ -259,6 +257,7 @@ fn connect(ix: &Index, servers: &[Server], c: &Client, out: &mut Vec<Diagnostic>
             ),
             "this database",
             "name a database of the server, or add it to the server's `databases`",
+            None,
         );
     }
     match server.logins.get(&c.user) {
@@ -271,12 +270,14 @@ fn connect(ix: &Index, servers: &[Server], c: &Client, out: &mut Vec<Diagnostic>
             ),
             "this role",
             "connect as the owner of the database, or add the role to the server",
+            None,
         ),
         Some(Some(want)) if c.password.as_ref().is_some_and(|p| Some(p.as_str()) != want.str()) => problem(
             &c.password_at,
             format!("{who} sends another password for role `{}` than {on} sets", c.user),
             "this password",
-            "derive both from one `stackc.secret.password` (the postgres module's `Connection` does)",
+            "derive both from one `stackc.secret.password` (a database module's connection record does)",
+            Some(&want.at),
         ),
         _ => {}
     }

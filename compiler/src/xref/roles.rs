@@ -224,6 +224,20 @@ impl<'a> Index<'a> {
         None
     }
 
+    /// A site host of the stack one or two letters off `host` (a typo).
+    pub(crate) fn near_site(&self, host: &str) -> Option<String> {
+        self.stack
+            .machines
+            .values()
+            .flat_map(|m| m.sites.iter())
+            .map(|s| crate::check::split_site(s).0)
+            .filter(|h| *h != host)
+            .map(|h| (strsim::damerau_levenshtein(h, host), h))
+            .filter(|(d, _)| *d <= 2)
+            .min()
+            .map(|(_, h)| h.to_owned())
+    }
+
     /// Where a proxy site is written: its block in the proxy's file.
     pub(crate) fn site_at(&self, machine: &str, site: &str) -> Option<At> {
         let m = self.stack.machines.get(machine)?;
@@ -1056,12 +1070,28 @@ struct Rp<'a> {
     secret: Option<Got>,
     required: Vec<(&'a str, Option<At>)>,
     urls: Vec<Got>,
+    scopes: Option<Got>,
+}
+
+/// Scopes as a list: an array of names, or names separated by spaces.
+fn scope_list(g: &Got) -> Vec<String> {
+    match &g.value {
+        Value::Array(a) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Value::String(s) => s
+            .split([' ', ','])
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A provider: the service, and its clients read.
 struct Op<'a> {
     who: Who<'a>,
     served_path: String,
+    /// Endpoint paths below the issuer (empty: not said).
+    paths: Vec<String>,
     clients: Vec<(&'a ProviderClient, Option<String>)>,
 }
 
@@ -1073,6 +1103,7 @@ fn oidc(ix: &Index, out: &mut Vec<Diagnostic>) {
                 service,
                 served_path,
                 clients,
+                paths,
                 ..
             } => {
                 let who = Who { machine, service };
@@ -1083,6 +1114,7 @@ fn oidc(ix: &Index, out: &mut Vec<Diagnostic>) {
                         .and_then(|p| ix.eval(who, p))
                         .and_then(|g| g.text())
                         .unwrap_or_default(),
+                    paths: paths.clone(),
                     clients: clients
                         .iter()
                         .map(|c| (c, ix.eval(who, &c.id).and_then(|g| g.text())))
@@ -1103,6 +1135,7 @@ fn oidc(ix: &Index, out: &mut Vec<Diagnostic>) {
             secret,
             auth_method,
             required_claims,
+            scopes,
             ..
         } = r
         else {
@@ -1125,6 +1158,7 @@ fn oidc(ix: &Index, out: &mut Vec<Diagnostic>) {
                 .map(|c| (c.claim.as_str(), ix.eval(who, &c.at).and_then(|g| g.at)))
                 .collect(),
             urls: provider_urls.iter().filter_map(|u| ix.eval(who, u)).collect(),
+            scopes: scopes.as_ref().and_then(|r| ix.eval(who, r)),
         };
         relying_party(ix, &ops, &rp, out);
     }
@@ -1155,7 +1189,10 @@ fn relying_party(ix: &Index, ops: &[Op], rp: &Rp, out: &mut Vec<Diagnostic>) {
     for (g, text, r) in &urls {
         let why = match (r, reached) {
             (Ok(r), Some(op)) => match op_of(r) {
-                Some(o) if std::ptr::eq(o, op) => continue,
+                Some(o) if std::ptr::eq(o, op) => match endpoint_problem(o, g.str().unwrap_or_default()) {
+                    None => continue,
+                    Some(why) => why,
+                },
                 Some(o) => format!("it reaches {}, another provider than {}", o.who.show(), op.who.show()),
                 None => format!("it reaches `{}` on `{}`, not {}", r.service, r.machine, op.who.show()),
             },
@@ -1164,8 +1201,12 @@ fn relying_party(ix: &Index, ops: &[Op], rp: &Rp, out: &mut Vec<Diagnostic>) {
                 r.service, r.machine
             ),
             (Err(why), Some(op)) => format!("{why}; its other URLs reach {}", op.who.show()),
-            // A provider outside the stack (a public one) is its own business.
-            (Err(_), None) => continue,
+            // A provider outside the stack (a public one) is its own business,
+            // unless the host is one letter off a site of the stack.
+            (Err(_), None) => match g.str().and_then(Url::parse).and_then(|u| ix.near_site(u.host)) {
+                Some(near) => format!("no site of the stack serves its host; did you mean `{near}`?"),
+                None => continue,
+            },
         };
         out.push(ix.pair_at(
             Code::Unreachable,
@@ -1175,8 +1216,19 @@ fn relying_party(ix: &Index, ops: &[Op], rp: &Rp, out: &mut Vec<Diagnostic>) {
             "use the URLs of the proxy site that serves the provider (its issuer and the endpoints its discovery document lists)",
         ));
     }
-    // URLs that all lead outside the stack: the provider is not ours to pair.
+    // URLs that all lead outside the stack: the provider is not ours to pair
+    // (a host one letter off a site was reported above).
     let external = reached.is_none() && !urls.is_empty();
+    if external
+        && urls.iter().any(|(g, _, _)| {
+            g.str()
+                .and_then(Url::parse)
+                .and_then(|u| ix.near_site(u.host))
+                .is_some()
+        })
+    {
+        return;
+    }
     let with_id: Vec<(&Op, &ProviderClient)> = ops
         .iter()
         .filter(|o| !external && reached.is_none_or(|p| std::ptr::eq(p, *o)))
@@ -1222,6 +1274,36 @@ fn relying_party(ix: &Index, ops: &[Op], rp: &Rp, out: &mut Vec<Diagnostic>) {
     for (op, client) in with_id {
         pair(ix, rp, op, client, &party, out);
     }
+}
+
+/// Why a URL a relying party calls is no endpoint of its provider: it must
+/// be https (a proxy site), and its path one the provider serves below its
+/// issuer, when the provider says which.
+fn endpoint_problem(op: &Op, url: &str) -> Option<String> {
+    let u = Url::parse(url)?;
+    if u.scheme != "https" {
+        return Some(format!(
+            "`{}` is not https: the provider is served by a TLS site",
+            shown_url(url)
+        ));
+    }
+    if op.paths.is_empty() {
+        return None;
+    }
+    let base = op.served_path.trim_end_matches('/');
+    let rel = u.path.strip_prefix(base).unwrap_or(u.path);
+    let rel = if rel.is_empty() { "/" } else { rel };
+    // The issuer itself is fine.
+    if rel == "/" || op.paths.iter().any(|p| p == rel) {
+        return None;
+    }
+    let near = op
+        .paths
+        .iter()
+        .min_by_key(|p| strsim::levenshtein(p, rel))
+        .map(|p| format!("; did you mean `{base}{p}`?"))
+        .unwrap_or_default();
+    Some(format!("{} serves no endpoint `{}`{near}", op.who.show(), u.path))
 }
 
 fn pair(ix: &Index, rp: &Rp, op: &Op, client: &ProviderClient, party: &str, out: &mut Vec<Diagnostic>) {
@@ -1300,6 +1382,28 @@ fn pair(ix: &Index, rp: &Rp, op: &Op, client: &ProviderClient, party: &str, out:
             (&ev(&client.at).and_then(|g| g.at), "the provider's client"),
             "issuers are compared as exact strings: write the URL of the proxy site that serves the provider, without a trailing slash",
         ));
+    }
+    // Scopes it requests must be ones the client may request (`openid` is
+    // implied by some relying parties, and always allowed to be asked for).
+    if let (Some(want), Some(allowed)) = (&rp.scopes, client.scopes.as_ref().and_then(&ev)) {
+        let may = scope_list(&allowed);
+        let missing: Vec<String> = scope_list(want).into_iter().filter(|s| !may.contains(s)).collect();
+        if !missing.is_empty() {
+            out.push(ix.pair_at(
+                Code::OidcScope,
+                format!(
+                    "the {party} requests {}, which {op_client} does not allow (it allows {})",
+                    list(missing.iter().map(String::as_str)),
+                    list(may.iter().map(String::as_str))
+                ),
+                (&want.at, "the scopes requested"),
+                (&allowed.at, "the scopes allowed"),
+                format!(
+                    "add {} to the client's scopes, or stop requesting them",
+                    list(missing.iter().map(String::as_str))
+                ),
+            ));
+        }
     }
     // F7: claims the relying party requires must be in the ID token.
     if !rp.required.is_empty() {
