@@ -253,3 +253,74 @@ fn running_as_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// A database on a backend used by an app on the edge: the app declares the
+/// connection (`roles.db_clients` with its target), the backend's firewall
+/// opens the port to the edge's private address only, and the check pairs
+/// the app's credentials with what the server creates. Without the declared
+/// port, nothing opens it, and the check says so.
+#[test]
+fn a_declared_connection_to_another_machine_opens_its_port_there() {
+    let stack = |target_port: &str| {
+        format!(
+            r#"let stackc = import "stackc.ncl" in
+let pw = stackc.secret.password {{ name = "app-db", length = 32 }} in
+let pg = stackc.modules.postgres.lower "postgres" {{
+  superuser_password = stackc.secret.password {{ name = "pg-super", length = 32 }},
+  databases.app = {{ owner = "app", password = pw }},
+}} in
+stackc.stack {{
+  name = "app-and-db",
+  networks = {{ internet = {{ cidr = "203.0.113.0/24", public = true }}, lan = {{ cidr = "10.0.7.0/24" }} }},
+  machines = {{
+    edge = {{
+      addresses = {{ internet = "203.0.113.70", lan = "10.0.7.1" }},
+      containers.app = {{
+        image = "example/app:2.1.0",
+        environment = {{ PGHOST = "10.0.7.2", PGUSER = "app", PGDATABASE = "app" }},
+        secret_environment.PGPASSWORD = pw,
+        roles.db_clients.main = {{
+          host.env = "PGHOST",
+          user.env = "PGUSER",
+          database.env = "PGDATABASE",
+          password.env = "PGPASSWORD",
+          target = "postgres",
+          target_machine = "db",
+          {target_port}
+        }},
+      }},
+    }},
+    db = {{
+      addresses.lan = "10.0.7.2",
+      containers = pg.containers & {{ postgres.ports.pg = {{ port = 5432, bind = "10.0.7.2" }} }},
+      files = pg.files,
+    }},
+  }},
+}}
+"#
+        )
+    };
+    let t = TempDir::new("connection");
+    let entry = t.path().join("prod.ncl");
+    std::fs::write(&entry, stack(r#"target_port = "pg","#)).unwrap();
+    let out = t.path().join("out");
+    let o = stackc()
+        .args(["build", "--placeholder-secrets", "-o"])
+        .arg(&out)
+        .arg(&entry)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let rules = std::fs::read_to_string(out.join("db/firewall/rules.nft")).unwrap();
+    assert!(rules.contains("ip saddr 10.0.7.1 tcp dport 5432 accept"), "{rules}");
+    assert!(!rules.contains("203.0.113.70"), "only the private address: {rules}");
+
+    std::fs::write(&entry, stack("")).unwrap();
+    let o = stackc().args(["check"]).arg(&entry).output().unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("SC0505") && err.contains("does not open port 5432"),
+        "{err}"
+    );
+}

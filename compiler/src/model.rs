@@ -273,6 +273,8 @@ pub enum Role {
         url: Ref,
         target: String,
         target_machine: Option<String>,
+        /// The port of `target` by name (opened by the firewall across machines).
+        target_port: Option<String>,
         #[serde(default)]
         needs: Vec<String>,
         /// Called by clients and other servers on the internet, not by the service.
@@ -313,6 +315,10 @@ pub enum Role {
         service: String,
         name: String,
         what: String,
+        /// The server it must reach, when declared.
+        target: Option<String>,
+        target_machine: Option<String>,
+        target_port: Option<String>,
         /// `postgres://user:password@host:port/database` or `tcp://host:port`.
         url: Option<Ref>,
         host: Option<Ref>,

@@ -72,6 +72,8 @@ pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
         let Role::DbClient {
             service,
             what,
+            target,
+            target_machine,
             url,
             host,
             port,
@@ -87,7 +89,10 @@ pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
         let Some(c) = client(ix, who, what, [url, host, port, database, user, password]) else {
             continue;
         };
-        connect(ix, &servers, &c, out);
+        let declared = target
+            .as_deref()
+            .map(|t| (target_machine.as_deref().unwrap_or(machine), t));
+        connect(ix, &servers, &c, declared, out);
     }
 }
 
@@ -197,13 +202,20 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn connect(ix: &Index, servers: &[Server], c: &Client, out: &mut Vec<Diagnostic>) {
+fn connect(ix: &Index, servers: &[Server], c: &Client, declared: Option<(&str, &str)>, out: &mut Vec<Diagnostic>) {
     let who = format!("{} ({})", c.what, c.who.show());
     let shown = shown_url(&format!("{}:{}", c.host, c.port));
     let url = format!("postgres://{}:{}/", c.host, c.port);
     let reached = Url::parse(&url)
         .ok_or_else(|| format!("`{}` is not a host", c.host))
         .and_then(|u| ix.reach_as(c.who, &u))
+        .and_then(|r| match declared {
+            Some((m, t)) if r.machine != m || r.service != t => Err(format!(
+                "it reaches `{}` on `{}`, not `{t}` on `{m}`",
+                r.service, r.machine
+            )),
+            _ => Ok(r),
+        })
         .and_then(|r| ix.listener_admits(c.who, &r, &[]).map(|()| r));
     let server = match reached {
         Err(why) => {
