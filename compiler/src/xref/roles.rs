@@ -1341,7 +1341,7 @@ fn pair(ix: &Index, rp: &Rp, op: &Op, client: &ProviderClient, party: &str, out:
             format!("the {party} authenticates with `{a}`, but {op_client} expects `{b}`"),
             (&m.at, &format!("`{a}`")),
             (&om.at, &format!("`{b}`")),
-            "write one method to both sides (from one option, as the matrix module's `client_auth_method` does)",
+            "write one method to both sides, from one option",
         ));
     }
     // F4: the digest the provider holds must verify what the relying party sends.
