@@ -113,6 +113,10 @@ pub struct Machine {
     /// Addresses of the proxy's sites: `host` or `host:port`.
     #[serde(default)]
     pub sites: Vec<String>,
+    /// What each proxy site does with a request path, as its module lowers
+    /// the proxy's rules (`xref::router` follows them).
+    #[serde(default)]
+    pub site_routes: Vec<SiteRoutes>,
     #[serde(default)]
     pub units: Vec<String>,
     /// What each service's files say to other services (see `xref::roles`).
@@ -453,6 +457,90 @@ pub struct Route {
     pub machine: String,
     pub service: String,
     pub port: String,
+}
+
+/// The handlers of one proxy site, in the order the proxy tries them, and
+/// the rule that picks one for a request path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteRoutes {
+    pub site: String,
+    pub select: Select,
+    /// The compose service the proxy runs in (`None`: on the host).
+    pub container: Option<String>,
+    pub handlers: Vec<Handler>,
+}
+
+/// How a proxy picks a handler among those that match a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Select {
+    /// The first in order (Caddy).
+    First,
+    /// An exact match, else the longest matching prefix; the first of equals
+    /// (nginx locations, Ingress paths).
+    MostSpecific,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handler {
+    #[serde(rename = "match")]
+    pub matcher: Matcher,
+    pub then: Then,
+}
+
+/// Which paths a handler takes: any of `paths`, read as `kind` says.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matcher {
+    pub kind: MatchKind,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchKind {
+    /// Every path.
+    Any,
+    /// The path itself.
+    Exact,
+    /// Paths starting with the string (nginx: `/api` takes `/apix`).
+    Prefix,
+    /// The path or paths under it, compared element by element on `/`
+    /// (Ingress `Prefix`: `/api` takes `/api/x`, not `/apix`).
+    PathPrefix,
+    /// Caddy's path matcher: `*` at the end a prefix, at the start a
+    /// suffix, at both a substring, elsewhere a glob within one segment.
+    Glob,
+}
+
+/// What a handler does with a request.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Then {
+    /// Forwards it to a service.
+    Proxy(ProxyTo),
+    /// Answers it itself.
+    Respond { status: u16, body: String },
+    /// Serves files from a directory of the machine.
+    Files(String),
+    /// Something else, described for messages.
+    Other(String),
+}
+
+/// Where a handler forwards to: the upstream as the proxy's config writes
+/// it (`host:port`, followed as the proxy connects), or, without one, the
+/// service and port name (an Ingress backend). `machine`, `service`, `port`
+/// name what the module meant, when it wrote the upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTo {
+    pub machine: Option<String>,
+    pub service: Option<String>,
+    pub port: Option<String>,
+    pub upstream: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
