@@ -737,3 +737,67 @@ fn check_refuses_file_names_build_could_not_write() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
     assert!(tmp.path().join("out/web").join("a".repeat(255)).is_file());
 }
+
+/// The Rust side knows no service: every service-specific fact (which file
+/// holds a client id, which URL must reach which listener, which rule a
+/// program enforces at start) is data a module hands the compiler. Only
+/// format writers name their format, and URL parsing knows protocols'
+/// default ports.
+#[test]
+fn the_compiler_names_no_service() {
+    let services = [
+        "synapse",
+        "authelia",
+        "mas",
+        "mautrix",
+        "grafana",
+        "vaultwarden",
+        "element",
+        "postgres",
+        "caddy",
+        "nginx",
+        "matrix",
+        "forgejo",
+    ];
+    // (file, word): a format writer naming its format, or a protocol.
+    let allowed = [
+        ("model.rs", "caddy"),
+        ("render/mod.rs", "caddy"),
+        ("render/caddyfile.rs", "caddy"),
+        ("xref/mod.rs", "postgres"),
+    ];
+    let root = repo().join("compiler/src");
+    let mut found = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Code only: comments say why, tests may use real names.
+            for (n, line) in text.lines().take_while(|l| l.trim() != "#[cfg(test)]").enumerate() {
+                let code = line.trim();
+                if code.starts_with("//") {
+                    continue;
+                }
+                let lower = code.to_ascii_lowercase();
+                let words: Vec<&str> = lower.split(|c: char| !c.is_ascii_alphanumeric()).collect();
+                for s in services {
+                    let hit = words.iter().any(|w| *w == s || (w.starts_with(s) && s.len() > 4));
+                    if hit && !allowed.iter().any(|(f, w)| *f == rel && *w == s) {
+                        found.push(format!("compiler/src/{rel}:{}: `{s}` in `{code}`", n + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the compiler names services; move the knowledge into a module's roles:\n{}",
+        found.join("\n")
+    );
+}

@@ -466,6 +466,9 @@ pub struct Route {
 pub struct SiteRoutes {
     pub site: String,
     pub select: Select,
+    /// Whether clients trust the site's certificate (not a local CA).
+    #[serde(default = "yes")]
+    pub trusted_tls: bool,
     /// The compose service the proxy runs in (`None`: on the host).
     pub container: Option<String>,
     pub handlers: Vec<Handler>,

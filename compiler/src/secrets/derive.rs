@@ -61,7 +61,7 @@ pub fn p256_pem(seed: [u8; 32]) -> String {
 
 /// Synapse's signing key line: `ed25519 <version> <unpadded base64 seed>`.
 /// An ed25519 private key is its 32-byte seed, so no RNG is involved.
-pub fn synapse_signing_key(seed: [u8; 32], version: &str) -> String {
+pub fn ed25519_key_line(seed: [u8; 32], version: &str) -> String {
     format!("ed25519 {version} {}\n", b64_unpadded(&seed))
 }
 

@@ -357,7 +357,7 @@ impl Spec {
                 let letters = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
                 let version = derive::from_alphabet(&key.okm(&format!("{info}/version"), 32), letters, 4)
                     .expect("32 bytes give 4 letters");
-                derive::synapse_signing_key(key.seed(&info), &format!("a_{version}"))
+                derive::ed25519_key_line(key.seed(&info), &format!("a_{version}"))
             }
             Kind::Ulid => derive::ulid(key.okm(&info, 16).try_into().expect("16 bytes")),
         }

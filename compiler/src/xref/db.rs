@@ -205,7 +205,7 @@ fn percent_decode(s: &str) -> Option<String> {
 fn connect(ix: &Index, servers: &[Server], c: &Client, declared: Option<(&str, &str)>, out: &mut Vec<Diagnostic>) {
     let who = format!("{} ({})", c.what, c.who.show());
     let shown = shown_url(&format!("{}:{}", c.host, c.port));
-    let url = format!("postgres://{}:{}/", c.host, c.port);
+    let url = format!("tcp://{}:{}/", c.host, c.port);
     let reached = Url::parse(&url)
         .ok_or_else(|| format!("`{}` is not a host", c.host))
         .and_then(|u| ix.reach_as(c.who, &u))

@@ -20,8 +20,6 @@ pub(crate) mod router;
 
 use std::collections::BTreeMap;
 
-pub(crate) use router::path_matches;
-
 use serde_json::Value;
 
 use crate::check::Positions;
@@ -446,16 +444,6 @@ impl<'a> Index<'a> {
         Ok((routes, handler))
     }
 
-    /// The body a proxy site answers a request path with itself, if it does
-    /// (the well-known files of Matrix checks).
-    #[allow(dead_code)] // for `roles.rs`'s well-known values, to move onto the router
-    pub fn site_respond_body(&self, machine: &str, site: &str, path: &str) -> Option<String> {
-        match &self.handler(machine, site, path).ok()?.1.then {
-            Then::Respond { body, .. } => Some(body.clone()),
-            _ => None,
-        }
-    }
-
     /// What listens on a host port of a machine: a published container
     /// port (then the container's own port) or a native listener.
     pub(crate) fn on_machine(&self, machine: &'a str, port: u16) -> Option<Reached<'a>> {
@@ -513,27 +501,6 @@ impl<'a> Index<'a> {
         })
     }
 
-    /// The Caddy site block of a proxy machine.
-    pub fn site_block(&self, machine: &str, site: &str) -> Option<&'a [Value]> {
-        let m = self.stack.machines.get(machine)?;
-        m.files
-            .values()
-            .filter(|f| f.format == Format::Caddyfile)
-            .find_map(|f| f.content.get("sites")?.get(site)?.as_array())
-            .map(Vec::as_slice)
-    }
-
-    /// The upstream (`host:port`, as the proxy's config writes it) a proxy
-    /// site forwards a request path to; `None` when it does not forward it,
-    /// or names its backend by service (an Ingress).
-    #[allow(dead_code)] // kept for callers of the Caddyfile's upstream
-    pub fn proxy_upstream(&self, machine: &str, site: &str, path: &str) -> Option<String> {
-        match &self.handler(machine, site, path).ok()?.1.then {
-            Then::Proxy(to) => to.upstream.clone(),
-            _ => None,
-        }
-    }
-
     /// The sites (`host` or `host:port`) serving a host and port.
     pub fn sites_for(&self, host: &str, port: u16) -> Vec<(&'a str, &'a str)> {
         let mut out = Vec::new();
@@ -551,50 +518,6 @@ impl<'a> Index<'a> {
         }
         out
     }
-}
-
-/// The handler (directive) a Caddy site block runs for a path: `handle`
-/// blocks in order (named `path` matchers or an inline path), then a
-/// top-level `reverse_proxy` or `respond`. Only for finding the directive
-/// in the Caddyfile's structure (labels); where a path goes is the
-/// router's (`route`, `site_respond_body`), which `caddy.ncl`'s route facts feed
-/// the same order.
-pub(crate) fn caddy_handler<'v>(block: &'v [Value], path: &str) -> Option<&'v Value> {
-    let name = |d: &'v Value| d.get("name").and_then(Value::as_str).unwrap_or("");
-    let args = |d: &'v Value| -> Vec<&'v str> {
-        d.get("args")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default()
-    };
-    let mut matchers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for d in block {
-        let n = name(d);
-        if n.starts_with('@') {
-            let a = args(d);
-            if a.first() == Some(&"path") {
-                matchers.insert(n, a[1..].to_vec());
-            }
-        }
-    }
-    let hit = |first: Option<&&str>| match first {
-        Some(m) if m.starts_with('@') => matchers
-            .get(m)
-            .is_some_and(|ps| ps.iter().any(|p| path_matches(p, path))),
-        Some(p) if p.starts_with('/') || p.starts_with('*') => path_matches(p, path),
-        _ => true,
-    };
-    // `handle` blocks with a matcher in order, one without last (Caddy
-    // sorts those last); a matching block is terminal.
-    let handles = block.iter().filter(|d| matches!(name(d), "handle" | "handle_path"));
-    let (bare, matched): (Vec<_>, Vec<_>) = handles.partition(|d| args(d).is_empty());
-    if let Some(d) = matched.into_iter().chain(bare).find(|d| hit(args(d).first())) {
-        let body = d.get("body").and_then(Value::as_array)?;
-        return body.iter().find(|b| matches!(name(b), "reverse_proxy" | "respond"));
-    }
-    // Top level: `respond` runs before `reverse_proxy` (Caddy's directive order).
-    let top = |n: &str| block.iter().find(|d| name(d) == n && hit(args(d).first()));
-    top("respond").or_else(|| top("reverse_proxy"))
 }
 
 /// `https://x/` and `https://x` name the same base for clients.
@@ -623,34 +546,6 @@ mod tests {
         let u = Url::parse("http://[::1]:8008").unwrap();
         assert_eq!((u.host, u.port), ("::1", 8008));
         assert!(Url::parse("mas:8080").is_none());
-    }
-
-    /// The directive lookup `matrix.rs` labels with (the router's test has
-    /// the same cases through the route facts).
-    #[test]
-    fn caddy_handler_in_caddys_order() {
-        let block = serde_json::json!([
-            { "name": "handle", "body": [{ "name": "reverse_proxy", "args": ["fallback:80"] }] },
-            { "name": "reverse_proxy", "args": ["/_matrix/*", "http://synapse:8008"] },
-            { "name": "@compat", "args": ["path", "/_matrix/client/*/login"] },
-            { "name": "handle", "args": ["@compat"], "body": [{ "name": "reverse_proxy", "args": ["mas:8080"] }] },
-            { "name": "respond", "args": ["/.well-known/matrix/server", "{}"] },
-        ]);
-        let b = block.as_array().unwrap();
-        let first_arg = |p: &str| {
-            caddy_handler(b, p)
-                .and_then(|h| h.pointer("/args/0"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        // A handle with a matcher wins over the bare one written before it.
-        assert_eq!(first_arg("/_matrix/client/v3/login").as_deref(), Some("mas:8080"));
-        // The bare handle catches the rest; top-level directives come after handles.
-        assert_eq!(first_arg("/_matrix/client/v3/sync").as_deref(), Some("fallback:80"));
-        let only_top = &b[1..2];
-        let h = caddy_handler(only_top, "/_matrix/federation/v1/version").unwrap();
-        assert_eq!(h["args"][1], "http://synapse:8008");
-        assert!(caddy_handler(only_top, "/other").is_none());
     }
 
     #[test]

@@ -185,41 +185,31 @@ impl<'a> Index<'a> {
     }
 
     /// The body a proxy site answers for `path` with a `respond` handler,
-    /// and where the handler is written. `site` is a host, or `host:port`.
+    /// and where the handler is (its route fact). `site` is a host, or
+    /// `host:port`.
     pub(crate) fn respond_body(&self, site: &str, path: &str) -> Option<(String, At)> {
         for (mname, m) in &self.stack.machines {
-            for (fpath, f) in m
-                .files
+            let Some((k, routes)) = m
+                .site_routes
                 .iter()
-                .filter(|(_, f)| f.format == crate::model::Format::Caddyfile)
-            {
-                let Some(sites) = f.content.get("sites").and_then(Value::as_object) else {
-                    continue;
-                };
-                let Some((name, block)) = sites
-                    .iter()
-                    .find(|(k, _)| k.as_str() == site || **k == format!("{site}:443"))
-                else {
-                    continue;
-                };
-                let block = block.as_array()?;
-                let handler = super::caddy_handler(block, path)?;
-                if handler.get("name")?.as_str()? != "respond" {
-                    return None;
-                }
-                let i = block.iter().position(|d| {
-                    std::ptr::eq(d, handler)
-                        || d.get("body")
-                            .and_then(Value::as_array)
-                            .is_some_and(|b| b.iter().any(|x| std::ptr::eq(x, handler)))
-                })?;
-                let body = handler.get("args")?.get(0)?.as_str()?.to_owned();
-                let at = At {
-                    file: format!("{mname}/{fpath}"),
-                    ptr: format!("/sites/{}/{i}", crate::eval::pointer_escape(name)),
-                };
-                return Some((body, at));
-            }
+                .enumerate()
+                .find(|(_, r)| r.site == site || r.site == format!("{site}:443"))
+            else {
+                continue;
+            };
+            let (_, handler) = self.handler(mname, &routes.site, path).ok()?;
+            let crate::model::Then::Respond { body, .. } = &handler.then else {
+                return None;
+            };
+            let i = routes.handlers.iter().position(|h| std::ptr::eq(h, handler))?;
+            let at = At {
+                file: String::new(),
+                ptr: format!(
+                    "/machines/{}/site_routes/{k}/handlers/{i}/then",
+                    crate::eval::pointer_escape(mname)
+                ),
+            };
+            return Some((body.clone(), at));
         }
         None
     }
@@ -238,18 +228,17 @@ impl<'a> Index<'a> {
             .map(|(_, h)| h.to_owned())
     }
 
-    /// Where a proxy site is written: its block in the proxy's file.
+    /// Where a proxy site is written: its route facts, whose first handler's
+    /// paths are the user's when the user wrote the routes.
     pub(crate) fn site_at(&self, machine: &str, site: &str) -> Option<At> {
         let m = self.stack.machines.get(machine)?;
-        let (path, _) = m.files.iter().find(|(_, f)| {
-            f.format == crate::model::Format::Caddyfile
-                && f.content
-                    .pointer(&format!("/sites/{}", crate::eval::pointer_escape(site)))
-                    .is_some()
-        })?;
+        let k = m.site_routes.iter().position(|r| r.site == site)?;
         Some(At {
-            file: format!("{machine}/{path}"),
-            ptr: format!("/sites/{}", crate::eval::pointer_escape(site)),
+            file: String::new(),
+            ptr: format!(
+                "/machines/{}/site_routes/{k}/handlers",
+                crate::eval::pointer_escape(machine)
+            ),
         })
     }
 
@@ -388,6 +377,10 @@ impl<'a> Index<'a> {
     /// The `.ncl` position behind a value read through a `Ref`.
     pub(crate) fn span_at(&self, at: &Option<At>) -> Option<Span> {
         let at = at.as_ref()?;
+        // A fact of the lowered stack (no file): its own position.
+        if at.file.is_empty() {
+            return self.pos.at(&at.ptr).filter(|s| !s.file.name.starts_with("<stdlib"));
+        }
         let (machine, path) = at.file.split_once('/')?;
         let base = format!(
             "/machines/{}/files/{}",
@@ -715,9 +708,15 @@ fn endpoints(ix: &Index, out: &mut Vec<Diagnostic>) {
             && let Some((pname, site)) = ix.sites_for(u.host, u.port).first()
             && let Some(at) = ix.site_at(pname, site)
         {
+            // The handler the request path is matched by, as written.
+            let i = ix
+                .handler(pname, site, u.path)
+                .ok()
+                .and_then(|(r, h)| r.handlers.iter().position(|x| std::ptr::eq(x, h)))
+                .unwrap_or(0);
             let routes = At {
-                file: at.file.clone(),
-                ptr: format!("{}/0/args/1", at.ptr),
+                file: String::new(),
+                ptr: format!("{}/{i}/match/paths/0", at.ptr),
             };
             match ix.span_at(&Some(routes)).filter(Span::in_user) {
                 Some(s) => d = d.with_primary(Some(s), "these routes"),
@@ -799,18 +798,10 @@ fn public_urls(ix: &Index, out: &mut Vec<Diagnostic>) {
                 }
             ),
             Some((pname, site)) => {
-                let internal = ix.site_block(pname, site).is_some_and(|b| {
-                    b.iter().any(|d| {
-                        d.get("name").and_then(Value::as_str) == Some("tls")
-                            && d.pointer("/args/0").and_then(Value::as_str) == Some("internal")
-                    })
-                });
-                if !internal {
+                if ix.site_routes(pname, site).is_none_or(|r| r.trusted_tls) {
                     continue;
                 }
-                format!(
-                    "site `{site}` on `{pname}` uses Caddy's internal CA, which clients and other servers do not trust"
-                )
+                format!("site `{site}` on `{pname}` uses a local CA, which clients and other servers do not trust")
             }
         };
         out.push(ix.pair_at(
