@@ -222,6 +222,9 @@ pub struct ProviderClient {
     /// The scopes the client may request.
     #[serde(default)]
     pub scopes: Option<Ref>,
+    /// The client's options as the user gave them; only positions are used.
+    #[serde(default)]
+    pub origin: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1083,7 +1083,8 @@ struct Op<'a> {
     served_path: String,
     /// Endpoint paths below the issuer (empty: not said).
     paths: Vec<String>,
-    clients: Vec<(&'a ProviderClient, Option<String>)>,
+    /// Each client, its id, and the pointer of its `origin` fact.
+    clients: Vec<(&'a ProviderClient, Option<String>, String)>,
 }
 
 fn oidc(ix: &Index, out: &mut Vec<Diagnostic>) {
@@ -1108,7 +1109,19 @@ fn oidc(ix: &Index, out: &mut Vec<Diagnostic>) {
                     paths: paths.clone(),
                     clients: clients
                         .iter()
-                        .map(|c| (c, ix.eval(who, &c.id).and_then(|g| g.text())))
+                        .enumerate()
+                        .map(|(j, c)| {
+                            let ri = ix.stack.machines[machine]
+                                .roles
+                                .iter()
+                                .position(|x| std::ptr::eq(x, r))
+                                .unwrap_or_default();
+                            let origin = format!(
+                                "/machines/{}/roles/{ri}/clients/{j}/origin",
+                                crate::eval::pointer_escape(machine)
+                            );
+                            (c, ix.eval(who, &c.id).and_then(|g| g.text()), origin)
+                        })
                         .collect(),
                 })
             }
@@ -1220,14 +1233,14 @@ fn relying_party(ix: &Index, ops: &[Op], rp: &Rp, out: &mut Vec<Diagnostic>) {
     {
         return;
     }
-    let with_id: Vec<(&Op, &ProviderClient)> = ops
+    let with_id: Vec<(&Op, &ProviderClient, &str)> = ops
         .iter()
         .filter(|o| !external && reached.is_none_or(|p| std::ptr::eq(p, *o)))
         .flat_map(|o| {
             o.clients
                 .iter()
-                .filter(|(_, id)| id.as_deref() == Some(cid.as_str()))
-                .map(move |(c, _)| (o, *c))
+                .filter(|(_, id, _)| id.as_deref() == Some(cid.as_str()))
+                .map(move |(c, _, origin)| (o, *c, origin.as_str()))
         })
         .collect();
     if with_id.is_empty() {
@@ -1237,10 +1250,10 @@ fn relying_party(ix: &Index, ops: &[Op], rp: &Rp, out: &mut Vec<Diagnostic>) {
                 format!(
                     "the {party} logs in through {}, which has no client `{cid}` (its clients: {})",
                     op.who.show(),
-                    list(op.clients.iter().filter_map(|(_, id)| id.as_deref()))
+                    list(op.clients.iter().filter_map(|(_, id, _)| id.as_deref()))
                 ),
                 (&rp.client_id.at, "this client id"),
-                (&op.clients.first().and_then(|(c, _)| ix.eval(op.who, &c.at)).and_then(|g| g.at), "the provider's clients"),
+                (&op.clients.first().and_then(|(c, _, _)| ix.eval(op.who, &c.at)).and_then(|g| g.at), "the provider's clients"),
                 "register the client at the provider (its module's `clients`), with the relying party's redirect URI",
             )),
             None => {
@@ -1262,8 +1275,8 @@ fn relying_party(ix: &Index, ops: &[Op], rp: &Rp, out: &mut Vec<Diagnostic>) {
         }
         return;
     }
-    for (op, client) in with_id {
-        pair(ix, rp, op, client, &party, out);
+    for (op, client, origin) in with_id {
+        pair(ix, rp, op, client, origin, &party, out);
     }
 }
 
@@ -1297,13 +1310,27 @@ fn endpoint_problem(op: &Op, url: &str) -> Option<String> {
     Some(format!("{} serves no endpoint `{}`{near}", op.who.show(), u.path))
 }
 
-fn pair(ix: &Index, rp: &Rp, op: &Op, client: &ProviderClient, party: &str, out: &mut Vec<Diagnostic>) {
+fn pair(ix: &Index, rp: &Rp, op: &Op, client: &ProviderClient, origin: &str, party: &str, out: &mut Vec<Diagnostic>) {
     let cid = rp.client_id.text().unwrap_or_default();
     let op_client = format!("the client `{cid}` of {}", op.who.show());
-    let ev = |r: &Ref| ix.eval(op.who, r);
+    // A value the module computed points into the stdlib; the option the
+    // user gave for it, when there is one, is the better label.
+    let ev = |r: &Ref, option: &str| {
+        ix.eval(op.who, r).map(|mut g| {
+            let user = |a: &Option<At>| ix.span_at(a).is_some_and(|s| s.in_user());
+            let theirs = Some(At {
+                file: String::new(),
+                ptr: format!("{origin}/{option}"),
+            });
+            if !user(&g.at) && client.origin.is_some() && user(&theirs) {
+                g.at = theirs;
+            }
+            g
+        })
+    };
     // F1: the callback the relying party sends must be registered exactly.
     let callback = rp.callback.text().unwrap_or_default();
-    let uris = ev(&client.redirect_uris);
+    let uris = ev(&client.redirect_uris, "redirect_uris");
     let listed: Vec<&str> = uris
         .as_ref()
         .and_then(|g| g.value.as_array())
@@ -1322,7 +1349,7 @@ fn pair(ix: &Index, rp: &Rp, op: &Op, client: &ProviderClient, party: &str, out:
         ));
     }
     // F3: one token endpoint authentication method on both sides.
-    let op_method = ev(&client.auth_method);
+    let op_method = ev(&client.auth_method, "token_endpoint_auth_method");
     if let (Some(m), Some(om)) = (&rp.method, &op_method)
         && m.value != om.value
     {
@@ -1340,7 +1367,7 @@ fn pair(ix: &Index, rp: &Rp, op: &Op, client: &ProviderClient, party: &str, out:
         .as_ref()
         .and_then(Got::str)
         .is_none_or(|m| matches!(m, "client_secret_basic" | "client_secret_post"));
-    let digest = client.secret.as_ref().and_then(&ev);
+    let digest = client.secret.as_ref().and_then(|r| ev(r, "secret"));
     if let (Some(digest), Some(plain), true) = (&digest, &rp.secret, uses_secret)
         && let (Some(d), Some(p)) = (digest.str(), plain.str())
         && let Some(why) = digest_mismatch(ix, d, p)
@@ -1370,13 +1397,13 @@ fn pair(ix: &Index, rp: &Rp, op: &Op, client: &ProviderClient, party: &str, out:
                 if slash { " (the trailing slash differs)" } else { "" }
             ),
             (&issuer.at, "the expected issuer"),
-            (&ev(&client.at).and_then(|g| g.at), "the provider's client"),
+            (&ev(&client.at, "").and_then(|g| g.at), "the provider's client"),
             "issuers are compared as exact strings: write the URL of the proxy site that serves the provider, without a trailing slash",
         ));
     }
     // Scopes it requests must be ones the client may request (`openid` is
     // implied by some relying parties, and always allowed to be asked for).
-    if let (Some(want), Some(allowed)) = (&rp.scopes, client.scopes.as_ref().and_then(&ev)) {
+    if let (Some(want), Some(allowed)) = (&rp.scopes, client.scopes.as_ref().and_then(|r| ev(r, "scopes"))) {
         let may = scope_list(&allowed);
         let missing: Vec<String> = scope_list(want).into_iter().filter(|s| !may.contains(s)).collect();
         if !missing.is_empty() {
@@ -1398,7 +1425,7 @@ fn pair(ix: &Index, rp: &Rp, op: &Op, client: &ProviderClient, party: &str, out:
     }
     // F7: claims the relying party requires must be in the ID token.
     if !rp.required.is_empty() {
-        let in_token = client.id_token_claims.as_ref().and_then(&ev);
+        let in_token = client.id_token_claims.as_ref().and_then(|r| ev(r, "id_token_claims"));
         let names: Vec<&str> = in_token
             .as_ref()
             .and_then(|g| g.value.as_array())
@@ -1407,7 +1434,7 @@ fn pair(ix: &Index, rp: &Rp, op: &Op, client: &ProviderClient, party: &str, out:
         let where_ = in_token
             .as_ref()
             .and_then(|g| g.at.clone())
-            .or_else(|| ev(&client.at).and_then(|g| g.at));
+            .or_else(|| ev(&client.at, "").and_then(|g| g.at));
         for (claim, at) in &rp.required {
             if ALWAYS_IN_ID_TOKEN.contains(claim) || names.contains(claim) {
                 continue;
