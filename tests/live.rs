@@ -1060,24 +1060,19 @@ fn expect_200(r: Result<Resp, String>, url: &str) -> Resp {
     }
 }
 
+/// curl from `ns` to `url`, giving up on a connection after 3 s.
+fn connect(t: &Tools, ns: &str, url: &str, extra: &[&str], dl: Deadline) -> std::process::Output {
+    let mut cmd = in_ns(t, ns, &t.curl);
+    cmd.args(["-sS", "-o", "/dev/null", "--connect-timeout", "3", "--noproxy", "*"])
+        .args(extra)
+        .arg(url);
+    run(&mut cmd, "curl", Duration::from_secs(20), dl)
+}
+
 /// A TCP connection from `ns` to `url` gets no answer at all (dropped by a
 /// firewall), as opposed to refused (exit 7) or answered.
 fn expect_dropped(t: &Tools, ns: &str, url: &str, dl: Deadline) {
-    let o = run(
-        in_ns(t, ns, &t.curl).args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--connect-timeout",
-            "3",
-            "--noproxy",
-            "*",
-            url,
-        ]),
-        "curl",
-        Duration::from_secs(20),
-        dl,
-    );
+    let o = connect(t, ns, url, &[], dl);
     let err = text(&o);
     assert!(
         o.status.code() == Some(28) && err.contains("Failed to connect"),
@@ -1090,23 +1085,7 @@ fn expect_dropped(t: &Tools, ns: &str, url: &str, dl: Deadline) {
 /// (any HTTP status) or refused by the machine because nothing listens
 /// there (curl exit 7), at once — not dropped. Returns which.
 fn expect_admitted(t: &Tools, ns: &str, url: &str, dl: Deadline) -> &'static str {
-    let o = run(
-        in_ns(t, ns, &t.curl).args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--connect-timeout",
-            "3",
-            "--max-time",
-            "10",
-            "--noproxy",
-            "*",
-            url,
-        ]),
-        "curl",
-        Duration::from_secs(20),
-        dl,
-    );
+    let o = connect(t, ns, url, &["--max-time", "10"], dl);
     match o.status.code() {
         Some(0) => "answers",
         Some(7) if !["No route", "unreachable"].iter().any(|e| text(&o).contains(e)) => {

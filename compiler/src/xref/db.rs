@@ -5,8 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
 use super::roles::{At, Got, Who, shown_url};
 use super::{Index, Url, list};
 use crate::diag::{Code, Diagnostic};
@@ -49,14 +47,14 @@ pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
                 ..
             } => {
                 let who = Who { machine, service };
-                let text = |r: &Ref| ix.eval(who, r).and_then(|g| g.text_value());
+                let text = |r: &Ref| ix.eval(who, r).and_then(|g| g.text());
                 let mut at = label.as_ref().and_then(|l| ix.eval(who, l)).and_then(|g| g.at);
                 let dbs = databases
                     .iter()
                     .filter_map(|d| {
                         let name = ix.eval(who, &d.name)?;
                         at = at.take().or(name.at.clone());
-                        Some((name.text_value()?, text(&d.owner)?))
+                        Some((name.text()?, text(&d.owner)?))
                     })
                     .collect();
                 let logins = logins
@@ -96,17 +94,6 @@ pub(super) fn check(ix: &Index, out: &mut Vec<Diagnostic>) {
     }
 }
 
-impl Got {
-    /// A string, or a number written as one.
-    pub(crate) fn text_value(&self) -> Option<String> {
-        match &self.value {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        }
-    }
-}
-
 /// A client's connection: a URL's parts, overridden by separate settings.
 fn client<'a>(ix: &Index, who: Who<'a>, what: &'a str, refs: [&Option<Ref>; 6]) -> Option<Client<'a>> {
     let [url, host, port, database, user, password] = refs.map(|r| r.as_ref().and_then(|r| ix.eval(who, r)));
@@ -134,7 +121,7 @@ fn client<'a>(ix: &Index, who: Who<'a>, what: &'a str, refs: [&Option<Ref>; 6]) 
     }
     let set = |g: &Option<Got>, field: &mut String, at: &mut Option<At>| {
         if let Some(g) = g
-            && let Some(v) = g.text_value()
+            && let Some(v) = g.text()
         {
             *field = v;
             *at = g.at.clone();
@@ -143,11 +130,11 @@ fn client<'a>(ix: &Index, who: Who<'a>, what: &'a str, refs: [&Option<Ref>; 6]) 
     set(&host, &mut c.host, &mut c.host_at);
     set(&database, &mut c.db, &mut c.db_at);
     set(&user, &mut c.user, &mut c.user_at);
-    if let Some(p) = port.as_ref().and_then(Got::text_value) {
+    if let Some(p) = port.as_ref().and_then(Got::text) {
         c.port = p.parse().ok()?;
     }
     if let Some(g) = &password {
-        c.password = g.text_value();
+        c.password = g.text();
         c.password_at = g.at.clone();
     }
     // libpq: the database defaults to the user's name.

@@ -32,7 +32,7 @@ impl Got {
     }
 
     /// A string, or a number written as one.
-    fn text(&self) -> Option<String> {
+    pub(crate) fn text(&self) -> Option<String> {
         match &self.value {
             Value::String(s) => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
@@ -446,15 +446,7 @@ impl<'a> Index<'a> {
                 Role::Listener {
                     port, bind, resources, ..
                 } => {
-                    let p = self.eval(who, port)?;
-                    let (host, port) = match &p.value {
-                        Value::Number(n) => (None, u16::try_from(n.as_u64()?).ok()?),
-                        Value::String(s) => match s.rsplit_once(':') {
-                            Some((h, p)) => (Some(h.trim_matches(['[', ']']).to_owned()), p.parse().ok()?),
-                            None => (None, s.parse().ok()?),
-                        },
-                        _ => return None,
-                    };
+                    let (host, port) = listen_port(&self.eval(who, port)?.value)?;
                     let mut binds: Vec<String> = match bind.as_ref().and_then(|b| self.eval(who, b)) {
                         Some(Got {
                             value: Value::Array(a), ..
@@ -547,6 +539,19 @@ impl<'a> Index<'a> {
                 list(missing.iter().copied())
             ))
         }
+    }
+}
+
+/// A listener's port as its config writes it: a number, or `host:port`
+/// (the host, brackets removed, is then its bind).
+fn listen_port(value: &Value) -> Option<(Option<String>, u16)> {
+    match value {
+        Value::Number(n) => Some((None, u16::try_from(n.as_u64()?).ok()?)),
+        Value::String(s) => match s.rsplit_once(':') {
+            Some((h, p)) => Some((Some(h.trim_matches(['[', ']']).to_owned()), p.parse().ok()?)),
+            None => Some((None, s.parse().ok()?)),
+        },
+        _ => None,
     }
 }
 
@@ -956,11 +961,7 @@ fn bind_at(ix: &Index, machine: &str, service: &str, port: u16) -> Option<At> {
         .find_map(|(_, r)| match r {
             Role::Listener { port: p, bind, .. } => {
                 let g = ix.eval(who, p)?;
-                let n = match &g.value {
-                    Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-                    Value::String(s) => s.rsplit_once(':').map_or(s.as_str(), |(_, p)| p).parse().ok(),
-                    _ => None,
-                }?;
+                let (_, n) = listen_port(&g.value)?;
                 (n == port).then(|| bind.as_ref().and_then(|b| ix.eval(who, b)).and_then(|b| b.at).or(g.at))?
             }
             _ => None,
