@@ -33,7 +33,7 @@ struct Manifest<'a> {
     stackc_version: &'static str,
     nickel_lang_core: &'static str,
     stack: &'a str,
-    secrets: SecretsInfo,
+    secrets: SecretsInfo<'a>,
     inputs: Inputs,
     /// Network prefixes and which are public, for deploy tools and tests.
     networks: BTreeMap<&'a str, NetworkInfo<'a>>,
@@ -42,8 +42,14 @@ struct Manifest<'a> {
 }
 
 #[derive(Serialize)]
-struct SecretsInfo {
+struct SecretsInfo<'a> {
     scheme: &'static str,
+    /// The scope derived secrets are bound to (v2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+    /// Names of the secrets that came from the project's age files.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    external: &'a [String],
     placeholders: bool,
 }
 
@@ -93,14 +99,23 @@ pub const NICKEL_LANG_CORE: &str = "0.19.0";
 
 /// `manifest.json`: every file with size, mode, secret flag and digest; the
 /// inputs' hashes; versions. Sorted, no timestamps, no absolute paths.
-pub fn manifest(stack: &Stack, files: &Rendered, inputs: &BTreeMap<String, Vec<u8>>, keying: &Keying) -> Vec<u8> {
+pub fn manifest(
+    stack: &Stack,
+    files: &Rendered,
+    inputs: &BTreeMap<String, Vec<u8>>,
+    keying: &Keying,
+    external: &[String],
+) -> Vec<u8> {
+    let derivation = secrets::Derivation::of(&stack.secrets);
     let m = Manifest {
         manifest_version: MANIFEST_VERSION,
         stackc_version: env!("CARGO_PKG_VERSION"),
         nickel_lang_core: NICKEL_LANG_CORE,
         stack: &stack.name,
         secrets: SecretsInfo {
-            scheme: secrets::SCHEME,
+            scheme: derivation.scheme(),
+            scope: derivation.scope(),
+            external,
             placeholders: matches!(keying, Keying::Placeholder),
         },
         inputs: Inputs {

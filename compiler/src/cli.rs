@@ -412,6 +412,7 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         limits: limits(),
         project_root: req.root,
         keying: &keying,
+        identities: None,
         cache,
         machine: req.machine,
     };
@@ -623,6 +624,7 @@ fn check(file: &Path, format: CheckFormat, root: Option<&Path>, quiet: bool, col
         limits: limits(),
         project_root: root,
         keying: &Keying::Placeholder,
+        identities: None,
         cache: &crate::secrets::NoCache,
         machine: None,
     };
@@ -660,6 +662,7 @@ fn check(file: &Path, format: CheckFormat, root: Option<&Path>, quiet: bool, col
 
 fn plan(file: &Path, root: Option<&Path>, color: bool) -> u8 {
     let opts = crate::Options {
+        identities: None,
         limits: limits(),
         project_root: root,
         keying: &Keying::Placeholder,
@@ -716,6 +719,7 @@ fn diff_side(spec: &str, keying: &Keying) -> Result<crate::render::Rendered, Vec
             limits: limits(),
             project_root: root,
             keying,
+            identities: None,
             cache: &crate::secrets::NoCache,
             machine: None,
         };

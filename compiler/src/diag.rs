@@ -77,6 +77,14 @@ codes! {
     KeyMalformed = "SC0303", 1, "the master key file is not a stackc key";
     KeyUnreadable = "SC0304", 2, "the master key file cannot be read";
     SecretConflict = "SC0305", 1, "one secret name is used with two different definitions";
+    ExternalMissing = "SC0306", 1, "an external secret has no encrypted file in the project";
+    ExternalUnreadable = "SC0307", 1, "an external secret's file is not age-encrypted to the identity given";
+    ExternalShape = "SC0308", 1, "an external secret's value does not have the shape of its kind";
+    ExternalClash = "SC0309", 1, "an encrypted file in the project names a secret the stack derives";
+    NoIdentity = "SC0310", 2, "build needs an age identity to decrypt the external secrets";
+    RecipientsMalformed = "SC0311", 1, "the project's recipients list is missing or malformed";
+    KeyCommand = "SC0312", 2, "the command that prints the master key failed";
+    ExternalUnused = "SC0313", 1, "`secrets.external` names a secret no service uses";
     UnsafePath = "SC0401", 1, "an emitted file path is not a safe relative path";
     BadContent = "SC0402", 1, "a file's content cannot be rendered in its format";
     SchemaViolation = "SC0403", 1, "a written config breaks its schema";

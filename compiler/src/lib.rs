@@ -51,6 +51,9 @@ pub struct Options<'a> {
     /// Directory imports must stay in (default: the stack file's).
     pub project_root: Option<&'a Path>,
     pub keying: &'a Keying,
+    /// What decrypts the project's external secrets (`None`: placeholders
+    /// for them, after checking their files are there).
+    pub identities: Option<&'a secrets::external::Identities>,
     pub cache: &'a dyn secrets::Cache,
     /// Only this machine's files (and manifest entries).
     pub machine: Option<&'a str>,
@@ -87,8 +90,11 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
             .with_help(format!("machines: {}", known.join(", "))),
         ]);
     }
-    let resolved = secrets::resolve(&mut stack, opts.keying, opts.cache, &pos).map_err(sorted)?;
-    let mut files = render::render(&stack, &pos, opts.keying).map_err(sorted)?;
+    // Derived secrets are scoped as the stack says (its `secrets` options).
+    let keying = &opts.keying.for_stack(&stack.secrets);
+    let externals = externals(&project, &stack.secrets, opts.identities).map_err(|d| vec![d])?;
+    let resolved = secrets::resolve(&mut stack, keying, &externals, opts.cache, &pos).map_err(sorted)?;
+    let mut files = render::render(&stack, &pos, keying).map_err(sorted)?;
     let mut problems = verify::verify(&files, &resolved);
     if problems.is_empty() {
         // Schemas and cross-references together: all findings in one run.
@@ -107,12 +113,43 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         let prefix = format!("{name}/");
         files.retain(|path, _| path.starts_with(&prefix));
     }
-    let manifest = bundle::manifest(&stack, &files, &evaluated.inputs, opts.keying);
+    let mut inputs = evaluated.inputs.clone();
+    inputs.extend(resolved.inputs.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let manifest = bundle::manifest(&stack, &files, &inputs, keying, &resolved.external);
     Ok(Compiled {
         stack,
         files,
         manifest,
         secrets: resolved,
         warnings,
+    })
+}
+
+/// The stack's secrets folder: `secrets.dir` (a relative path the stdlib's
+/// contract checked) under the stack file's folder, reached through no
+/// symbolic link, so an encrypted file is always the project's own.
+fn externals<'a>(
+    project: &load::Project,
+    opts: &model::SecretsOptions,
+    identities: Option<&'a secrets::external::Identities>,
+) -> Result<secrets::Externals<'a>, Diagnostic> {
+    let base = project.entry.parent().unwrap_or(Path::new("."));
+    let mut dir = base.to_path_buf();
+    for part in opts.dir.split('/') {
+        dir.push(part);
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Diagnostic::error(
+                diag::Code::ExternalUnreadable,
+                format!("the secrets folder `{}` is reached through a symbolic link", opts.dir),
+            )
+            .with_help("keep the encrypted secrets in a real folder of the project"));
+        }
+    }
+    let rel = base.strip_prefix(&project.root).unwrap_or(Path::new(""));
+    let shown_dir = rel.join(&opts.dir).to_string_lossy().into_owned();
+    Ok(secrets::Externals {
+        dir,
+        shown_dir,
+        identities,
     })
 }

@@ -19,10 +19,25 @@ pub const OUTPUT_VERSION: u64 = 1;
 pub struct Stack {
     pub stackc: Meta,
     pub name: String,
+    pub secrets: SecretsOptions,
     /// Every network, with the implicit `default` of a stack without any.
     #[serde(default)]
     pub networks: BTreeMap<String, Network>,
     pub machines: BTreeMap<String, Machine>,
+}
+
+/// The stack's `secrets` options: how derived secrets are scoped, and which
+/// come from encrypted files in the project instead.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsOptions {
+    /// `v1` or `v2` (the stdlib's contract allows nothing else).
+    pub scheme: String,
+    pub scope: String,
+    /// Derived secrets adopted from files (`<dir>/<name>.age`).
+    pub external: Vec<String>,
+    /// Relative to the stack file's folder.
+    pub dir: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -167,15 +167,24 @@ pub fn lair() -> PathBuf {
 
 /// Compiles `entry` through the library with the master key in `key`: the
 /// secret values a build derives, for tests that look for leaks.
+/// The committed TEST age identity (tests/keys/), which the examples'
+/// external secrets are encrypted to.
+pub fn test_identities() -> stackc::secrets::external::Identities {
+    let text = std::fs::read_to_string(repo().join("tests/keys/TEST-ONLY-age-identity.txt")).unwrap();
+    stackc::secrets::external::Identities::parse(&text).expect("a valid test identity")
+}
+
 pub fn compile_with_key(
     entry: &Path,
     key: &Path,
     cache: &dyn stackc::secrets::Cache,
 ) -> Result<stackc::Compiled, Vec<stackc::diag::Diagnostic>> {
     let keying = stackc::secrets::Keying::Master(stackc::secrets::MasterKey::load(key).expect("a valid test key"));
+    let ids = test_identities();
     let opts = stackc::Options {
         project_root: None,
         keying: &keying,
+        identities: Some(&ids),
         cache,
         machine: None,
         limits: Default::default(),

@@ -1,10 +1,19 @@
 //! `secrets`: the master key, and every secret derived from it.
 //!
-//! A secret's bytes are `HKDF-SHA256(ikm = master key, salt = "stackc/v1",
-//! info = "stackc/v1/secret/<name>/<generation>[/<purpose>]")`, turned into
-//! its kind (derive.rs). Same key and same stack give the same bytes on any
-//! machine; bumping a secret's generation rotates it alone. The scheme name
-//! is recorded in the manifest.
+//! A secret's bytes are `HKDF-SHA256(ikm = master key, salt, info)`, turned
+//! into its kind (derive.rs), where (`Derivation`):
+//!
+//! - v2 (default): salt `stackc/v2`, info
+//!   `stackc/v2/scope/<len>:<scope>/secret/<name>/<generation>[/<purpose>]`,
+//!   the scope being the stack's name unless it names another: two stacks
+//!   built with one key share nothing;
+//! - v1 (kept for stacks deployed before scopes): salt `stackc/v1`, info
+//!   `stackc/v1/secret/<name>/<generation>[/<purpose>]`.
+//!
+//! Same key and same stack give the same bytes on any machine; bumping a
+//! secret's generation rotates it alone. The scheme and scope are recorded
+//! in the manifest. External secrets (external.rs) are not derived: their
+//! value is an age-encrypted file of the project.
 //!
 //! Nickel asks for a secret with a marker `{ "$stackc_secret" = { name,
 //! kind, …, encoding } }`; `resolve` replaces each marker by the secret
@@ -12,6 +21,8 @@
 //! of a 0600 file under `secrets/` that holds it (`'file`).
 
 pub(crate) mod derive;
+pub mod external;
+pub mod recipients;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,9 +40,9 @@ use crate::model::{FileSpec, Format, Stack};
 
 pub use derive::{ab64, b64, b64_unpadded};
 
-/// Name of the derivation scheme, recorded in the manifest.
-pub const SCHEME: &str = "stackc-hkdf-sha256-v1";
-const SALT: &[u8] = b"stackc/v1";
+/// Tag of the key cache's addresses; the derived seeds in them already
+/// differ between schemes and scopes.
+const CACHE_TAG: &str = "stackc-hkdf-sha256-v1";
 /// The key under which Nickel marks a secret reference.
 pub const MARKER: &str = "$stackc_secret";
 /// `{ "$stackc_join": [part, …] }`: strings and secret references, joined
@@ -40,7 +51,60 @@ pub const MARKER: &str = "$stackc_secret";
 pub const JOIN: &str = "$stackc_join";
 pub const KEY_LEN: usize = 32;
 
-pub struct MasterKey([u8; KEY_LEN]);
+pub struct MasterKey {
+    bytes: [u8; KEY_LEN],
+    derivation: Derivation,
+}
+
+/// How secrets are derived from the key: the scheme, and for v2 the scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Derivation {
+    V1,
+    V2 { scope: String },
+}
+
+impl Derivation {
+    /// From the stack's `secrets` options (`scheme` is `v1` or `v2`).
+    pub fn of(opts: &crate::model::SecretsOptions) -> Derivation {
+        match opts.scheme.as_str() {
+            "v1" => Derivation::V1,
+            _ => Derivation::V2 {
+                scope: opts.scope.clone(),
+            },
+        }
+    }
+
+    /// The scheme's name, recorded in the manifest.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Derivation::V1 => "stackc-hkdf-sha256-v1",
+            Derivation::V2 { .. } => "stackc-hkdf-sha256-v2",
+        }
+    }
+
+    pub fn scope(&self) -> Option<&str> {
+        match self {
+            Derivation::V1 => None,
+            Derivation::V2 { scope } => Some(scope),
+        }
+    }
+
+    fn salt(&self) -> &'static [u8] {
+        match self {
+            Derivation::V1 => b"stackc/v1",
+            Derivation::V2 { .. } => b"stackc/v2",
+        }
+    }
+
+    /// The start of every info string. The scope is length-prefixed, so no
+    /// scope and name can spell another pair's info, whatever they hold.
+    fn prefix(&self) -> String {
+        match self {
+            Derivation::V1 => "stackc/v1".into(),
+            Derivation::V2 { scope } => format!("stackc/v2/scope/{}:{scope}", scope.len()),
+        }
+    }
+}
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,9 +120,33 @@ pub enum Keying {
     Placeholder,
 }
 
+impl Keying {
+    /// The same key, deriving as the stack's `secrets` options say.
+    pub fn for_stack(&self, opts: &crate::model::SecretsOptions) -> Keying {
+        match self {
+            Keying::Placeholder => Keying::Placeholder,
+            Keying::Master(k) => Keying::Master(MasterKey {
+                bytes: k.bytes,
+                derivation: Derivation::of(opts),
+            }),
+        }
+    }
+}
+
 impl MasterKey {
+    /// A key deriving with the v1 scheme until `Keying::for_stack` scopes it.
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> MasterKey {
-        MasterKey(bytes)
+        MasterKey {
+            bytes,
+            derivation: Derivation::V1,
+        }
+    }
+
+    /// Parses a key file's text: base64 of 32 bytes on one line.
+    pub fn from_text(text: &str) -> Option<MasterKey> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?;
+        Some(MasterKey::from_bytes(bytes.try_into().ok()?))
     }
 
     /// Reads a key file: base64 of 32 bytes, not readable by group or others
@@ -113,16 +201,16 @@ impl MasterKey {
         if text.len() as u64 > MAX_KEY_FILE {
             return Err(malformed());
         }
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(|_| malformed())?;
-        let key: [u8; KEY_LEN] = bytes.try_into().map_err(|_| malformed())?;
-        Ok(MasterKey(key))
+        MasterKey::from_text(&text).ok_or_else(malformed)
+    }
+
+    /// The info string of a secret: its name and generation under the scheme.
+    fn info(&self, spec: &Spec) -> String {
+        format!("{}/secret/{}/{}", self.derivation.prefix(), spec.name, spec.generation)
     }
 
     fn okm(&self, info: &str, len: usize) -> Vec<u8> {
-        let hk = Hkdf::<Sha256>::new(Some(SALT), &self.0);
+        let hk = Hkdf::<Sha256>::new(Some(self.derivation.salt()), &self.bytes);
         let mut out = vec![0u8; len];
         hk.expand(info.as_bytes(), &mut out)
             .expect("lengths are bounded by Spec::check");
@@ -241,13 +329,25 @@ pub struct Spec {
     pub charset: Option<Charset>,
     pub bits: Option<u32>,
     pub generation: u32,
+    /// From the project's `<name>.age`, not derived (`stackc.secret.external`).
+    #[serde(default)]
+    pub external: bool,
 }
 
 const MAX_LEN: u32 = 1024;
 
 impl Spec {
-    fn info(&self) -> String {
-        format!("stackc/v1/secret/{}/{}", self.name, self.generation)
+    /// What a value of this kind is, in words.
+    pub fn kind_noun(&self) -> String {
+        match self.kind {
+            Kind::Password => "password (one line of text)".into(),
+            Kind::Base64 => format!("base64 value of {} bytes", self.bytes.unwrap_or(32)),
+            Kind::Hex => format!("hex value of {} bytes", self.bytes.unwrap_or(32)),
+            Kind::Rsa => "RSA private key in PEM".into(),
+            Kind::EcP256 => "P-256 private key in PEM".into(),
+            Kind::Ed25519 => "Synapse signing key line".into(),
+            Kind::Ulid => "ULID".into(),
+        }
     }
 
     /// "hex, 32 bytes, generation 1": how diagnostics name a definition.
@@ -265,6 +365,9 @@ impl Spec {
             Kind::Rsa => format!("{} bits", self.bits.unwrap_or(2048)),
             Kind::EcP256 | Kind::Ed25519 | Kind::Ulid => "fixed size".into(),
         };
+        if self.external {
+            return format!("external {}, {size}", self.kind.as_str());
+        }
         format!("{}, {size}, generation {}", self.kind.as_str(), self.generation)
     }
 
@@ -333,7 +436,7 @@ impl Spec {
             Keying::Placeholder => return self.placeholder(),
             Keying::Master(k) => k,
         };
-        let info = self.info();
+        let info = key.info(self);
         match self.kind {
             Kind::Base64 => derive::b64(&key.okm(&info, self.bytes.unwrap_or(32) as usize)),
             Kind::Hex => hex(&key.okm(&info, self.bytes.unwrap_or(32) as usize)),
@@ -379,7 +482,7 @@ fn cached<E>(
     let input_hash = Sha256::digest(input);
     let address = hex(&Sha256::new()
         .chain_update(b"stackc-cache/v1\0")
-        .chain_update(SCHEME.as_bytes())
+        .chain_update(CACHE_TAG.as_bytes())
         .chain_update(b"\0")
         .chain_update(what.as_bytes())
         .chain_update(b"\0")
@@ -405,10 +508,25 @@ fn cached<E>(
     Ok(value)
 }
 
+/// Where a build finds external secrets.
+pub struct Externals<'a> {
+    /// The stack's secrets folder (`secrets.dir` under the stack file's folder).
+    pub dir: std::path::PathBuf,
+    /// The same, as diagnostics and the manifest show it (project-relative).
+    pub shown_dir: String,
+    /// What decrypts them; `None` in `check` and placeholder builds, which
+    /// only check that each file is there and is an age file.
+    pub identities: Option<&'a external::Identities>,
+}
+
 /// The secrets a build resolved: every secret value by name, for leak
 /// checks. Public identifiers (ULIDs) are not in it.
 #[derive(Default)]
 pub struct Resolved {
+    /// Names of the secrets that came from the project's age files.
+    pub external: Vec<String>,
+    /// The age files read (project-relative path → bytes): build inputs.
+    pub inputs: BTreeMap<String, Vec<u8>>,
     /// Secret name → value (or placeholder).
     pub values: BTreeMap<String, String>,
     /// Digest written (pbkdf2, argon2id) → name of the secret it digests:
@@ -455,12 +573,17 @@ impl std::fmt::Debug for Resolved {
 pub fn resolve(
     stack: &mut Stack,
     keying: &Keying,
+    ext: &Externals,
     cache: &dyn Cache,
     pos: &Positions,
 ) -> Result<Resolved, Vec<Diagnostic>> {
     let mut specs: BTreeMap<String, (Spec, String)> = BTreeMap::new();
     let mut diags = Vec::new();
     let mut resolved = Resolved::default();
+    let adopted = &stack.secrets.external;
+    // Each external secret is read once: name → value, or None once its
+    // finding is reported.
+    let mut loaded: BTreeMap<String, Option<String>> = BTreeMap::new();
     for (mname, m) in stack.machines.iter_mut() {
         // Bundle path → secret. One service's folder can carry its own copy
         // of a shared secret, so each container mounts only what it reads.
@@ -513,7 +636,28 @@ pub fn resolve(
                         specs.insert(spec.name.clone(), (spec.clone(), ptr.to_owned()));
                     }
                 }
-                let secret = spec.value(keying, cache);
+                let is_external = spec.external || adopted.contains(&spec.name);
+                let secret = if is_external {
+                    let value = loaded.entry(spec.name.clone()).or_insert_with(|| {
+                        let at = match adopted.iter().position(|n| n == &spec.name) {
+                            Some(i) => pos.at(&format!("/secrets/external/{i}")),
+                            None => pos.at(ptr),
+                        };
+                        match load_external(spec, keying, ext, &mut resolved.inputs) {
+                            Ok(v) => Some(v),
+                            Err(d) => {
+                                diags.push(d.with_label(at, "this secret"));
+                                None
+                            }
+                        }
+                    });
+                    match value {
+                        Some(v) => v.clone(),
+                        None => return,
+                    }
+                } else {
+                    spec.value(keying, cache)
+                };
                 if !spec.kind.is_public() {
                     resolved.values.insert(spec.name.clone(), secret.clone());
                 }
@@ -576,7 +720,140 @@ pub fn resolve(
             );
         }
     }
+    // Adopted names no service uses: a typo would otherwise silently keep
+    // the derived value.
+    for (i, name) in adopted.iter().enumerate() {
+        if !specs.contains_key(name) {
+            let mut d = Diagnostic::error(
+                Code::ExternalUnused,
+                format!("`secrets.external` names `{name}`, which no service of the stack uses"),
+            )
+            .with_label(pos.at(&format!("/secrets/external/{i}")), "no secret of this name");
+            let near = specs
+                .keys()
+                .min_by_key(|k| strsim::levenshtein(k, name))
+                .filter(|k| strsim::levenshtein(k, name) <= 3);
+            d = match near {
+                Some(k) => d.with_help(format!(
+                    "did you mean `{k}`? `stackc secrets list` shows every secret of the stack"
+                )),
+                None => d.with_help("`stackc secrets list` shows every secret of the stack and where it comes from"),
+            };
+            diags.push(d);
+        }
+    }
+    // A file for a secret the stack derives: the operator meant to supply
+    // it, but the build would silently ignore it.
+    for name in age_files(&ext.dir) {
+        if let Some((spec, ptr)) = specs.get(&name)
+            && !spec.external
+            && !adopted.contains(&name)
+        {
+            diags.push(
+                Diagnostic::error(
+                    Code::ExternalClash,
+                    format!(
+                        "`{}/{name}.age` holds a value for secret `{name}`, which the stack derives from the master key",
+                        ext.shown_dir
+                    ),
+                )
+                .with_label(pos.at(ptr), format!("derived here ({})", spec.describe()))
+                .with_help(format!(
+                    "to use the file's value, adopt it: `secrets.external = [\"{name}\"]`; to keep the derived one, delete the file"
+                )),
+            );
+        }
+    }
+    resolved.external = loaded.keys().cloned().collect();
     if diags.is_empty() { Ok(resolved) } else { Err(diags) }
+}
+
+/// Names of the `<name>.age` files in the secrets folder, sorted.
+pub fn age_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .into_string()
+                .ok()?
+                .strip_suffix(".age")
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// An external secret's value: its file read (recorded as a build input),
+/// checked to be an age file, decrypted and checked for shape — or a
+/// placeholder when there is nothing to decrypt with by design.
+fn load_external(
+    spec: &Spec,
+    keying: &Keying,
+    ext: &Externals,
+    inputs: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<String, Diagnostic> {
+    let shown = format!("{}/{}.age", ext.shown_dir, spec.name);
+    let add = format!(
+        "add it with `stackc secrets add <stack file> {}` (the value is read from standard input)",
+        spec.name
+    );
+    let bytes = external::read_project_bytes(&ext.dir.join(format!("{}.age", spec.name))).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Diagnostic::error(
+                Code::ExternalMissing,
+                format!("external secret `{}` has no file `{shown}`", spec.name),
+            )
+            .with_help(add.clone())
+        } else {
+            Diagnostic::error(Code::ExternalUnreadable, format!("cannot read `{shown}`: {e}"))
+                .with_help("it must be a regular file in the project (not a link)")
+        }
+    })?;
+    inputs.insert(shown.clone(), bytes.clone());
+    if !external::is_age(&bytes) {
+        return Err(Diagnostic::error(
+            Code::ExternalUnreadable,
+            format!("`{shown}` is not an age-encrypted file"),
+        )
+        .with_help(format!("replace it: {add}")));
+    }
+    let ids = match (keying, ext.identities) {
+        (Keying::Placeholder, _) => return Ok(spec.placeholder()),
+        (Keying::Master(_), Some(ids)) => ids,
+        (Keying::Master(_), None) => {
+            return Err(Diagnostic::error(
+                Code::NoIdentity,
+                format!(
+                    "external secret `{}` is encrypted, and no age identity was given",
+                    spec.name
+                ),
+            )
+            .with_help(
+                "pass --identity FILE (or set STACKC_AGE_IDENTITY) with an identity `secrets/recipients.txt` lists",
+            ));
+        }
+    };
+    let plain = external::decrypt(&bytes, ids).map_err(|why| {
+        Diagnostic::error(Code::ExternalUnreadable, format!("`{shown}` cannot be decrypted: {why}"))
+            .with_help("re-encrypt it to the project's recipients (`stackc secrets rekey`), or pass the identity it was encrypted to")
+    })?;
+    external::shape(spec, &plain).map_err(|why| {
+        Diagnostic::error(
+            Code::ExternalShape,
+            format!(
+                "external secret `{}` in `{shown}` is not a {}: {why}",
+                spec.name,
+                spec.kind_noun()
+            ),
+        )
+        .with_help(format!(
+            "replace it with a {} of the right shape: {add}",
+            spec.kind_noun()
+        ))
+    })
 }
 
 /// What replaces a marker: the secret, a digest of it, or its file's path.
@@ -609,7 +886,7 @@ fn encode(
             let Some(key) = key else {
                 return Ok(format!("$pbkdf2-sha512$placeholder${}$not-a-digest", spec.name));
             };
-            let seed = key.seed(&format!("{}/salt/pbkdf2-sha512", spec.info()));
+            let seed = key.seed(&format!("{}/salt/pbkdf2-sha512", key.info(spec)));
             cached(
                 cache,
                 &format!("pbkdf2-sha512-{iterations}"),
@@ -636,7 +913,7 @@ fn encode(
             let Some(key) = key else {
                 return Ok(format!("$argon2id$placeholder${}$not-a-digest", spec.name));
             };
-            let seed = key.seed(&format!("{}/salt/argon2id", spec.info()));
+            let seed = key.seed(&format!("{}/salt/argon2id", key.info(spec)));
             cached(
                 cache,
                 &format!("argon2id-{m}-{t}-{p}"),
@@ -683,7 +960,7 @@ fn walk(v: &mut serde_json::Value, key: &str, ptr: &mut String, f: &mut dyn FnMu
 pub fn secret_file_digest(keying: &Keying, bytes: &[u8]) -> (String, String) {
     match keying {
         Keying::Master(k) => {
-            let mac_key = k.okm("stackc/v1/manifest-digest", 32);
+            let mac_key = k.okm(&format!("{}/manifest-digest", k.derivation.prefix()), 32);
             let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&mac_key).expect("HMAC takes any key length");
             mac.update(bytes);
             ("hmac_sha256".into(), hex(&mac.finalize().into_bytes()))
@@ -698,7 +975,7 @@ mod tests {
     use std::cell::RefCell;
 
     fn key() -> Keying {
-        Keying::Master(MasterKey([7u8; 32]))
+        Keying::Master(MasterKey::from_bytes([7u8; 32]))
     }
 
     fn spec(kind: Kind) -> Spec {
@@ -760,6 +1037,28 @@ mod tests {
         assert_eq!(
             spec(Kind::Hex).value(&key(), &NoCache),
             "530320e49d0050e81d2ec67a8330d76ba80ac75e1b96556c2bfb406f7a198168"
+        );
+    }
+
+    #[test]
+    fn known_answer_v2_and_scopes_separate() {
+        // Computed independently with Python's hmac module (RFC 5869 by hand):
+        // salt `stackc/v2`, info `stackc/v2/scope/4:prod/secret/jwt/1`.
+        let scoped = |scope: &str| {
+            key().for_stack(&crate::model::SecretsOptions {
+                scheme: "v2".into(),
+                scope: scope.into(),
+                external: vec![],
+                dir: "secrets".into(),
+            })
+        };
+        assert_eq!(
+            spec(Kind::Hex).value(&scoped("prod"), &NoCache),
+            "839a846c8a9cd53df5197e67a951a1770f26cfc409de1be10bfa8cfcca622fa9"
+        );
+        assert_ne!(
+            spec(Kind::Hex).value(&scoped("prod"), &NoCache),
+            spec(Kind::Hex).value(&scoped("staging"), &NoCache)
         );
     }
 
