@@ -17,6 +17,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::diag::{self, Code, Diagnostic};
 use crate::secrets::{Keying, MasterKey};
 
+mod secrets;
+
 #[derive(Parser)]
 #[command(
     name = "stackc",
@@ -90,9 +92,8 @@ enum Command {
         /// build would write (for pre-commit hooks and CI).
         #[arg(long, conflicts_with = "format")]
         check: bool,
-        /// Master key file (base64, mode 0600) every secret is derived from.
-        #[arg(long, env = "STACKC_SECRETS_KEY")]
-        secrets_key: Option<PathBuf>,
+        #[command(flatten)]
+        keys: KeyArgs,
         /// Emit obvious, invalid placeholders instead of secrets (for review and CI);
         /// wins over a key given by STACKC_SECRETS_KEY.
         #[arg(long)]
@@ -143,24 +144,105 @@ enum Command {
         name_only: bool,
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
-        /// Key for sides that are built; without one, they are built with placeholder secrets.
-        #[arg(long, env = "STACKC_SECRETS_KEY")]
-        secrets_key: Option<PathBuf>,
+        /// Keys for sides that are built; without a master key, they are built with
+        /// placeholder secrets.
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Print the documentation page of a diagnostic code (for example SC0201); list all codes without one.
     Explain { code: Option<String> },
-    /// Master key management.
+    /// The master key, and the stack's secrets: list them, add external ones, show one.
     #[command(subcommand)]
-    Secrets(SecretsCommand),
+    Secrets(secrets::SecretsCommand),
 }
 
-#[derive(Subcommand)]
-enum SecretsCommand {
-    /// Write a new random master key (mode 0600). Refuses to overwrite a file.
-    Init {
-        #[arg(default_value = "stackc.key")]
-        path: PathBuf,
-    },
+/// Where the master key and the age identity come from (build, diff, secrets).
+#[derive(clap::Args, Clone, Default)]
+pub(crate) struct KeyArgs {
+    /// Master key file every derived secret comes from: base64 of 32 bytes (mode 0600),
+    /// or that text age-encrypted (decrypted with --identity).
+    #[arg(long, env = "STACKC_SECRETS_KEY", value_name = "FILE")]
+    secrets_key: Option<PathBuf>,
+    /// A command that prints the master key, run with `sh -c` (a password manager:
+    /// `pass show stackc/prod`). Instead of --secrets-key.
+    #[arg(long, env = "STACKC_SECRETS_KEY_COMMAND", value_name = "COMMAND")]
+    secrets_key_command: Option<String>,
+    /// age identity file (`AGE-SECRET-KEY-1…` lines): decrypts the project's external
+    /// secrets (`secrets/<name>.age`) and an age-encrypted master key.
+    #[arg(long, env = "STACKC_AGE_IDENTITY", value_name = "FILE")]
+    identity: Option<PathBuf>,
+}
+
+/// What `KeyArgs` gave: the master key, if any, and the identities, if any.
+pub(crate) struct Keys {
+    key: Option<MasterKey>,
+    identities: Option<crate::secrets::external::Identities>,
+}
+
+impl KeyArgs {
+    pub(crate) fn load(&self) -> Result<Keys, Diagnostic> {
+        let identities = match &self.identity {
+            None => None,
+            Some(path) => Some(load_identity(path)?),
+        };
+        let key = match (&self.secrets_key, &self.secrets_key_command) {
+            (Some(_), Some(_)) => {
+                return Err(Diagnostic::error(
+                    Code::NoSecretsKey,
+                    "both a master key file and a key command are given",
+                )
+                .with_help("give one: --secrets-key (STACKC_SECRETS_KEY) or --secrets-key-command (STACKC_SECRETS_KEY_COMMAND)"));
+            }
+            (Some(path), None) => Some(MasterKey::load_with(path, identities.as_ref())?),
+            (None, Some(command)) => Some(key_from_command(command)?),
+            (None, None) => None,
+        };
+        Ok(Keys { key, identities })
+    }
+}
+
+fn load_identity(path: &Path) -> Result<crate::secrets::external::Identities, Diagnostic> {
+    let shown = path.display();
+    let fail = |why: String| {
+        Diagnostic::error(
+            Code::NoIdentity,
+            format!("the age identity `{shown}` cannot be used: {why}"),
+        )
+        .with_help("pass a file made by `age-keygen` (lines `AGE-SECRET-KEY-1…`)")
+    };
+    let text = crate::secrets::external::read_project_file(path).map_err(|e| fail(e.to_string()))?;
+    crate::secrets::external::Identities::parse(&text).map_err(fail)
+}
+
+/// Runs the key command with `sh -c`: standard error and input stay the
+/// terminal's (a password manager may prompt), standard output is the key.
+/// Nothing it prints is ever shown.
+fn key_from_command(command: &str) -> Result<MasterKey, Diagnostic> {
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", command])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| {
+            Diagnostic::error(Code::KeyCommand, format!("cannot run the key command: {e}"))
+                .with_help("--secrets-key-command is run with /bin/sh -c")
+        })?;
+    if !out.status.success() {
+        let how = match out.status.code() {
+            Some(c) => format!("exit status {c}"),
+            None => "a signal".into(),
+        };
+        return Err(
+            Diagnostic::error(Code::KeyCommand, format!("the key command ended with {how}"))
+                .with_help("run it by hand: it must print the base64 master key and exit 0"),
+        );
+    }
+    let text = String::from_utf8(out.stdout).unwrap_or_default();
+    MasterKey::from_text(&text).ok_or_else(|| {
+        Diagnostic::error(Code::KeyMalformed, "the key command did not print a stackc master key").with_help(format!(
+            "it must print {} random bytes in base64 on one line, as in a key file",
+            crate::secrets::KEY_LEN
+        ))
+    })
 }
 
 /// The evaluation budget every command uses, set once from the options.
@@ -201,7 +283,7 @@ pub fn main() -> ExitCode {
             format,
             machine,
             check,
-            secrets_key,
+            keys,
             placeholder_secrets,
             project_root,
             cache_dir,
@@ -219,7 +301,7 @@ pub fn main() -> ExitCode {
                 format,
                 machine: machine.as_deref(),
                 check,
-                key: secrets_key.as_deref(),
+                keys: &keys,
                 placeholders: placeholder_secrets,
                 root: project_root.as_deref(),
                 quiet,
@@ -239,8 +321,8 @@ pub fn main() -> ExitCode {
             stat,
             name_only,
             format,
-            secrets_key,
-        } => diff(&old, &new, stat, name_only, format, secrets_key.as_deref(), color),
+            keys,
+        } => diff(&old, &new, stat, name_only, format, &keys, color),
         Command::Explain { code: Some(code) } => explain(&code),
         Command::Explain { code: None } => {
             for c in Code::ALL {
@@ -248,7 +330,7 @@ pub fn main() -> ExitCode {
             }
             0
         }
-        Command::Secrets(SecretsCommand::Init { path }) => secrets_init(&path, color),
+        Command::Secrets(cmd) => secrets::run(cmd, color),
     };
     ExitCode::from(status)
 }
@@ -384,22 +466,30 @@ struct BuildRequest<'a> {
     format: OutputFormat,
     machine: Option<&'a str>,
     check: bool,
-    key: Option<&'a Path>,
+    keys: &'a KeyArgs,
     placeholders: bool,
     root: Option<&'a Path>,
     quiet: bool,
 }
 
 fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> u8 {
-    let keying = match (req.key, req.placeholders) {
-        (_, true) => Keying::Placeholder,
-        (Some(k), false) => match MasterKey::load(k) {
-            Ok(k) => Keying::Master(k),
+    let keys = if req.placeholders {
+        Keys {
+            key: None,
+            identities: None,
+        }
+    } else {
+        match req.keys.load() {
+            Ok(k) => k,
             Err(d) => return report(&[d], color, "nothing written"),
-        },
+        }
+    };
+    let keying = match (keys.key, req.placeholders) {
+        (_, true) => Keying::Placeholder,
+        (Some(k), false) => Keying::Master(k),
         (None, false) => {
             let d = Diagnostic::error(Code::NoSecretsKey, "no master key: secrets cannot be derived")
-                .with_help("pass --secrets-key FILE (or set STACKC_SECRETS_KEY), create one with `stackc secrets init`, or use --placeholder-secrets for a review build");
+                .with_help("pass --secrets-key FILE (or set STACKC_SECRETS_KEY, or --secrets-key-command), create one with `stackc secrets init`, or use --placeholder-secrets for a review build");
             return report(&[d], color, "nothing written");
         }
     };
@@ -412,7 +502,7 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         limits: limits(),
         project_root: req.root,
         keying: &keying,
-        identities: None,
+        identities: keys.identities.as_ref(),
         cache,
         machine: req.machine,
     };
@@ -520,10 +610,16 @@ fn build_inputs(req: &BuildRequest, manifest: &[u8]) -> Vec<crate::bundle::Input
         path: req.file.to_path_buf(),
         what: "the stack file".into(),
     }];
-    if let Some(key) = req.key {
+    if let Some(key) = &req.keys.secrets_key {
         inputs.push(Input {
-            path: key.to_path_buf(),
+            path: key.clone(),
             what: "the master key".into(),
+        });
+    }
+    if let Some(id) = &req.keys.identity {
+        inputs.push(Input {
+            path: id.clone(),
+            what: "the age identity".into(),
         });
     }
     let root = match req.root {
@@ -678,15 +774,17 @@ fn plan(file: &Path, root: Option<&Path>, color: bool) -> u8 {
     }
 }
 
-fn diff(old: &str, new: &str, stat: bool, name_only: bool, format: Format, key: Option<&Path>, color: bool) -> u8 {
-    let keying = match key {
-        Some(k) => match MasterKey::load(k) {
-            Ok(k) => Keying::Master(k),
-            Err(d) => return report(&[d], color, "nothing compared"),
-        },
+fn diff(old: &str, new: &str, stat: bool, name_only: bool, format: Format, keys: &KeyArgs, color: bool) -> u8 {
+    let keys = match keys.load() {
+        Ok(k) => k,
+        Err(d) => return report(&[d], color, "nothing compared"),
+    };
+    let keying = match keys.key {
+        Some(k) => Keying::Master(k),
         None => Keying::Placeholder,
     };
-    let side = |spec: &str| -> Result<crate::render::Rendered, Vec<Diagnostic>> { diff_side(spec, &keying) };
+    let ids = keys.identities.as_ref();
+    let side = |spec: &str| -> Result<crate::render::Rendered, Vec<Diagnostic>> { diff_side(spec, &keying, ids) };
     // One side after the other: a side stopped by its evaluation budget
     // leaves its thread halted (possibly holding Nickel's global interner),
     // so the other is not evaluated after it.
@@ -713,13 +811,17 @@ fn diff(old: &str, new: &str, stat: bool, name_only: bool, format: Format, key: 
 }
 
 /// One side of a diff, as bundle files.
-fn diff_side(spec: &str, keying: &Keying) -> Result<crate::render::Rendered, Vec<Diagnostic>> {
+fn diff_side(
+    spec: &str,
+    keying: &Keying,
+    identities: Option<&crate::secrets::external::Identities>,
+) -> Result<crate::render::Rendered, Vec<Diagnostic>> {
     let build = |entry: &Path, root: Option<&Path>| {
         let opts = crate::Options {
             limits: limits(),
             project_root: root,
             keying,
-            identities: None,
+            identities,
             cache: &crate::secrets::NoCache,
             machine: None,
         };
@@ -883,7 +985,7 @@ fn explain(code: &str) -> u8 {
     }
 }
 
-fn secrets_init(path: &Path, color: bool) -> u8 {
+pub(crate) fn secrets_init(path: &Path, color: bool) -> u8 {
     use base64::Engine as _;
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |d: Diagnostic| {

@@ -125,6 +125,33 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
     })
 }
 
+/// The stack as evaluated and checked, before secrets are resolved: what
+/// `stackc secrets` commands work on (they must run when an external secret
+/// is still missing, which `compile` would refuse).
+pub fn evaluate_stack(entry: &Path, opts: &Options) -> Result<(model::Stack, load::Project), Vec<Diagnostic>> {
+    let sorted = |mut d: Vec<Diagnostic>| {
+        diag::sort(&mut d);
+        d
+    };
+    let project = load::load(entry, opts.project_root, opts.limits).map_err(sorted)?;
+    let evaluated = eval::evaluate(&project, opts.limits).map_err(sorted)?;
+    let stack = model::from_value(&evaluated.value).map_err(sorted)?;
+    let findings = check::check(&stack, &evaluated.locs);
+    if !findings.is_empty() {
+        return Err(sorted(findings));
+    }
+    Ok((stack, project))
+}
+
+/// Where the stack's external secrets live, for `stackc secrets` commands.
+pub fn secrets_dir<'a>(
+    project: &load::Project,
+    stack: &model::Stack,
+    identities: Option<&'a secrets::external::Identities>,
+) -> Result<secrets::Externals<'a>, Diagnostic> {
+    externals(project, &stack.secrets, identities)
+}
+
 /// The stack's secrets folder: `secrets.dir` (a relative path the stdlib's
 /// contract checked) under the stack file's folder, reached through no
 /// symbolic link, so an encrypted file is always the project's own.
@@ -147,9 +174,16 @@ fn externals<'a>(
     }
     let rel = base.strip_prefix(&project.root).unwrap_or(Path::new(""));
     let shown_dir = rel.join(&opts.dir).to_string_lossy().into_owned();
+    let stack_file = project
+        .entry
+        .strip_prefix(&project.root)
+        .unwrap_or(&project.entry)
+        .to_string_lossy()
+        .into_owned();
     Ok(secrets::Externals {
         dir,
         shown_dir,
+        stack_file,
         identities,
     })
 }

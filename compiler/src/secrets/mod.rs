@@ -152,14 +152,59 @@ impl MasterKey {
     /// Reads a key file: base64 of 32 bytes, not readable by group or others
     /// (checked like ssh checks private keys).
     pub fn load(path: &Path) -> Result<MasterKey, Diagnostic> {
+        MasterKey::load_with(path, None)
+    }
+
+    /// Reads a key file, which may also be age-encrypted (then `ids`
+    /// decrypts it, and its mode does not matter: it is ciphertext).
+    pub fn load_with(path: &Path, ids: Option<&external::Identities>) -> Result<MasterKey, Diagnostic> {
         let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| {
+        let unreadable = |e: std::io::Error| {
             Diagnostic::error(
                 Code::KeyUnreadable,
                 format!("cannot read the master key `{shown}`: {e}"),
             )
             .with_help("create one with `stackc secrets init KEYFILE`, or pass --placeholder-secrets")
-        })?;
+        };
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
+        if !meta.is_file() {
+            return Err(Diagnostic::error(
+                Code::KeyMalformed,
+                format!("the master key `{shown}` is not a file"),
+            ));
+        }
+        // A key is 45 bytes (an encrypted one a few hundred); a larger file
+        // is not one, and is not read whole.
+        const MAX_KEY_FILE: u64 = 4096;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_KEY_FILE + 1), &mut bytes))
+            .map_err(unreadable)?;
+        let malformed = || {
+            Diagnostic::error(Code::KeyMalformed, format!("`{shown}` is not a stackc master key"))
+                .with_help(format!("a key file holds {KEY_LEN} random bytes in base64 on one line"))
+        };
+        if bytes.len() as u64 > MAX_KEY_FILE {
+            return Err(malformed());
+        }
+        if external::is_age(&bytes) {
+            let Some(ids) = ids else {
+                return Err(Diagnostic::error(
+                    Code::NoIdentity,
+                    format!("the master key `{shown}` is age-encrypted, and no age identity was given"),
+                )
+                .with_help("pass --identity FILE (or set STACKC_AGE_IDENTITY) with an identity it is encrypted to"));
+            };
+            let plain = external::decrypt(&bytes, ids).map_err(|why| {
+                Diagnostic::error(
+                    Code::KeyMalformed,
+                    format!("the master key `{shown}` cannot be decrypted: {why}"),
+                )
+                .with_help("pass the identity it was encrypted to (`age -e -r RECIPIENT` encrypts one)")
+            })?;
+            let text = String::from_utf8(plain).map_err(|_| malformed())?;
+            return MasterKey::from_text(&text).ok_or_else(malformed);
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -174,33 +219,9 @@ impl MasterKey {
                 )));
             }
         }
-        if !meta.is_file() {
-            return Err(Diagnostic::error(
-                Code::KeyMalformed,
-                format!("the master key `{shown}` is not a file"),
-            ));
-        }
-        // A key is 45 bytes; a larger file is not one, and is not read whole.
-        const MAX_KEY_FILE: u64 = 4096;
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_KEY_FILE + 1), &mut bytes))
-            .map_err(|e| {
-                Diagnostic::error(
-                    Code::KeyUnreadable,
-                    format!("cannot read the master key `{shown}`: {e}"),
-                )
-            })?;
-        let malformed = || {
-            Diagnostic::error(Code::KeyMalformed, format!("`{shown}` is not a stackc master key"))
-                .with_help(format!("a key file holds {KEY_LEN} random bytes in base64 on one line"))
-        };
         // Not text (a binary file, a key in another encoding): a finding
         // about the file's content, like any other malformed key.
         let text = String::from_utf8(bytes).map_err(|_| malformed())?;
-        if text.len() as u64 > MAX_KEY_FILE {
-            return Err(malformed());
-        }
         MasterKey::from_text(&text).ok_or_else(malformed)
     }
 
@@ -350,6 +371,13 @@ impl Spec {
         }
     }
 
+    /// "hex, 32 bytes": the kind and size alone.
+    pub fn describe_size(&self) -> String {
+        let full = self.describe();
+        let full = full.strip_prefix("external ").unwrap_or(&full);
+        full.split(", generation").next().unwrap_or(full).to_owned()
+    }
+
     /// "hex, 32 bytes, generation 1": how diagnostics name a definition.
     pub fn describe(&self) -> String {
         let size = match self.kind {
@@ -366,7 +394,12 @@ impl Spec {
             Kind::EcP256 | Kind::Ed25519 | Kind::Ulid => "fixed size".into(),
         };
         if self.external {
-            return format!("external {}, {size}", self.kind.as_str());
+            // Whatever the operator supplies: only the kind's shape is checked
+            // (and a base64 or hex value's byte count, which consumers need).
+            return match self.kind {
+                Kind::Base64 | Kind::Hex => format!("external {}, {size}", self.kind.as_str()),
+                _ => format!("external {}", self.kind.as_str()),
+            };
         }
         format!("{}, {size}, generation {}", self.kind.as_str(), self.generation)
     }
@@ -514,6 +547,8 @@ pub struct Externals<'a> {
     pub dir: std::path::PathBuf,
     /// The same, as diagnostics and the manifest show it (project-relative).
     pub shown_dir: String,
+    /// The stack file, as help lines name it in commands (project-relative).
+    pub stack_file: String,
     /// What decrypts them; `None` in `check` and placeholder builds, which
     /// only check that each file is there and is an age file.
     pub identities: Option<&'a external::Identities>,
@@ -768,6 +803,52 @@ pub fn resolve(
     if diags.is_empty() { Ok(resolved) } else { Err(diags) }
 }
 
+/// One secret of a stack, as `stackc secrets list` shows it.
+pub struct Entry {
+    pub spec: Spec,
+    /// From the project's `<name>.age` (declared external or adopted).
+    pub external: bool,
+    /// `machine/path` of every bundle file that references it.
+    pub used_by: std::collections::BTreeSet<String>,
+}
+
+/// Every secret the stack references, by name, without deriving or reading
+/// anything. A name defined twice differently keeps its first definition
+/// (the build reports the conflict).
+pub fn inventory(stack: &Stack) -> BTreeMap<String, Entry> {
+    let mut out: BTreeMap<String, Entry> = BTreeMap::new();
+    for (mname, m) in &stack.machines {
+        for (path, file) in &m.files {
+            let mut content = file.content.clone();
+            walk(&mut content, MARKER, &mut String::new(), &mut |value, _| {
+                let Ok(marker) = Marker::deserialize(&value[MARKER]) else {
+                    return;
+                };
+                let spec = marker.spec;
+                let external = spec.external || stack.secrets.external.contains(&spec.name);
+                out.entry(spec.name.clone())
+                    .or_insert_with(|| Entry {
+                        spec,
+                        external,
+                        used_by: Default::default(),
+                    })
+                    .used_by
+                    .insert(format!("{mname}/{path}"));
+            });
+        }
+    }
+    out
+}
+
+/// One secret's value, as a build would write it (for `stackc secrets show`).
+pub fn value_of(spec: &Spec, external: bool, keying: &Keying, ext: &Externals) -> Result<String, Diagnostic> {
+    if external {
+        load_external(spec, keying, ext, &mut BTreeMap::new())
+    } else {
+        Ok(spec.value(keying, &NoCache))
+    }
+}
+
 /// Names of the `<name>.age` files in the secrets folder, sorted.
 pub fn age_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -797,8 +878,8 @@ fn load_external(
 ) -> Result<String, Diagnostic> {
     let shown = format!("{}/{}.age", ext.shown_dir, spec.name);
     let add = format!(
-        "add it with `stackc secrets add <stack file> {}` (the value is read from standard input)",
-        spec.name
+        "`stackc secrets add {} {}` (the value is read from standard input)",
+        ext.stack_file, spec.name
     );
     let bytes = external::read_project_bytes(&ext.dir.join(format!("{}.age", spec.name))).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -806,7 +887,7 @@ fn load_external(
                 Code::ExternalMissing,
                 format!("external secret `{}` has no file `{shown}`", spec.name),
             )
-            .with_help(add.clone())
+            .with_help(format!("add it with {add}"))
         } else {
             Diagnostic::error(Code::ExternalUnreadable, format!("cannot read `{shown}`: {e}"))
                 .with_help("it must be a regular file in the project (not a link)")
@@ -818,7 +899,7 @@ fn load_external(
             Code::ExternalUnreadable,
             format!("`{shown}` is not an age-encrypted file"),
         )
-        .with_help(format!("replace it: {add}")));
+        .with_help(format!("replace it with {add}")));
     }
     let ids = match (keying, ext.identities) {
         (Keying::Placeholder, _) => return Ok(spec.placeholder()),
@@ -987,6 +1068,7 @@ mod tests {
             charset: None,
             bits: None,
             generation: 1,
+            external: false,
         }
     }
 
