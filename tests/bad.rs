@@ -33,12 +33,15 @@ fn bad_inputs_give_coded_diagnostics() {
         let tmp = TempDir::new("bad");
         let dir = tmp.path().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
-        for e in std::fs::read_dir(case).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_file() {
-                std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-            }
-        }
+        copy_tree(case, &dir);
+        // The committed TEST keys, for cases that build (`keys/…` in `args`).
+        let keys = dir.join("keys");
+        copy_tree(&repo().join("tests/keys"), &keys);
+        std::fs::set_permissions(
+            keys.join("TEST-ONLY-master.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         if let Ok(modes) = std::fs::read_to_string(case.join("modes")) {
             for line in modes.lines().filter(|l| !l.trim().is_empty()) {
                 let (mode, file) = line.split_once(' ').expect("`modes` lines are `MODE FILE`");
@@ -49,7 +52,13 @@ fn bad_inputs_give_coded_diagnostics() {
         let args: Vec<String> = std::fs::read_to_string(case.join("args"))
             .map(|s| s.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
             .unwrap_or_else(|_| vec!["check".into(), "prod.ncl".into()]);
-        let o = stackc().args(&args).current_dir(&dir).output().unwrap();
+        // No identity unless `args` names one: a case shows what a user sees.
+        let o = stackc()
+            .env_remove("STACKC_AGE_IDENTITY")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
         let (stdout, stderr) = text(&o);
         let code = o.status.code();
         if code != Some(1) {
@@ -75,4 +84,20 @@ fn bad_inputs_give_coded_diagnostics() {
         });
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Copies a case's files and folders (a project's `secrets/`, say).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            if p.file_name().unwrap() != "snapshots" {
+                copy_tree(&p, &dest);
+            }
+        } else if p.is_file() {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
 }

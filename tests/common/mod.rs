@@ -11,8 +11,15 @@ pub fn repo() -> PathBuf {
 
 pub fn stackc() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stackc"));
-    // Tests see what a user without a terminal sees.
+    // Tests see what a user without a terminal sees. The identity is the
+    // committed TEST one, which the examples' external secrets are
+    // encrypted to: a build with the test key needs it, as a user's would.
     c.env_remove("STACKC_SECRETS_KEY")
+        .env_remove("STACKC_SECRETS_KEY_COMMAND")
+        .env(
+            "STACKC_AGE_IDENTITY",
+            repo().join("tests/keys/TEST-ONLY-age-identity.txt"),
+        )
         .env_remove("CLICOLOR_FORCE")
         .env("NO_COLOR", "1");
     c

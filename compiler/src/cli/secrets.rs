@@ -274,12 +274,9 @@ fn add(file: &Path, name: &str, root: Option<&Path>, color: bool) -> u8 {
     if let Err(why) = external::shape(&entry.spec, &raw) {
         let d = Diagnostic::error(
             Code::ExternalShape,
-            format!(
-                "the value given for `{name}` is not a {}: {why}",
-                entry.spec.kind_noun()
-            ),
+            format!("the value given for `{name}` has the wrong shape: {why}"),
         )
-        .with_help("nothing was written; give a value of the right shape");
+        .with_help(format!("nothing was written; give a {}", entry.spec.kind_noun()));
         return report(&[d], color, "nothing written");
     }
     let sealed = external::encrypt(&raw, &recipients);

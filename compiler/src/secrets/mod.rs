@@ -925,9 +925,8 @@ fn load_external(
         Diagnostic::error(
             Code::ExternalShape,
             format!(
-                "external secret `{}` in `{shown}` is not a {}: {why}",
-                spec.name,
-                spec.kind_noun()
+                "external secret `{}` in `{shown}` has the wrong shape: {why}",
+                spec.name
             ),
         )
         .with_help(format!(
