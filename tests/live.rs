@@ -161,6 +161,184 @@ fn lair_chat_live() {
     println!("live: PASSED in {} s (limit {} s)", max_s - dl.left().as_secs(), max_s);
 }
 
+/// Rotation that rotates: a stack with the postgres module, built, its
+/// PostgreSQL started as the image would (init scripts on the temporary,
+/// socket-only server, then the post-start hook as emitted, racing it), the
+/// client logged in with its password from the bundle; then every password's
+/// generation bumped and a database added, rebuilt, the server restarted on
+/// the same data with the new bundle's hook: the new passwords log in, the
+/// old ones are refused, the new database exists with its collation.
+#[test]
+fn postgres_password_rotation_live() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dl = deadline();
+    let max_s = dl.max_s;
+    let Some(t) = tools() else { return };
+    let work = common::TempDir::new("live");
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    let key = common::test_key(work.path());
+    let mut lab = Lab::new(&t, "rotate");
+    let ns = lab.add_ns("db", dl);
+    let data = work.path().join("postgres");
+
+    // Generation 1: one database, one client.
+    let out1 = build_rotation_stack(work.path(), &key, 1, dl);
+    let pg1 = PgService::read(&out1.join("db"));
+    let (app1, _) = client_of(&out1.join("db"), "app");
+    let server = pg_first_start(&mut lab, &t, &ns, &pg1, &data, dl);
+    psql_login(&t, &ns, &app1, dl).expect("generation 1: the client logs in");
+    println!("live: generation 1: `app` logs in to `app` with the password of secrets/app.env");
+
+    // Generation 2: every password rotated, a database added.
+    lab.stop_service(server);
+    let out2 = build_rotation_stack(work.path(), &key, 2, dl);
+    let pg2 = PgService::read(&out2.join("db"));
+    let (app2, _) = client_of(&out2.join("db"), "app");
+    let (extra, _) = client_of(&out2.join("db"), "worker");
+    assert_ne!(app1.password, app2.password, "a new generation, a new password");
+    let su = |pg: &PgService| Login {
+        user: pg.env["POSTGRES_USER"].clone(),
+        database: "postgres".into(),
+        password: pg.env["POSTGRES_PASSWORD"].clone(),
+    };
+    assert_ne!(su(&pg1).password, su(&pg2).password);
+    let server = pg_restart(&mut lab, &t, &ns, &pg2, &data, dl);
+
+    psql_login(&t, &ns, &app2, dl).expect("generation 2: the client logs in with the new password");
+    let refused = psql_login(&t, &ns, &app1, dl).expect_err("the old password is refused");
+    assert!(refused.contains("password authentication failed"), "{refused}");
+    println!("live: generation 2: `app` logs in with the new password; the old one is refused ({refused})");
+    psql_login(&t, &ns, &su(&pg2), dl).expect("the superuser's new password logs in");
+    let refused = psql_login(&t, &ns, &su(&pg1), dl).expect_err("the superuser's old password is refused");
+    assert!(refused.contains("password authentication failed"), "{refused}");
+    println!("live: generation 2: the superuser logs in with its new password; the old one is refused");
+    let row = psql_login(&t, &ns, &extra, dl).expect("the added database and its owner exist");
+    println!("live: the database added to the stack exists and its client logs in ({row})");
+    let q = "SELECT datcollate || ' ' || pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'extra'";
+    let row = psql_query(&t, &ns, &su(&pg2), q, dl).expect("query pg_database");
+    assert_eq!(row, "C extra", "`extra` has c_locale = true and owner `extra`");
+
+    // Nothing the server logged holds a password, old or new.
+    let log = fs::read_to_string(&lab.services[server].log).unwrap();
+    for (what, pw) in [
+        ("app 1", &app1.password),
+        ("app 2", &app2.password),
+        ("worker", &extra.password),
+        ("superuser 1", &su(&pg1).password),
+        ("superuser 2", &su(&pg2).password),
+    ] {
+        assert!(!log.contains(pw.as_str()), "the server log holds the {what} password");
+    }
+    drop(lab);
+    println!("live: PASSED in {} s (limit {} s)", max_s - dl.left().as_secs(), max_s);
+}
+
+/// Writes and builds the rotation test's stack at `generation`; from 2 on it
+/// has a second database (C collation) with its own client. Returns the bundle.
+fn build_rotation_stack(work: &Path, key: &Path, generation: u32, dl: Deadline) -> PathBuf {
+    let dir = work.join(format!("stack-{generation}"));
+    fs::create_dir_all(&dir).unwrap();
+    let added = generation >= 2;
+    let text = format!(
+        r#"# Written by tests/live.rs (postgres_password_rotation_live), generation {generation}.
+let stackc = import "stackc.ncl" in
+let pw = fun n => stackc.secret.password {{ name = n, generation = {generation} }} in
+let client = fun db => {{
+  image = "ghcr.io/example/app:1.0.0",
+  environment = {{ PGHOST = "postgres", PGUSER = db, PGDATABASE = db }},
+  secret_environment.PGPASSWORD = pw "rotate-%{{db}}-db",
+  depends_on.postgres = 'healthy,
+  roles.db_clients.main = {{ host.env = "PGHOST", user.env = "PGUSER", database.env = "PGDATABASE", password.env = "PGPASSWORD" }},
+}} in
+let pg = stackc.modules.postgres.lower "postgres" {{
+  superuser_password = pw "rotate-postgres",
+  databases = {{ app = {{ owner = "app", password = pw "rotate-app-db" }} }}{extra_db},
+}} in
+stackc.stack {{
+  name = "rotate",
+  machines.db = {{
+    address = "10.0.0.2",
+    containers = pg.containers & {{ app = client "app" }}{extra_client},
+    files = pg.files,
+  }},
+}}
+"#,
+        extra_db = if added {
+            r#" & { extra = { owner = "extra", password = pw "rotate-extra-db", c_locale = true } }"#
+        } else {
+            ""
+        },
+        extra_client = if added { r#" & { worker = client "extra" }"# } else { "" },
+    );
+    let entry = dir.join("prod.ncl");
+    fs::write(&entry, &text).unwrap();
+    let out = work.join(format!("bundle-{generation}"));
+    let o = run(
+        common::stackc()
+            .args(["build", "--no-cache", "-o"])
+            .arg(&out)
+            .arg("--secrets-key")
+            .arg(key)
+            .arg(&entry),
+        "stackc build",
+        Duration::from_secs(120),
+        dl,
+    );
+    ok(&o, "stackc build");
+    println!("live: built generation {generation} into {}:\n{text}", out.display());
+    out
+}
+
+/// Who a client logs in as, from its compose service in the bundle.
+struct Login {
+    user: String,
+    database: String,
+    password: String,
+}
+
+/// A client container's login (`PGUSER`, `PGDATABASE`, and `PGPASSWORD`
+/// from its env file) and the host it names.
+fn client_of(machine: &Path, service: &str) -> (Login, String) {
+    let compose = read_yaml(&machine.join("compose.yaml"));
+    let svc = &compose["services"][service];
+    let var = |k: &str| {
+        svc["environment"][k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{service}: no {k}"))
+            .to_owned()
+    };
+    let secrets = read_env_file(&machine.join(format!("secrets/{service}.env")));
+    let login = Login {
+        user: var("PGUSER"),
+        database: var("PGDATABASE"),
+        password: secrets["PGPASSWORD"].clone(),
+    };
+    (login, var("PGHOST"))
+}
+
+/// `SELECT current_user` over TCP (scram) as `who`: the row, or psql's error.
+fn psql_login(t: &Tools, ns: &str, who: &Login, dl: Deadline) -> Result<String, String> {
+    psql_query(t, ns, who, "SELECT current_user", dl)
+}
+
+fn psql_query(t: &Tools, ns: &str, who: &Login, sql: &str, dl: Deadline) -> Result<String, String> {
+    let o = run(
+        in_ns(t, ns, &t.pg_bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", "5432", "-X", "-tA", "-v", "ON_ERROR_STOP=1"])
+            .args(["-U", &who.user, "-d", &who.database, "-c", sql])
+            .env("PGPASSWORD", &who.password)
+            .env("PGCONNECT_TIMEOUT", "10"),
+        "psql",
+        Duration::from_secs(30),
+        dl,
+    );
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    } else {
+        Err(text(&o))
+    }
+}
+
 fn deadline() -> Deadline {
     let max_s: u64 = match std::env::var("STACKC_LIVE_MAX_S") {
         Ok(v) => v.parse().expect("STACKC_LIVE_MAX_S: whole seconds"),
@@ -713,7 +891,8 @@ struct Postgres {
 
 /// A throwaway cluster set up as the postgres image's entrypoint would:
 /// superuser POSTGRES_USER with POSTGRES_PASSWORD, scram over TCP, the
-/// emitted init scripts run over the socket, then served on 127.0.0.1.
+/// emitted init scripts run over the socket, then served on 127.0.0.1, and
+/// the emitted `post_start` hooks run.
 #[allow(clippy::too_many_arguments)]
 fn postgres(
     lab: &mut Lab,
@@ -725,30 +904,153 @@ fn postgres(
     work: &Path,
     dl: Deadline,
 ) -> Postgres {
-    let svc = &compose["services"]["postgres"];
-    // compose: env_file first, `environment` overrides it.
-    let mut env = BTreeMap::new();
-    for f in svc["env_file"].as_sequence().into_iter().flatten() {
-        env.extend(read_env_file(&machine.join(f.as_str().unwrap())));
-    }
-    for (k, v) in svc["environment"].as_mapping().into_iter().flatten() {
-        env.insert(k.as_str().unwrap().to_owned(), v.as_str().unwrap().to_owned());
-    }
-    let superuser = env.get("POSTGRES_USER").cloned().unwrap_or_else(|| "postgres".into());
-    let init_dir = svc["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str())
-        .find_map(|v| {
-            let (host, rest) = v.split_once(':')?;
-            rest.starts_with(INITDB_D).then(|| machine.join(host))
-        })
-        .expect("compose.yaml mounts no init scripts into the postgres service");
-
+    let pg = PgService::of(machine, compose);
+    let superuser = pg.superuser();
     let dir = work.join("postgres");
-    let (data, socket_dir) = (dir.join("data"), dir.join("socket"));
-    for d in [&dir, &data, &socket_dir] {
+    let (data, socket_dir) = pg_dirs(&dir, dl);
+    pg_initdb(t, &pg, &dir, &data, dl);
+    pg_serve(lab, t, ns, "postgres", &data, &socket_dir, port, true, dl);
+    let scripts = pg.run_init_scripts(t, ns, &socket_dir, port, dl);
+    let hooks = pg.start_hooks(t, ns, &socket_dir, dl).join().expect("post_start hooks");
+    println!(
+        "live: postgres {} (Debian; the bundle's image is {}) on 127.0.0.1:{port} in the matrix namespace, \
+         superuser {superuser} with POSTGRES_PASSWORD from the env file, init scripts {scripts:?} run as \
+         emitted, then the post_start hooks: {hooks:?}",
+        t.pg_version, pg.image
+    );
+    Postgres { superuser, socket_dir }
+}
+
+/// The bundle's `postgres` compose service as its container sees it: the
+/// environment (`env_file`, then `environment`), the folder mounted at
+/// `/docker-entrypoint-initdb.d`, the `post_start` hooks.
+struct PgService {
+    env: BTreeMap<String, String>,
+    image: String,
+    init_dir: PathBuf,
+    post_start: Vec<Vec<String>>,
+}
+
+impl PgService {
+    fn read(machine: &Path) -> PgService {
+        PgService::of(machine, &read_yaml(&machine.join("compose.yaml")))
+    }
+
+    fn of(machine: &Path, compose: &Yaml) -> PgService {
+        let svc = &compose["services"]["postgres"];
+        let mut env = BTreeMap::new();
+        for f in svc["env_file"].as_sequence().into_iter().flatten() {
+            env.extend(read_env_file(&machine.join(f.as_str().unwrap())));
+        }
+        for (k, v) in svc["environment"].as_mapping().into_iter().flatten() {
+            env.insert(k.as_str().unwrap().to_owned(), v.as_str().unwrap().to_owned());
+        }
+        let init_dir = svc["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .find_map(|v| {
+                let (host, rest) = v.split_once(':')?;
+                rest.starts_with(INITDB_D).then(|| machine.join(host))
+            })
+            .expect("compose.yaml mounts no init scripts into the postgres service");
+        let post_start = svc["post_start"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|h| {
+                h["command"]
+                    .as_sequence()
+                    .expect("a post_start hook's command is a list")
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .collect();
+        PgService {
+            env,
+            image: svc["image"].as_str().unwrap_or("?").to_owned(),
+            init_dir,
+            post_start,
+        }
+    }
+
+    fn superuser(&self) -> String {
+        self.env
+            .get("POSTGRES_USER")
+            .cloned()
+            .unwrap_or_else(|| "postgres".into())
+    }
+
+    /// Every `*.sh` of the init folder, in order, as the entrypoint runs
+    /// them: sourced by bash as the postgres user, the cluster on its socket.
+    fn run_init_scripts(&self, t: &Tools, ns: &str, socket_dir: &Path, port: u64, dl: Deadline) -> Vec<String> {
+        let mut scripts: Vec<PathBuf> = fs::read_dir(&self.init_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sh"))
+            .collect();
+        scripts.sort();
+        assert!(!scripts.is_empty(), "no init scripts in {}", self.init_dir.display());
+        for s in &scripts {
+            let mut c = as_postgres(in_ns(t, ns, &t.setpriv), Path::new("/bin/bash"));
+            c.arg(s)
+                .env("PATH", format!("{}:{PATH}", t.pg_bin.display()))
+                .env("PGHOST", socket_dir)
+                .env("PGPORT", port.to_string())
+                .envs(&self.env);
+            let name = s.file_name().unwrap().to_string_lossy().into_owned();
+            ok(&run(&mut c, &name, Duration::from_secs(60), dl), &name);
+        }
+        scripts
+            .iter()
+            .map(|s| s.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The `post_start` hooks, started now in a thread (compose runs them
+    /// right after the container starts, while the entrypoint may still be
+    /// initialising): as the container's user (root), with its environment;
+    /// the only changes are the init folder's path, PATH and the socket's
+    /// folder (`PGHOST`, the image's is /var/run/postgresql).
+    fn start_hooks(&self, t: &Tools, ns: &str, socket_dir: &Path, dl: Deadline) -> thread::JoinHandle<Vec<String>> {
+        assert!(
+            !self.post_start.is_empty(),
+            "the postgres service has no post_start hook"
+        );
+        let mut cmds = Vec::new();
+        for argv in &self.post_start {
+            let mapped: Vec<String> = argv
+                .iter()
+                .map(|a| match a.strip_prefix(INITDB_D) {
+                    Some(rest) => format!("{}{rest}", self.init_dir.display()),
+                    None => a.clone(),
+                })
+                .collect();
+            let mut c = in_ns(t, ns, Path::new(&mapped[0]));
+            c.args(&mapped[1..])
+                .envs(&self.env)
+                .env("PATH", format!("{}:{PATH}", t.pg_bin.display()))
+                .env("PGHOST", socket_dir);
+            cmds.push((argv.join(" "), c));
+        }
+        thread::spawn(move || {
+            cmds.into_iter()
+                .map(|(what, mut c)| {
+                    let o = run(&mut c, &what, Duration::from_secs(120), dl);
+                    format!("`{what}`: {}", ok(&o, &what).trim())
+                })
+                .collect()
+        })
+    }
+}
+
+/// Folders of a throwaway cluster under `root` (the postgres user's):
+/// `(data, socket)`.
+fn pg_dirs(root: &Path, dl: Deadline) -> (PathBuf, PathBuf) {
+    let (data, socket_dir) = (root.join("data"), root.join("socket"));
+    for d in [root, &data, &socket_dir] {
         ok(
             &run(
                 cmd(Path::new("install"))
@@ -761,8 +1063,15 @@ fn postgres(
             "install -d",
         );
     }
-    let pwfile = dir.join("pwfile");
-    fs::write(&pwfile, env.get("POSTGRES_PASSWORD").expect("no POSTGRES_PASSWORD")).unwrap();
+    (data, socket_dir)
+}
+
+/// `initdb` as the image's entrypoint runs it: superuser POSTGRES_USER with
+/// POSTGRES_PASSWORD (from a file, as the image pipes it), trust on the
+/// socket, scram-sha-256 over TCP.
+fn pg_initdb(t: &Tools, pg: &PgService, root: &Path, data: &Path, dl: Deadline) {
+    let pwfile = root.join("pwfile");
+    fs::write(&pwfile, pg.env.get("POSTGRES_PASSWORD").expect("no POSTGRES_PASSWORD")).unwrap();
     ok(
         &run(
             cmd(Path::new("chown")).arg("postgres").arg(&pwfile),
@@ -775,8 +1084,8 @@ fn postgres(
     let o = run(
         as_postgres(cmd(&t.setpriv), &t.pg_bin.join("initdb"))
             .arg("-D")
-            .arg(&data)
-            .args(["-U", &superuser, "-E", "UTF8", "--locale=C.UTF-8"])
+            .arg(data)
+            .args(["-U", &pg.superuser(), "-E", "UTF8", "--locale=C.UTF-8"])
             .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
             .arg(format!("--pwfile={}", pwfile.display())),
         "initdb",
@@ -785,53 +1094,81 @@ fn postgres(
     );
     ok(&o, "initdb");
     fs::remove_file(&pwfile).unwrap();
+}
 
+/// The server on `data`, as `name`: on the socket only (`tcp` false: the
+/// entrypoint's temporary server) or on 127.0.0.1:`port` too; ready when
+/// pg_isready says so where it listens.
+#[allow(clippy::too_many_arguments)]
+fn pg_serve(
+    lab: &mut Lab,
+    t: &Tools,
+    ns: &str,
+    name: &str,
+    data: &Path,
+    socket_dir: &Path,
+    port: u64,
+    tcp: bool,
+    dl: Deadline,
+) -> usize {
     let mut c = as_postgres(in_ns(t, ns, &t.setpriv), &t.pg_bin.join("postgres"));
-    c.arg("-D").arg(&data).args([
+    c.arg("-D").arg(data).args([
         "-c",
-        "listen_addresses=127.0.0.1",
+        &format!("listen_addresses={}", if tcp { "127.0.0.1" } else { "" }),
         "-c",
         &format!("port={port}"),
         "-c",
         &format!("unix_socket_directories={}", socket_dir.display()),
     ]);
-    let i = lab.spawn("postgres", c, libc::SIGINT, &dir);
+    let i = lab.spawn(name, c, libc::SIGINT, data.parent().unwrap());
+    let host = if tcp {
+        "127.0.0.1".to_owned()
+    } else {
+        socket_dir.display().to_string()
+    };
     lab.wait_ready(i, "postgres accepting connections", Duration::from_secs(60), dl, || {
         let o = run(
-            in_ns(t, ns, &t.pg_bin.join("pg_isready")).args(["-h", "127.0.0.1", "-p", &port.to_string()]),
+            in_ns(t, ns, &t.pg_bin.join("pg_isready")).args(["-h", &host, "-p", &port.to_string()]),
             "pg_isready",
             Duration::from_secs(10),
             dl,
         );
         o.status.success().then_some(()).ok_or_else(|| text(&o))
     });
+    i
+}
 
-    let mut scripts: Vec<PathBuf> = fs::read_dir(&init_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sh"))
-        .collect();
-    scripts.sort();
-    assert!(!scripts.is_empty(), "no init scripts in {}", init_dir.display());
-    for s in &scripts {
-        // The entrypoint sources them with bash, the cluster on its socket.
-        let mut c = as_postgres(in_ns(t, ns, &t.setpriv), Path::new("/bin/bash"));
-        c.arg(s)
-            .env("PATH", format!("{}:{PATH}", t.pg_bin.display()))
-            .env("PGHOST", &socket_dir)
-            .env("PGPORT", port.to_string())
-            .envs(&env);
-        let name = s.file_name().unwrap().to_string_lossy().into_owned();
-        ok(&run(&mut c, &name, Duration::from_secs(60), dl), &name);
-    }
+/// A first start as the image's entrypoint does it, with compose's
+/// `post_start` hooks started at once beside it: initdb, the temporary
+/// server on the socket only, the init scripts, that server stopped, the
+/// real one on 127.0.0.1:5432. The hooks must wait for it and succeed.
+fn pg_first_start(lab: &mut Lab, t: &Tools, ns: &str, pg: &PgService, root: &Path, dl: Deadline) -> usize {
+    let (data, socket_dir) = pg_dirs(root, dl);
+    pg_initdb(t, pg, root, &data, dl);
+    let hooks = pg.start_hooks(t, ns, &socket_dir, dl);
+    let temp = pg_serve(lab, t, ns, "postgres-init", &data, &socket_dir, 5432, false, dl);
+    let scripts = pg.run_init_scripts(t, ns, &socket_dir, 5432, dl);
+    lab.stop_service(temp);
+    let i = pg_serve(lab, t, ns, "postgres-1", &data, &socket_dir, 5432, true, dl);
+    let done = hooks.join().expect("post_start hooks");
     println!(
-        "live: postgres {} (Debian; the bundle's image is {}) on 127.0.0.1:{port} in the matrix namespace, \
-         superuser {superuser} with POSTGRES_PASSWORD from the env file, init scripts {:?} run as emitted",
-        t.pg_version,
-        svc["image"].as_str().unwrap_or("?"),
-        scripts.iter().map(|s| s.file_name().unwrap()).collect::<Vec<_>>()
+        "live: postgres {} (Debian; the bundle's image is {}): first start, init scripts {scripts:?} on the \
+         socket-only server, then on 127.0.0.1:5432; post_start hooks, started with the container, waited \
+         for it: {done:?}",
+        t.pg_version, pg.image
     );
-    Postgres { superuser, socket_dir }
+    i
+}
+
+/// A later start on the same data (the entrypoint skips init): the real
+/// server, and the bundle's `post_start` hooks beside it.
+fn pg_restart(lab: &mut Lab, t: &Tools, ns: &str, pg: &PgService, root: &Path, dl: Deadline) -> usize {
+    let (data, socket_dir) = (root.join("data"), root.join("socket"));
+    let hooks = pg.start_hooks(t, ns, &socket_dir, dl);
+    let i = pg_serve(lab, t, ns, "postgres-2", &data, &socket_dir, 5432, true, dl);
+    let done = hooks.join().expect("post_start hooks");
+    println!("live: postgres restarted on the same data with the new bundle's env file; post_start hooks: {done:?}");
+    i
 }
 
 /// Synapse from a copy of the emitted synapse folder; the only change to
@@ -1250,6 +1587,11 @@ impl Lab {
             log,
         });
         self.services.len() - 1
+    }
+
+    /// Stops service `i` (its signal, then SIGKILL) before the lab ends.
+    fn stop_service(&mut self, i: usize) {
+        stop(&mut self.services[i]);
     }
 
     /// Polls `probe` every half second until it succeeds; fails if the
