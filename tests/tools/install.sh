@@ -5,7 +5,8 @@
 #
 # apt (only what is missing): nftables (nft), util-linux (unshare), openssl,
 #      systemd (systemd-analyze), nginx (`nginx -t`), postgresql (for the
-#      live Matrix test), libpq-dev + build-essential (pip builds psycopg2
+#      live Matrix test), age (tests/external.rs cross-checks stackc's age
+#      files with the real CLI), libpq-dev + build-essential (pip builds psycopg2
 #      from source), python3-dev (only if the interpreter has no Python.h,
 #      i.e. Debian's system python), python3-venv (only if `python3 -m venv`
 #      does not already work, e.g. with a pyenv/python.org interpreter).
@@ -26,7 +27,7 @@ PREFIX=${STACKC_TOOLS_PREFIX:-/opt/stackc-tools}
 PYTHON=${PYTHON:-python3}
 REQS="$HERE/requirements.txt"
 STAMP="$PREFIX/.stackc-requirements.sha256"
-APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential)
+APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age)
 
 log() { printf '[stackc-tools] %s\n' "$*"; }
 die() { printf '[stackc-tools] error: %s\n' "$*" >&2; exit 1; }

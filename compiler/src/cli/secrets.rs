@@ -271,15 +271,20 @@ fn add(file: &Path, name: &str, root: Option<&Path>, color: bool) -> u8 {
         Ok(v) => v,
         Err(d) => return report(&[d], color, "nothing written"),
     };
-    if let Err(why) = external::shape(&entry.spec, &raw) {
-        let d = Diagnostic::error(
-            Code::ExternalShape,
-            format!("the value given for `{name}` has the wrong shape: {why}"),
-        )
-        .with_help(format!("nothing was written; give a {}", entry.spec.kind_noun()));
-        return report(&[d], color, "nothing written");
-    }
-    let sealed = external::encrypt(&raw, &recipients);
+    // What is stored is what the service will get: the value as its kind
+    // normalises it (no trailing newline, keys as PKCS#8).
+    let value = match external::shape(&entry.spec, &raw) {
+        Ok(v) => v,
+        Err(why) => {
+            let d = Diagnostic::error(
+                Code::ExternalShape,
+                format!("the value given for `{name}` has the wrong shape: {why}"),
+            )
+            .with_help(format!("nothing was written; give {}", entry.spec.kind_noun()));
+            return report(&[d], color, "nothing written");
+        }
+    };
+    let sealed = external::encrypt(value.as_bytes(), &recipients);
     let shown = format!("{}/{name}.age", ext.shown_dir);
     if let Err(e) =
         std::fs::create_dir_all(&ext.dir).and_then(|()| write_atomic(&ext.dir, &format!("{name}.age"), &sealed))

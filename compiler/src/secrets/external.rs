@@ -204,7 +204,7 @@ pub fn shape(spec: &Spec, raw: &[u8]) -> Result<String, String> {
         Kind::Ed25519 => {
             // Synapse's signing key file: `ed25519 <version> <unpadded base64 seed>`.
             let parts: Vec<&str> = text.split(' ').collect();
-            let shape_err = || "it is not a Synapse signing key line (`ed25519 a_XXXX <base64 seed>`)".to_owned();
+            let shape_err = || "it is not an ed25519 signing key line (`ed25519 a_XXXX <base64 seed>`)".to_owned();
             let [alg, version, seed] = parts[..] else {
                 return Err(shape_err());
             };
@@ -231,5 +231,81 @@ pub fn shape(spec: &Spec, raw: &[u8]) -> Result<String, String> {
             }
             Ok(text.to_ascii_uppercase())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: Kind, bytes: Option<u32>) -> Spec {
+        Spec {
+            name: "x".into(),
+            kind,
+            bytes,
+            length: None,
+            charset: None,
+            bits: None,
+            generation: 1,
+            external: true,
+        }
+    }
+
+    #[test]
+    fn shapes_accept_what_the_consumer_reads_and_nothing_else() {
+        let ok = |k, b, v: &str| shape(&spec(k, b), v.as_bytes());
+        assert_eq!(ok(Kind::Password, None, "pass word\n").unwrap(), "pass word");
+        assert!(ok(Kind::Password, None, "two\nlines").is_err());
+        assert!(ok(Kind::Password, None, "\n").is_err());
+        let b64 = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="; // 32 bytes
+        assert_eq!(ok(Kind::Base64, None, b64).unwrap(), b64);
+        assert!(ok(Kind::Base64, Some(16), b64).unwrap_err().contains("32 bytes"));
+        assert!(ok(Kind::Base64, None, "not base64!").is_err());
+        assert_eq!(ok(Kind::Hex, Some(2), "ABcd").unwrap(), "abcd");
+        assert!(ok(Kind::Hex, Some(2), "abc").is_err());
+        assert!(ok(Kind::Hex, Some(3), "abcd").is_err());
+        let line = "ed25519 a_AbCd MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY";
+        assert_eq!(ok(Kind::Ed25519, None, line).unwrap(), format!("{line}\n"));
+        assert!(
+            ok(Kind::Ed25519, None, "ed25519 a_AbCd c2hvcnQ")
+                .unwrap_err()
+                .contains("32")
+        );
+        assert!(ok(Kind::Ed25519, None, "-----BEGIN PRIVATE KEY-----").is_err());
+        assert!(
+            ok(
+                Kind::Rsa,
+                None,
+                "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"
+            )
+            .is_err()
+        );
+        assert_eq!(
+            ok(Kind::Ulid, None, "01arz3ndektsv4rrffq69g5fav").unwrap(),
+            "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+        );
+        assert!(ok(Kind::Ulid, None, "01ARZ3NDEKTSV4RRFFQ69G5FAU!").is_err());
+        assert!(shape(&spec(Kind::Password, None), &[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn encrypted_values_decrypt_with_the_identity_only() {
+        let id = "AGE-SECRET-KEY-1TARXAR6EH7HY78KGY3S483ZG8RDT5MAYEAY06Z8GTVWWZZ28QCDSLE7MU0";
+        let ids = Identities::parse(&format!("# TEST identity\n{id}\n")).unwrap();
+        let r =
+            super::super::recipients::parse("r", "age1l50vvsrmz2q6tq2vfh30l7e6969hx8lat78uz9dx7k7mxe8ej4fsrcggux\n")
+                .unwrap();
+        let sealed = encrypt(b"value", &r);
+        assert!(is_age(&sealed) && !is_age(b"value"));
+        assert_eq!(decrypt(&sealed, &ids).unwrap(), b"value");
+        // Another throwaway TEST identity.
+        let other =
+            Identities::parse("AGE-SECRET-KEY-1JTRJY73X5Y0NQTHDQT749766JGCD8PKJEDFFX0T7253U98A63SFQCA8E09").unwrap();
+        assert!(decrypt(&sealed, &other).unwrap_err().contains("not encrypted to"));
+        let mut damaged = sealed.clone();
+        let n = damaged.len();
+        damaged[n / 2] ^= 1;
+        assert!(decrypt(&damaged, &ids).is_err());
+        assert!(Identities::parse("not an identity").is_err());
     }
 }

@@ -358,16 +358,16 @@ pub struct Spec {
 const MAX_LEN: u32 = 1024;
 
 impl Spec {
-    /// What a value of this kind is, in words.
+    /// What a value of this kind is, in words, with its article.
     pub fn kind_noun(&self) -> String {
         match self.kind {
-            Kind::Password => "password (one line of text)".into(),
-            Kind::Base64 => format!("base64 value of {} bytes", self.bytes.unwrap_or(32)),
-            Kind::Hex => format!("hex value of {} bytes", self.bytes.unwrap_or(32)),
-            Kind::Rsa => "RSA private key in PEM".into(),
-            Kind::EcP256 => "P-256 private key in PEM".into(),
-            Kind::Ed25519 => "Synapse signing key line".into(),
-            Kind::Ulid => "ULID".into(),
+            Kind::Password => "a password (one line of text)".into(),
+            Kind::Base64 => format!("a base64 value of {} bytes", self.bytes.unwrap_or(32)),
+            Kind::Hex => format!("a hex value of {} bytes", self.bytes.unwrap_or(32)),
+            Kind::Rsa => "an RSA private key in PEM".into(),
+            Kind::EcP256 => "a P-256 private key in PEM".into(),
+            Kind::Ed25519 => "an ed25519 signing key line (`ed25519 <version> <base64 seed>`)".into(),
+            Kind::Ulid => "a ULID".into(),
         }
     }
 
@@ -929,10 +929,7 @@ fn load_external(
                 spec.name
             ),
         )
-        .with_help(format!(
-            "replace it with a {} of the right shape: {add}",
-            spec.kind_noun()
-        ))
+        .with_help(format!("replace it with {}: {add}", spec.kind_noun()))
     })
 }
 

@@ -44,14 +44,24 @@ pub fn parse(shown: &str, text: &str) -> Result<Vec<Recipient>, Diagnostic> {
                 text: body.to_owned(),
                 key,
             }),
+            Err(_) if body.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") => {
+                // A private key: named by its line, never quoted (a label
+                // would print the line, into a terminal or a CI log).
+                let line = text[..start].matches('\n').count() + 1;
+                return Err(Diagnostic::error(
+                    Code::RecipientsMalformed,
+                    format!("line {line} of `{shown}` is an age identity (a private key), not a recipient"),
+                )
+                .with_help(
+                    "replace it with its public key (`age-keygen -y IDENTITY_FILE`), and treat the identity as leaked if the file was shared or committed",
+                ));
+            }
             Err(_) => {
                 let span = Span {
                     file: source.clone(),
                     range: at..at + body.len(),
                 };
-                let what = if body.starts_with("AGE-SECRET-KEY-") {
-                    "an age identity (a private key), not a recipient"
-                } else if body.starts_with("ssh-") {
+                let what = if body.starts_with("ssh-") {
                     "an SSH key; stackc takes age X25519 recipients only"
                 } else {
                     "not an age X25519 recipient"
@@ -102,13 +112,15 @@ mod tests {
     }
 
     #[test]
-    fn an_identity_is_refused_with_its_line() {
+    fn an_identity_is_refused_by_its_line_and_never_quoted() {
         let text = format!("{R}\nAGE-SECRET-KEY-1QQQQ\n");
         let d = parse("secrets/recipients.txt", &text).err().unwrap();
         assert_eq!(d.code, Code::RecipientsMalformed);
+        assert!(d.message.starts_with("line 2 of"), "{}", d.message);
+        assert!(d.labels.is_empty(), "a label would print the private key");
+        let d = parse("r", "not-a-key\n").err().unwrap();
         let span = &d.labels[0].span;
-        assert_eq!(span.line_col(span.range.start), (2, 1));
-        assert!(d.labels[0].message.contains("identity"));
+        assert_eq!(span.line_col(span.range.start), (1, 1));
     }
 
     #[test]
