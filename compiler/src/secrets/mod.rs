@@ -987,6 +987,7 @@ mod tests {
             charset: None,
             bits: None,
             generation: 1,
+            external: false,
         }
     }
 
