@@ -106,6 +106,13 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         return Err(sorted(problems));
     }
     let warnings = sorted(problems);
+    // Git-safe Kubernetes secrets (secrets/sops.rs): encrypted once every
+    // check has read them, then the leak guard again on what is written.
+    secrets::sops::seal(&stack, &mut files, keying, &externals, &pos).map_err(sorted)?;
+    let leaks = verify::verify(&files, &resolved);
+    if !leaks.is_empty() {
+        return Err(sorted(leaks));
+    }
     // One machine's output is cut from the whole stack's, after every check
     // ran on all of it: cross-machine facts (routes, firewalls) need them all.
     if let Some(name) = opts.machine {
