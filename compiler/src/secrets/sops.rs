@@ -257,11 +257,29 @@ pub fn seal(
     if sealed.is_empty() {
         return Ok(());
     }
+    // Where each machine asked for SOPS; one label per place (machines
+    // often share one `kubernetes` record).
+    let mut places: Vec<(crate::diag::Span, Vec<&str>)> = Vec::new();
+    for m in &sealed {
+        let Some(span) = option(m) else { continue };
+        match places
+            .iter_mut()
+            .find(|(s, _)| s.file.name == span.file.name && s.range == span.range)
+        {
+            Some((_, names)) => names.push(m),
+            None => places.push((span, vec![m])),
+        }
+    }
     let with_options = |mut d: Diagnostic| {
-        for m in &sealed {
+        for (span, names) in &places {
+            let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
             d = d.with_label(
-                option(m),
-                "SOPS mode encrypts this machine's secrets to the project's recipients",
+                Some(span.clone()),
+                format!(
+                    "SOPS mode: {} encrypt{} their secrets to the project's recipients",
+                    names.join(", "),
+                    if names.len() == 1 { "s" } else { "" }
+                ),
             );
         }
         d
