@@ -32,6 +32,8 @@
 //! MAC's additional data.
 
 use aes_gcm::AesGcm;
+use std::collections::BTreeMap;
+
 use aes_gcm::aead::consts::U32;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::aes::Aes256;
@@ -239,14 +241,15 @@ pub fn sops_manifest(rendered: &[u8], seed: &[u8; 32], r: &Sealing) -> Result<St
 
 /// Encrypts the secret files of every machine in SOPS mode, after every
 /// check has read them in plain text: Secret manifests become SOPS files,
-/// other secret files `<path>.age`; all become plain (0644) files.
+/// other secret files `<path>.age`; all become plain (0644) files. Returns
+/// the recipients list it read (project path → bytes), a build input.
 pub fn seal(
     stack: &Stack,
     files: &mut Rendered,
     keying: &Keying,
     ext: &Externals,
     pos: &Positions,
-) -> Result<(), Vec<Diagnostic>> {
+) -> Result<BTreeMap<String, Vec<u8>>, Vec<Diagnostic>> {
     let option = |m: &str| pos.at(&format!("/machines/{}/secret_manifests", pointer_escape(m)));
     let sealed: Vec<&String> = stack
         .machines
@@ -255,7 +258,7 @@ pub fn seal(
         .map(|(name, _)| name)
         .collect();
     if sealed.is_empty() {
-        return Ok(());
+        return Ok(BTreeMap::new());
     }
     // Where each machine asked for SOPS; one label per place (machines
     // often share one `kubernetes` record).
@@ -285,6 +288,11 @@ pub fn seal(
         d
     };
     let list = recipients::load(&ext.dir, &ext.shown_dir).map_err(|d| vec![with_options(d)])?;
+    let mut inputs = BTreeMap::new();
+    if let Ok(bytes) = super::external::read_project_bytes(&ext.dir.join(recipients::FILE)) {
+        let shown = format!("{}/{}", ext.shown_dir.trim_end_matches('/'), recipients::FILE);
+        inputs.insert(shown, bytes);
+    }
     let r = Sealing::new(&list).map_err(|why| {
         vec![with_options(Diagnostic::error(
             Code::RecipientsMalformed,
@@ -359,13 +367,12 @@ pub fn seal(
             );
         }
     }
-    if diags.is_empty() { Ok(()) } else { Err(diags) }
+    if diags.is_empty() { Ok(inputs) } else { Err(diags) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     const RECIPIENT: &str = "age1l50vvsrmz2q6tq2vfh30l7e6969hx8lat78uz9dx7k7mxe8ej4fsrcggux";
 
