@@ -1120,10 +1120,25 @@ fn check_synapse(tool: &SynapseTool, file: &Path) -> Outcome {
 /// `kubernetes-validate --strict -k 1.37.0 NAME` (cwd = its dir), with the
 /// schemas bundled in the package. FAIL: any `ERROR` line, a kind without
 /// a schema (e.g. a CRD), or a file with no resource in it.
+///
+/// A SOPS file (a Secret with a top-level `sops` key, as
+/// `kubernetes.secret_manifests = 'sops` writes them) is checked without
+/// that key: the object the cluster gets after `sops -d` has the same shape,
+/// encrypted values being strings too. tests/sops.rs decrypts them.
 fn check_k8s(tool: &Path, file: &Path) -> Outcome {
     let scratch = TempDir::new("k8s");
     let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
         return Outcome::Fail(format!("bad path {}", file.display()));
+    };
+    let mut sops_note = None;
+    let copy;
+    let (dir, name) = match sops_stripped(file) {
+        Some(text) => {
+            copy = scratch.write(&format!("sops/{}", name.to_string_lossy()), &text);
+            sops_note = Some("SOPS file: checked without its `sops` metadata".to_string());
+            (copy.parent().unwrap_or(dir), copy.file_name().unwrap_or(name))
+        }
+        None => (dir, name),
     };
     let mut cmd = python_command(tool, &scratch);
     cmd.args(["--strict", "-k", K8S_VERSION])
@@ -1159,6 +1174,7 @@ fn check_k8s(tool: &Path, file: &Path) -> Outcome {
     if fails.is_empty() && passed == 0 {
         fails.push("no resource validated (empty file?)".to_string());
     }
+    notes.extend(sops_note);
     if fails.is_empty() {
         Outcome::Pass(notes)
     } else {
@@ -1167,6 +1183,14 @@ fn check_k8s(tool: &Path, file: &Path) -> Outcome {
             fails.join("; ")
         ))
     }
+}
+
+/// The manifest without its top-level `sops` key, if it has one.
+fn sops_stripped(file: &Path) -> Option<String> {
+    let text = fs::read_to_string(file).ok()?;
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    doc.as_mapping_mut()?.remove("sops")?;
+    serde_yaml::to_string(&doc).ok()
 }
 
 /// The first quoted string after `marker` in `text`.
@@ -1417,6 +1441,29 @@ struct GoldenFile {
     display: String,
 }
 
+/// A copy of `bundle` (kept until the process ends) with every `.age` file
+/// decrypted beside it, under its name without `.age`.
+fn decrypted_copy(bundle: &Path) -> Result<PathBuf, String> {
+    let id = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/keys/TEST-ONLY-age-identity.txt");
+    let ids = stackc::secrets::external::Identities::parse(&fs::read_to_string(id).map_err(|e| e.to_string())?)?;
+    let copy = env::temp_dir().join(format!(
+        "stackc-conformance-decrypted-{}/{}",
+        std::process::id(),
+        bundle.file_name().unwrap().to_string_lossy()
+    ));
+    let _ = fs::remove_dir_all(&copy);
+    copy_dir(bundle, &copy).map_err(|e| format!("cannot copy {}: {e}", bundle.display()))?;
+    let mut all = Vec::new();
+    walk_files(&copy, &mut all).map_err(|e| e.to_string())?;
+    for p in all.into_iter().filter(|p| p.extension().is_some_and(|x| x == "age")) {
+        let plain = stackc::secrets::external::decrypt(&fs::read(&p).map_err(|e| e.to_string())?, &ids)
+            .map_err(|why| format!("{}: {why}", p.display()))?;
+        fs::write(p.with_extension(""), plain).map_err(|e| e.to_string())?;
+        fs::remove_file(&p).map_err(|e| e.to_string())?;
+    }
+    Ok(copy)
+}
+
 /// Every checked file of every bundle (= directory directly under golden/).
 fn collect_golden(golden: &Path) -> Result<(Vec<GoldenFile>, usize), String> {
     let mut files = Vec::new();
@@ -1426,10 +1473,22 @@ fn collect_golden(golden: &Path) -> Result<(Vec<GoldenFile>, usize), String> {
         bundles += 1;
         let mut all = Vec::new();
         walk_files(&bundle, &mut all).map_err(|e| format!("cannot read {}: {e}", bundle.display()))?;
+        // A bundle whose secret files are age-encrypted (Kubernetes SOPS
+        // mode) is checked in a copy where each `<file>.age` is decrypted
+        // with the TEST identity next to the others: the validators then
+        // see what the cluster will.
+        let bundle = if all.iter().any(|p| p.extension().is_some_and(|x| x == "age")) {
+            let copy = decrypted_copy(&bundle)?;
+            all.clear();
+            walk_files(&copy, &mut all).map_err(|e| format!("cannot read {}: {e}", copy.display()))?;
+            copy
+        } else {
+            bundle
+        };
         for abs in all {
             let rel = abs.strip_prefix(&bundle).unwrap();
             if let Some(kind) = classify(rel) {
-                let display = abs.strip_prefix(golden).unwrap_or(&abs).display().to_string();
+                let display = format!("{}/{}", bundle.file_name().unwrap().to_string_lossy(), rel.display());
                 files.push(GoldenFile { kind, abs, display });
             }
         }
@@ -2368,6 +2427,28 @@ fn k8s_wrapper_accepts_good_manifests() {
     let dir = TempDir::new("selftest-k8s-good");
     let good = dir.write("k8s/synapse.yaml", GOOD_K8S);
     assert_passes(check_k8s(&tool, &good), "Deployment + Service");
+}
+
+/// A Secret as `secret_manifests = 'sops` writes it (values shortened).
+const SOPS_SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\n  namespace: matrix\nstringData:\n  PASSWORD: ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]\ntype: Opaque\nsops:\n  age:\n  - recipient: age1xyz\n    enc: x\n  lastmodified: '1970-01-01T00:00:00Z'\n  mac: ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]\n  version: 3.9.0\n";
+
+#[test]
+fn k8s_wrapper_checks_sops_secrets_without_their_metadata() {
+    let Some(tool) = require(Kind::K8s, find_k8s_validate()) else {
+        return;
+    };
+    let dir = TempDir::new("selftest-k8s-sops");
+    let good = dir.write("a/k8s/db.secret.yaml", SOPS_SECRET);
+    assert_passes(check_k8s(&tool, &good), "SOPS Secret");
+    let typo = dir.write(
+        "b/k8s/db.secret.yaml",
+        &SOPS_SECRET.replace("stringData:", "stringDta:"),
+    );
+    assert_fails(
+        check_k8s(&tool, &typo),
+        "('stringDta' was unexpected)",
+        "misspelt field in a SOPS Secret",
+    );
 }
 
 #[test]

@@ -106,6 +106,13 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         return Err(sorted(problems));
     }
     let warnings = sorted(problems);
+    // Git-safe Kubernetes secrets (secrets/sops.rs): encrypted once every
+    // check has read them, then the leak guard again on what is written.
+    let sealed_inputs = secrets::sops::seal(&stack, &mut files, keying, &externals, &pos).map_err(sorted)?;
+    let leaks = verify::verify(&files, &resolved);
+    if !leaks.is_empty() {
+        return Err(sorted(leaks));
+    }
     // One machine's output is cut from the whole stack's, after every check
     // ran on all of it: cross-machine facts (routes, firewalls) need them all.
     if let Some(name) = opts.machine {
@@ -115,6 +122,7 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
     }
     let mut inputs = evaluated.inputs.clone();
     inputs.extend(resolved.inputs.iter().map(|(k, v)| (k.clone(), v.clone())));
+    inputs.extend(sealed_inputs);
     let manifest = bundle::manifest(&stack, &files, &inputs, keying, &resolved.external);
     Ok(Compiled {
         stack,

