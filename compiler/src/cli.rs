@@ -218,10 +218,15 @@ fn load_identity(path: &Path) -> Result<crate::secrets::external::Identities, Di
 /// terminal's (a password manager may prompt), standard output is the key.
 /// Nothing it prints is ever shown.
 fn key_from_command(command: &str) -> Result<MasterKey, Diagnostic> {
+    // `output()` would also capture standard error and close standard
+    // input: a password manager could neither prompt nor explain a failure.
     let out = std::process::Command::new("/bin/sh")
         .args(["-c", command])
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
         .stdout(std::process::Stdio::piped())
-        .output()
+        .spawn()
+        .and_then(|child| child.wait_with_output())
         .map_err(|e| {
             Diagnostic::error(Code::KeyCommand, format!("cannot run the key command: {e}"))
                 .with_help("--secrets-key-command is run with /bin/sh -c")
@@ -512,7 +517,8 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
     };
     warn(&compiled.warnings, color);
     let default_dir = PathBuf::from("out");
-    let inputs = build_inputs(req, &compiled.manifest);
+    let external: Vec<String> = compiled.secrets.inputs.keys().cloned().collect();
+    let inputs = build_inputs(req, &compiled.manifest, &external);
     if req.check {
         return check_bundle(
             req.output.unwrap_or(&default_dir),
@@ -604,7 +610,7 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
 /// The files this build read, which its output must never replace: the
 /// stack file, every project file Nickel read (listed in the manifest,
 /// relative to the project directory) and the master key.
-fn build_inputs(req: &BuildRequest, manifest: &[u8]) -> Vec<crate::bundle::Input> {
+fn build_inputs(req: &BuildRequest, manifest: &[u8], external: &[String]) -> Vec<crate::bundle::Input> {
     use crate::bundle::Input;
     let mut inputs = vec![Input {
         path: req.file.to_path_buf(),
@@ -630,13 +636,16 @@ fn build_inputs(req: &BuildRequest, manifest: &[u8]) -> Vec<crate::bundle::Input
         },
     };
     let manifest: serde_json::Value = serde_json::from_slice(manifest).unwrap_or_default();
-    for f in manifest["inputs"]["files"].as_array().into_iter().flatten() {
-        if let Some(p) = f["path"].as_str() {
-            inputs.push(Input {
-                path: root.join(p),
-                what: format!("a file the stack reads (`{}`)", diag::escape(p)),
-            });
-        }
+    let listed = manifest["inputs"]["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["path"].as_str());
+    for p in listed.chain(external.iter().map(String::as_str)) {
+        inputs.push(Input {
+            path: root.join(p),
+            what: format!("a file the stack reads (`{}`)", diag::escape(p)),
+        });
     }
     inputs
 }

@@ -93,6 +93,11 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
     // Derived secrets are scoped as the stack says (its `secrets` options).
     let keying = &opts.keying.for_stack(&stack.secrets);
     let externals = externals(&project, &stack.secrets, opts.identities).map_err(|d| vec![d])?;
+    // A recipients list that exists is checked on every build and check: a
+    // private key pasted into it must fail the commit that adds it.
+    if externals.dir.join(secrets::recipients::FILE).exists() {
+        secrets::recipients::load(&externals.dir, &externals.shown_dir).map_err(|d| vec![d])?;
+    }
     let resolved = secrets::resolve(&mut stack, keying, &externals, opts.cache, &pos).map_err(sorted)?;
     let mut files = render::render(&stack, &pos, keying).map_err(sorted)?;
     let mut problems = verify::verify(&files, &resolved);
@@ -121,7 +126,11 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         files.retain(|path, _| path.starts_with(&prefix));
     }
     let mut inputs = evaluated.inputs.clone();
-    inputs.extend(resolved.inputs.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // The external secrets' age files are not listed: their ciphertext
+    // changes with every `secrets rekey` while the bundle does not; what
+    // they hold reaches the manifest as the keyed digests of the secret
+    // files. `build` still protects them from being overwritten
+    // (`Compiled.secrets.inputs`).
     inputs.extend(sealed_inputs);
     let manifest = bundle::manifest(&stack, &files, &inputs, keying, &resolved.external);
     Ok(Compiled {

@@ -52,8 +52,9 @@ pub(crate) enum SecretsCommand {
         project_root: Option<PathBuf>,
     },
     /// Re-encrypt every external secret to the recipients now in
-    /// `secrets/recipients.txt` (after adding or removing one). Needs an identity
-    /// that decrypts them all; writes nothing unless every file decrypts.
+    /// `secrets/recipients.txt` (after adding or removing one), and the master key
+    /// if --secrets-key names an age-encrypted one. Needs an identity that decrypts
+    /// them all; writes nothing unless every file decrypts.
     Rekey {
         file: PathBuf,
         #[command(flatten)]
@@ -155,7 +156,13 @@ fn list(file: &Path, format: ListFormat, root: Option<&Path>, color: bool) -> u8
             let (source, state) = source(e, &ext.dir, &ext.shown_dir);
             Row {
                 name: e.spec.name.clone(),
-                kind: e.spec.describe_size(),
+                // An adopted secret takes any value of its kind, like a
+                // declared external one: its derived size no longer applies.
+                kind: secrets::Spec {
+                    external: e.external,
+                    ..e.spec.clone()
+                }
+                .describe_size(),
                 source,
                 state,
                 used_by: e.used_by.iter().cloned().collect(),
@@ -307,11 +314,22 @@ fn read_value(name: &str) -> Result<Vec<u8>, Diagnostic> {
     let io = |e: std::io::Error| Diagnostic::error(Code::Io, format!("cannot read standard input: {e}"));
     let mut buf = Vec::new();
     if stdin.is_terminal() {
-        eprint!("value of `{name}` (not echoed): ");
-        let _ = std::io::stderr().flush();
-        let _echo = EchoOff::new();
-        stdin.lock().read_until_newline(&mut buf).map_err(io)?;
-        eprintln!();
+        // Typed blind, so typed twice (as passwd does); a one-line read, so a
+        // multi-line value must come through a pipe.
+        let mut again = Vec::new();
+        {
+            let _echo = EchoOff::new();
+            eprint!("value of `{name}` (not echoed): ");
+            let _ = std::io::stderr().flush();
+            stdin.lock().read_until_newline(&mut buf).map_err(io)?;
+            eprint!("again: ");
+            let _ = std::io::stderr().flush();
+            stdin.lock().read_until_newline(&mut again).map_err(io)?;
+        }
+        if buf != again {
+            return Err(Diagnostic::error(Code::Io, "the two values typed differ")
+                .with_help("type it again, or pipe it: `printf '%s' \"$VALUE\" | stackc secrets add …`"));
+        }
     } else {
         stdin.lock().take(1 << 20).read_to_end(&mut buf).map_err(io)?;
     }
@@ -416,7 +434,13 @@ fn show(file: &Path, name: &str, pipe: bool, keys: &KeyArgs, root: Option<&Path>
     };
     match secrets::value_of(&entry.spec, entry.external, &keying, &ext) {
         Ok(v) => {
-            let line = if v.ends_with('\n') { v } else { format!("{v}\n") };
+            // A newline for the terminal's sake; a pipe gets the value alone
+            // (`| wl-copy` must not copy a newline that is not in it).
+            let line = if std::io::stdout().is_terminal() && !v.ends_with('\n') {
+                format!("{v}\n")
+            } else {
+                v
+            };
             if let Err(e) = super::emit(line.as_bytes()) {
                 eprintln!("error: cannot write the value: {e}");
                 return 2;
@@ -427,7 +451,8 @@ fn show(file: &Path, name: &str, pipe: bool, keys: &KeyArgs, root: Option<&Path>
     }
 }
 
-fn rekey(file: &Path, keys: &KeyArgs, root: Option<&Path>, color: bool) -> u8 {
+fn rekey(file: &Path, keys_args: &KeyArgs, root: Option<&Path>, color: bool) -> u8 {
+    let keys = keys_args;
     let s = match evaluate(file, root) {
         Ok(s) => s,
         Err(d) => return report(&d, color, "nothing written"),
@@ -472,15 +497,43 @@ fn rekey(file: &Path, keys: &KeyArgs, root: Option<&Path>, color: bool) -> u8 {
             ),
         }
     }
+    let mut targets: Vec<(PathBuf, String, Vec<u8>)> = plain
+        .into_iter()
+        .map(|(name, p)| (ext.dir.clone(), format!("{name}.age"), p))
+        .collect();
+    // An age-encrypted master key given with --secrets-key goes to the new
+    // recipients too: a new operator needs it as much as the secrets.
+    if let Some(key) = &keys_args.secrets_key
+        && let Ok(bytes) = external::read_project_bytes(key)
+        && external::is_age(&bytes)
+    {
+        match external::decrypt(&bytes, ids) {
+            Ok(p) => targets.push((
+                key.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                key.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                p,
+            )),
+            Err(why) => diags.push(
+                Diagnostic::error(
+                    Code::KeyMalformed,
+                    format!("the master key `{}` cannot be decrypted: {why}", key.display()),
+                )
+                .with_help("pass an identity it is encrypted to"),
+            ),
+        }
+    }
     if !diags.is_empty() {
         return report(&diags, color, "nothing written");
     }
-    for (name, p) in &plain {
-        if let Err(e) = write_atomic(&ext.dir, &format!("{name}.age"), &external::encrypt(p, &recipients)) {
-            let d = Diagnostic::error(Code::Io, format!("cannot write `{}/{name}.age`: {e}", ext.shown_dir));
+    for (dir, file, p) in &targets {
+        if let Err(e) = write_atomic(dir, file, &external::encrypt(p, &recipients)) {
+            let d = Diagnostic::error(Code::Io, format!("cannot write `{}`: {e}", dir.join(file).display()));
             return report(&[d], color, "some files may be re-encrypted, the others unchanged").max(2);
         }
     }
+    let plain = &targets;
     eprintln!(
         "re-encrypted {} file{} in {} to {} recipient{}",
         plain.len(),

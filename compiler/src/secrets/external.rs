@@ -161,8 +161,15 @@ pub fn shape(spec: &Spec, raw: &[u8]) -> Result<String, String> {
         }
         Kind::Hex => {
             one_line("hex value")?;
-            if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err("it is not hexadecimal".into());
+            }
+            if text.len() % 2 != 0 {
+                return Err(format!(
+                    "it is {} hex digits, an odd number; its consumer takes {want_bytes} bytes ({} digits)",
+                    text.len(),
+                    want_bytes * 2
+                ));
             }
             if text.len() != want_bytes * 2 {
                 return Err(format!(

@@ -684,6 +684,12 @@ pub fn resolve(
                         };
                         match load_external(spec, keying, ext, &mut resolved.inputs) {
                             Ok(v) => Some(v),
+                            // One missing identity is one finding, not one per secret.
+                            Err(d)
+                                if d.code == Code::NoIdentity && diags.iter().any(|p| p.code == Code::NoIdentity) =>
+                            {
+                                None
+                            }
                             Err(d) => {
                                 diags.push(d.with_label(at, "this secret"));
                                 None
@@ -903,7 +909,9 @@ fn load_external(
             Code::ExternalUnreadable,
             format!("`{shown}` is not an age-encrypted file"),
         )
-        .with_help(format!("replace it with {add}")));
+        .with_help(format!(
+            "replace it with {add}; if it held the value in plain text and was committed, rotate that value"
+        )));
     }
     let ids = match (keying, ext.identities) {
         (Keying::Placeholder, _) => return Ok(spec.placeholder()),
