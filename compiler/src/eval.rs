@@ -341,6 +341,14 @@ impl SpanMaker {
     }
 }
 
+/// A value Nickel prints back ("evaluated to this value") helps when it is
+/// a scalar; a whole evaluated record (a secret reference with its
+/// contract, a module's lowering) is a page of noise.
+fn is_printed_record(span: &Span) -> bool {
+    let printed = span.file.text.get(span.range.clone()).unwrap_or("");
+    span.file.name.starts_with("<unknown>") && printed.lines().count() > 3
+}
+
 fn mask_addresses(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -495,11 +503,15 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
         d.severity = Severity::Error;
     }
     for l in main.labels {
+        let span = Span {
+            file: spans.file(l.file_id),
+            range: l.range,
+        };
+        if l.style != LabelStyle::Primary && is_printed_record(&span) {
+            continue;
+        }
         d.labels.push(Label {
-            span: Span {
-                file: spans.file(l.file_id),
-                range: l.range,
-            },
+            span,
             message: l.message,
             primary: l.style == LabelStyle::Primary,
         });
@@ -549,11 +561,15 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
             d.notes.push(msg);
         }
         for l in extra.labels {
+            let span = Span {
+                file: spans.file(l.file_id),
+                range: l.range,
+            };
+            if is_printed_record(&span) {
+                continue;
+            }
             d.labels.push(Label {
-                span: Span {
-                    file: spans.file(l.file_id),
-                    range: l.range,
-                },
+                span,
                 message: l.message,
                 primary: false,
             });
