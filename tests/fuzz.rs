@@ -101,6 +101,16 @@ fn load_source(name: String, dir: &Path) -> Source {
         let f = p.file_name().unwrap().to_string_lossy().into_owned();
         if p.is_file() && !matches!(f.as_str(), "expected.snap" | "args" | "modes") {
             files.push((f, std::fs::read(&p).unwrap()));
+        } else if p.is_dir() && f == "secrets" {
+            // The project's age files: without them a mutant of a stack with
+            // external secrets would stop at SC0306 every time.
+            for e in std::fs::read_dir(&p).unwrap() {
+                let q = e.unwrap().path();
+                if q.is_file() {
+                    let g = q.file_name().unwrap().to_string_lossy().into_owned();
+                    files.push((format!("secrets/{g}"), std::fs::read(&q).unwrap()));
+                }
+            }
         }
     }
     files.sort();
@@ -918,7 +928,9 @@ fn write_reproducer(n: usize, src: &Source, input: &[u8], what: &[String], rans:
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("proj")).unwrap();
     for (f, b) in &src.files {
-        std::fs::write(dir.join("proj").join(f), if f == "prod.ncl" { input } else { b }).unwrap();
+        let to = dir.join("proj").join(f);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, if f == "prod.ncl" { input } else { b }).unwrap();
     }
     for r in rans {
         std::fs::write(dir.join(format!("{}.stdout", r.label)), &r.stdout).unwrap();
@@ -1142,7 +1154,9 @@ fn iteration(n: usize, seed: u64, examples: &[Source], bad: &[Source], base: &Pa
     let _ = std::fs::remove_dir_all(&run);
     std::fs::create_dir_all(run.join("proj")).unwrap();
     for (f, b) in &src.files {
-        std::fs::write(run.join("proj").join(f), if f == "prod.ncl" { &input } else { b }).unwrap();
+        let to = run.join("proj").join(f);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, if f == "prod.ncl" { &input } else { b }).unwrap();
     }
     for (m, f) in &src.modes {
         use std::os::unix::fs::PermissionsExt;
