@@ -69,7 +69,7 @@ pub fn schemas(stack: &Stack, files: &Rendered, pos: &Positions) -> Vec<Diagnost
             };
             let parsed: Option<serde_json::Value> = match spec.format {
                 Format::Json => serde_json::from_slice(&written.bytes).ok(),
-                _ => serde_yaml::from_slice(&written.bytes).ok(),
+                _ => yaml_serde::from_slice(&written.bytes).ok(),
             };
             let Some(value) = parsed else {
                 out.push(
