@@ -116,6 +116,8 @@ codes! {
     Io = "SC0902", 2, "input/output error";
     DiffSide = "SC0903", 2, "a `git:` side of `stackc diff` is malformed";
     OutputClobbers = "SC0904", 2, "the output would replace an input or a file stackc did not write";
+    InitExists = "SC0905", 2, "`stackc init` would overwrite a file";
+    ComposeUnreadable = "SC0906", 1, "the compose file given to `stackc init --from` cannot be converted";
     Internal = "SC0999", 2, "internal error";
 }
 
