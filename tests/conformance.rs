@@ -1188,9 +1188,9 @@ fn check_k8s(tool: &Path, file: &Path) -> Outcome {
 /// The manifest without its top-level `sops` key, if it has one.
 fn sops_stripped(file: &Path) -> Option<String> {
     let text = fs::read_to_string(file).ok()?;
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    let mut doc: yaml_serde::Value = yaml_serde::from_str(&text).ok()?;
     doc.as_mapping_mut()?.remove("sops")?;
-    serde_yaml::to_string(&doc).ok()
+    yaml_serde::to_string(&doc).ok()
 }
 
 /// The first quoted string after `marker` in `text`.

@@ -32,7 +32,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use yaml_serde::Value as Yaml;
 
 /// Children see this PATH and nothing else of the caller's environment.
 const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -1181,7 +1181,7 @@ fn synapse(lab: &mut Lab, t: &Tools, ns: &str, machine: &Path, port: u64, work: 
     let mut changed = Vec::new();
     let data_dir = format!("{}/", dir.display());
     remap(&mut hs, "", SYNAPSE_DATA, &data_dir, &mut changed);
-    fs::write(&file, serde_yaml::to_string(&hs).unwrap()).unwrap();
+    fs::write(&file, yaml_serde::to_string(&hs).unwrap()).unwrap();
     let pgpass = dir.join("secrets/pgpass");
     assert_eq!(
         fs::metadata(&pgpass).unwrap().permissions().mode() & 0o777,
@@ -1844,7 +1844,7 @@ fn ok(o: &Output, what: &str) -> String {
 // ---------------------------------------------------------------- files
 
 fn read_yaml(p: &Path) -> Yaml {
-    serde_yaml::from_str(&fs::read_to_string(p).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    yaml_serde::from_str(&fs::read_to_string(p).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// A compose env file as stackc writes it: `NAME='value'` lines, comments.

@@ -157,7 +157,7 @@ fn every_official_key_is_known_where_stackc_closes() {
         let theirs_value: Value = if theirs.ends_with(".json") {
             serde_json::from_str(&text).unwrap()
         } else {
-            serde_yaml::from_str(&text).unwrap()
+            yaml_serde::from_str(&text).unwrap()
         };
         let mut levels = Vec::new();
         closed_levels(&ours_value, &mut Vec::new(), &mut levels);

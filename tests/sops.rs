@@ -68,7 +68,7 @@ fn age_decrypt(age: &Path, input: &[u8]) -> Vec<u8> {
 }
 
 fn yaml_as_json(bytes: &[u8]) -> serde_json::Value {
-    serde_yaml::from_slice(bytes).unwrap()
+    yaml_serde::from_slice(bytes).unwrap()
 }
 
 #[test]

@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::diag::{self, Code, Diagnostic};
 use crate::secrets::{Keying, MasterKey};
 
+mod init;
 mod secrets;
 
 #[derive(Parser)]
@@ -149,6 +150,24 @@ enum Command {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Start a project: a commented prod.ncl that builds, the master key
+    /// (.stackc/master.key, git-ignored), .gitignore, a pre-commit configuration
+    /// and secrets/README.md. Writes nothing if any of these files exists.
+    Init {
+        /// The project directory (created if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The starting point.
+        #[arg(long, value_enum, default_value_t = init::Template::Service)]
+        template: init::Template,
+        /// A docker compose file whose services become the first prod.ncl
+        /// (secret-looking values are replaced by derived secrets, never copied).
+        #[arg(long, value_name = "COMPOSE_FILE", conflicts_with = "template")]
+        from: Option<PathBuf>,
+        /// The stack's name (default: the directory's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Print the documentation page of a diagnostic code (for example SC0201); list all codes without one.
     Explain { code: Option<String> },
     /// The master key, and the stack's secrets: list them, add external ones, show one.
@@ -177,10 +196,33 @@ pub(crate) struct KeyArgs {
 pub(crate) struct Keys {
     key: Option<MasterKey>,
     identities: Option<crate::secrets::external::Identities>,
+    /// The master key file used: given, or found beside a stack file.
+    path: Option<PathBuf>,
 }
 
 impl KeyArgs {
+    /// The keys given, with no master key looked for.
     pub(crate) fn load(&self) -> Result<Keys, Diagnostic> {
+        self.load_for(&[], true)
+    }
+
+    /// The keys given; without a master key file or command, the project's
+    /// `.stackc/master.key` beside the first of `stacks` that has one
+    /// (named on stderr unless `quiet`).
+    pub(crate) fn load_for(&self, stacks: &[&Path], quiet: bool) -> Result<Keys, Diagnostic> {
+        if self.secrets_key.is_none()
+            && self.secrets_key_command.is_none()
+            && let Some(found) = stacks.iter().find_map(|s| init::discover_key(s))
+        {
+            if !quiet {
+                eprintln!("using master key {}", diag::escape(&found.display().to_string()));
+            }
+            let args = KeyArgs {
+                secrets_key: Some(found),
+                ..self.clone()
+            };
+            return args.load_for(&[], quiet);
+        }
         let identities = match &self.identity {
             None => None,
             Some(path) => Some(load_identity(path)?),
@@ -197,7 +239,11 @@ impl KeyArgs {
             (None, Some(command)) => Some(key_from_command(command)?),
             (None, None) => None,
         };
-        Ok(Keys { key, identities })
+        Ok(Keys {
+            key,
+            identities,
+            path: self.secrets_key.clone(),
+        })
     }
 }
 
@@ -328,6 +374,12 @@ pub fn main() -> ExitCode {
             format,
             keys,
         } => diff(&old, &new, stat, name_only, format, &keys, color),
+        Command::Init {
+            dir,
+            template,
+            from,
+            name,
+        } => init::run(&dir, template, from.as_deref(), name.as_deref(), color),
         Command::Explain { code: Some(code) } => explain(&code),
         Command::Explain { code: None } => {
             for c in Code::ALL {
@@ -482,19 +534,21 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         Keys {
             key: None,
             identities: None,
+            path: None,
         }
     } else {
-        match req.keys.load() {
+        match req.keys.load_for(&[req.file], req.quiet) {
             Ok(k) => k,
             Err(d) => return report(&[d], color, "nothing written"),
         }
     };
+    let key_path = keys.path.clone();
     let keying = match (keys.key, req.placeholders) {
         (_, true) => Keying::Placeholder,
         (Some(k), false) => Keying::Master(k),
         (None, false) => {
             let d = Diagnostic::error(Code::NoSecretsKey, "no master key: secrets cannot be derived")
-                .with_help("pass --secrets-key FILE (or set STACKC_SECRETS_KEY, or --secrets-key-command), create one with `stackc secrets init`, or use --placeholder-secrets for a review build");
+                .with_help("create one with `stackc secrets init` beside the stack file (.stackc/master.key, found without a flag), pass --secrets-key FILE (or set STACKC_SECRETS_KEY, or --secrets-key-command), or use --placeholder-secrets for a review build");
             return report(&[d], color, "nothing written");
         }
     };
@@ -518,7 +572,7 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
     warn(&compiled.warnings, color);
     let default_dir = PathBuf::from("out");
     let external: Vec<String> = compiled.secrets.inputs.keys().cloned().collect();
-    let inputs = build_inputs(req, &compiled.manifest, &external);
+    let inputs = build_inputs(req, key_path.as_deref(), &compiled.manifest, &external);
     if req.check {
         return check_bundle(
             req.output.unwrap_or(&default_dir),
@@ -610,15 +664,20 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
 /// The files this build read, which its output must never replace: the
 /// stack file, every project file Nickel read (listed in the manifest,
 /// relative to the project directory) and the master key.
-fn build_inputs(req: &BuildRequest, manifest: &[u8], external: &[String]) -> Vec<crate::bundle::Input> {
+fn build_inputs(
+    req: &BuildRequest,
+    key: Option<&Path>,
+    manifest: &[u8],
+    external: &[String],
+) -> Vec<crate::bundle::Input> {
     use crate::bundle::Input;
     let mut inputs = vec![Input {
         path: req.file.to_path_buf(),
         what: "the stack file".into(),
     }];
-    if let Some(key) = &req.keys.secrets_key {
+    if let Some(key) = key {
         inputs.push(Input {
-            path: key.clone(),
+            path: key.to_path_buf(),
             what: "the master key".into(),
         });
     }
@@ -784,7 +843,17 @@ fn plan(file: &Path, root: Option<&Path>, color: bool) -> u8 {
 }
 
 fn diff(old: &str, new: &str, stat: bool, name_only: bool, format: Format, keys: &KeyArgs, color: bool) -> u8 {
-    let keys = match keys.load() {
+    // A side that is a stack file (in the working tree or at a revision)
+    // names the project whose key is looked for.
+    let stacks: Vec<&Path> = [old, new]
+        .iter()
+        .map(|s| match s.strip_prefix("git:").and_then(|r| r.split_once(':')) {
+            Some((_, path)) => Path::new(path),
+            None => Path::new(*s),
+        })
+        .filter(|p| !p.is_dir())
+        .collect();
+    let keys = match keys.load_for(&stacks, false) {
         Ok(k) => k,
         Err(d) => return report(&[d], color, "nothing compared"),
     };
@@ -995,25 +1064,7 @@ fn explain(code: &str) -> u8 {
 }
 
 pub(crate) fn secrets_init(path: &Path, color: bool) -> u8 {
-    use base64::Engine as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |d: Diagnostic| {
-        let _ = write!(std::io::stderr(), "{}", diag::render_human(&d, color));
-        2
-    };
-    let mut key = [0u8; crate::secrets::KEY_LEN];
-    // The one place stackc uses OS randomness: a new master key.
-    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key)) {
-        return fail(Diagnostic::error(Code::Io, format!("cannot read /dev/urandom: {e}")));
-    }
-    let text = format!("{}\n", base64::engine::general_purpose::STANDARD.encode(key));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()));
-    match written {
+    match init::write_new_key(path) {
         Ok(()) => {
             eprintln!(
                 "wrote master key {} (mode 0600): keep it out of git, and back it up",
@@ -1021,10 +1072,12 @@ pub(crate) fn secrets_init(path: &Path, color: bool) -> u8 {
             );
             0
         }
-        Err(e) => fail(
-            Diagnostic::error(Code::Io, format!("cannot create `{}`: {e}", path.display()))
-                .with_help("secrets init never overwrites a key: every secret is derived from it"),
-        ),
+        Err(e) => {
+            let d = Diagnostic::error(Code::Io, format!("cannot create `{}`: {e}", path.display()))
+                .with_help("secrets init never overwrites a key: every secret is derived from it");
+            let _ = write!(std::io::stderr(), "{}", diag::render_human(&d, color));
+            2
+        }
     }
 }
 

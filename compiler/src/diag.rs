@@ -116,6 +116,8 @@ codes! {
     Io = "SC0902", 2, "input/output error";
     DiffSide = "SC0903", 2, "a `git:` side of `stackc diff` is malformed";
     OutputClobbers = "SC0904", 2, "the output would replace an input or a file stackc did not write";
+    InitExists = "SC0905", 2, "`stackc init` would overwrite a file";
+    ComposeUnreadable = "SC0906", 1, "the compose file given to `stackc init --from` cannot be converted";
     Internal = "SC0999", 2, "internal error";
 }
 
@@ -293,8 +295,36 @@ impl Diagnostic {
     }
 }
 
-/// Sort and deduplicate, so a run prints the same findings in the same order.
+impl Diagnostic {
+    /// The user's line first: where a finding has a label in the user's
+    /// files, one of them is the primary label, and a label in the stdlib
+    /// (or in a value evaluation generated) is only secondary, "see also".
+    /// Each label keeps its own message, so what each one says stays true.
+    pub fn user_first(&mut self) {
+        let ours = |l: &Label| l.span.file.name.starts_with("<stackc>/") || l.span.file.name.starts_with("<unknown>");
+        let Some(primary) = self
+            .labels
+            .iter()
+            .position(|l| l.primary)
+            .or((!self.labels.is_empty()).then_some(0))
+        else {
+            return;
+        };
+        if !ours(&self.labels[primary]) {
+            return;
+        }
+        if let Some(user) = self.labels.iter().position(|l| !ours(l)) {
+            self.labels.iter_mut().for_each(|l| l.primary = false);
+            let label = self.labels.remove(user);
+            self.labels.insert(0, Label { primary: true, ..label });
+        }
+    }
+}
+
+/// Sort and deduplicate, so a run prints the same findings in the same order;
+/// each finding's primary label is on the user's line when it has one there.
 pub fn sort(diags: &mut Vec<Diagnostic>) {
+    diags.iter_mut().for_each(Diagnostic::user_first);
     diags.sort_by_cached_key(|d| d.sort_key());
     diags.dedup_by(|a, b| a.sort_key() == b.sort_key());
 }

@@ -230,7 +230,7 @@ impl DataFormat {
             DataFormat::Yaml => {
                 // A multi-document stream compares as a list of documents
                 // (paths `[0].x`); a single document as itself.
-                let mut docs = serde_yaml::Deserializer::from_str(text)
+                let mut docs = yaml_serde::Deserializer::from_str(text)
                     .map(Value::deserialize)
                     .collect::<Result<Vec<_>, _>>()
                     .ok()?;

@@ -577,7 +577,7 @@ pub enum Format {
     Nftables,
     Lines,
     Json,
-    /// YAML written by serde_yaml from the structured content (keys sorted).
+    /// YAML written by yaml_serde from the structured content (keys sorted).
     Yaml,
     /// A string written exactly as it is (secret files: no newline added).
     Raw,

@@ -69,7 +69,7 @@ pub fn schemas(stack: &Stack, files: &Rendered, pos: &Positions) -> Vec<Diagnost
             };
             let parsed: Option<serde_json::Value> = match spec.format {
                 Format::Json => serde_json::from_slice(&written.bytes).ok(),
-                _ => serde_yaml::from_slice(&written.bytes).ok(),
+                _ => yaml_serde::from_slice(&written.bytes).ok(),
             };
             let Some(value) = parsed else {
                 out.push(
@@ -136,10 +136,19 @@ pub fn schemas(stack: &Stack, files: &Rendered, pos: &Positions) -> Vec<Diagnost
                 } else {
                     format!("`{at}`")
                 };
+                // A pattern says nothing to a reader: the schema's sentence for
+                // the value, where it has one, says what to write instead.
+                let schema_at = e.schema_path().as_str().to_owned();
+                let why = schema_at
+                    .strip_suffix("/pattern")
+                    .and_then(|parent| schema.as_ref()?.pointer(parent))
+                    .and_then(|s| s.get("description"))
+                    .and_then(serde_json::Value::as_str)
+                    .map_or_else(|| e.masked().to_string(), str::to_owned);
                 out.push(
                     Diagnostic::error(
                         Code::SchemaViolation,
-                        format!("`{mname}/{path}` breaks schema `{name}` at {shown}: {}", e.masked()),
+                        format!("`{mname}/{path}` breaks schema `{name}` at {shown}: {why}"),
                     )
                     .with_label(
                         pos.at(&format!("{file_ptr}/content{at}")).or_else(|| pos.at(&file_ptr)),

@@ -16,7 +16,9 @@ use crate::secrets::{self, Keying, external, recipients};
 pub(crate) enum SecretsCommand {
     /// Write a new random master key (mode 0600). Refuses to overwrite a file.
     Init {
-        #[arg(default_value = "stackc.key")]
+        /// Where: by default `.stackc/master.key` (git-ignored), where build, diff and
+        /// `secrets show` find it for a stack file in the current directory.
+        #[arg(default_value = super::init::KEY_PATH)]
         path: PathBuf,
     },
     /// List the stack's secrets: kind, where each comes from (derived, external,
@@ -411,7 +413,13 @@ fn show(file: &Path, name: &str, pipe: bool, keys: &KeyArgs, root: Option<&Path>
         Ok(e) => e,
         Err(d) => return report(&[d], color, "nothing shown"),
     };
-    let keys = match keys.load() {
+    // A derived secret needs the master key: the project's, if none is given.
+    let loaded = if entry.external {
+        keys.load()
+    } else {
+        keys.load_for(&[file], false)
+    };
+    let keys = match loaded {
         Ok(k) => k,
         Err(d) => return report(&[d], color, "nothing shown"),
     };
@@ -424,7 +432,7 @@ fn show(file: &Path, name: &str, pipe: bool, keys: &KeyArgs, root: Option<&Path>
                 Code::NoSecretsKey,
                 format!("secret `{name}` is derived: showing it needs the master key"),
             )
-            .with_help("pass --secrets-key FILE or --secrets-key-command COMMAND");
+            .with_help("create .stackc/master.key beside the stack file with `stackc secrets init`, or pass --secrets-key FILE or --secrets-key-command COMMAND");
             return report(&[d], color, "nothing shown");
         }
     };

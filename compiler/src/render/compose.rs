@@ -1,4 +1,4 @@
-//! docker compose files. YAML is written by serde_yaml from the structured
+//! docker compose files. YAML is written by yaml_serde from the structured
 //! content (keys sorted), never templated. Compose interpolates `$` in
 //! every value of the file, so each `$` is written `$$`: a password or a
 //! digest (`$pbkdf2-sha512$…`) reaches the container unchanged.

@@ -265,10 +265,10 @@ fn json(content: &serde_json::Value) -> String {
     s
 }
 
-/// YAML for configs read by YAML 1.1 and 1.2 parsers alike: serde_yaml
+/// YAML for configs read by YAML 1.1 and 1.2 parsers alike: yaml_serde
 /// quotes strings that either would read as something else (`yes`, `0644`).
 pub(crate) fn yaml(content: &serde_json::Value) -> Result<String, Vec<ContentError>> {
-    let text = serde_yaml::to_string(content)
+    let text = yaml_serde::to_string(content)
         .map_err(|_| vec![ContentError::new("", "the content cannot be written as YAML")])?;
     Ok(format!("{HEADER}\n{text}"))
 }

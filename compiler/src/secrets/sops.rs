@@ -188,7 +188,7 @@ fn walk(
 
 /// A Secret manifest as a SOPS file: its rendered bytes in, the SOPS YAML out.
 pub fn sops_manifest(rendered: &[u8], seed: &[u8; 32], r: &Sealing) -> Result<String, String> {
-    let mut doc: Value = serde_yaml::from_slice(rendered).map_err(|_| "the manifest cannot be read back".to_owned())?;
+    let mut doc: Value = yaml_serde::from_slice(rendered).map_err(|_| "the manifest cannot be read back".to_owned())?;
     let Some(obj) = doc.as_object() else {
         return Err("the manifest is not a mapping".into());
     };
@@ -229,7 +229,7 @@ pub fn sops_manifest(rendered: &[u8], seed: &[u8; 32], r: &Sealing) -> Result<St
         }
     });
     let body = crate::render::yaml(&doc).map_err(|_| "the manifest cannot be written back".to_owned())?;
-    let meta = serde_yaml::to_string(&meta).map_err(|_| "the SOPS metadata cannot be written".to_owned())?;
+    let meta = yaml_serde::to_string(&meta).map_err(|_| "the SOPS metadata cannot be written".to_owned())?;
     // Quoted, as SOPS writes it: a YAML 1.1 reader would see a timestamp.
     let meta = meta.replacen(
         &format!("lastmodified: {LASTMODIFIED}\n"),
@@ -388,7 +388,7 @@ mod tests {
     fn open(text: &str) -> Value {
         use std::io::Read;
         use std::str::FromStr;
-        let mut doc: Value = serde_yaml::from_str(text).unwrap();
+        let mut doc: Value = yaml_serde::from_str(text).unwrap();
         let meta = doc.as_object_mut().unwrap().remove("sops").unwrap();
         let id = age::x25519::Identity::from_str(
             "AGE-SECRET-KEY-1TARXAR6EH7HY78KGY3S483ZG8RDT5MAYEAY06Z8GTVWWZZ28QCDSLE7MU0",
@@ -454,7 +454,7 @@ mod tests {
         assert!(sealed.contains("EMPTY: ''"), "empty values stay empty:\n{sealed}");
         assert!(sealed.contains("encrypted_regex: ^(data|stringData)$"), "{sealed}");
         assert!(sealed.contains("lastmodified: '1970-01-01T00:00:00Z'\n"), "{sealed}");
-        let plain: Value = serde_yaml::from_str(SECRET).unwrap();
+        let plain: Value = yaml_serde::from_str(SECRET).unwrap();
         assert_eq!(open(&sealed), plain);
         // Metadata stays readable.
         assert!(sealed.contains("  name: db\n"));

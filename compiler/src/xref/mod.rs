@@ -151,7 +151,7 @@ impl<'a> Index<'a> {
                 };
                 let value: Option<Value> = match spec.format {
                     Format::Json => serde_json::from_slice(&written.bytes).ok(),
-                    Format::Yaml | Format::Compose => serde_yaml::from_slice(&written.bytes).ok(),
+                    Format::Yaml | Format::Compose => yaml_serde::from_slice(&written.bytes).ok(),
                     _ => None,
                 };
                 let Some(value) = value else { continue };
