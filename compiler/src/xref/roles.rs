@@ -161,6 +161,16 @@ impl<'a> Index<'a> {
                 at: g.at,
             });
         }
+        if let Some(m) = &r.address {
+            let machine = self.stack.machines.get(m)?;
+            if machine.address.is_empty() {
+                return None;
+            }
+            return Some(Got {
+                value: Value::String(machine.address.clone()),
+                at: None,
+            });
+        }
         if let Some(w) = &r.when {
             let test = self.eval(who, &w.test)?;
             return if test.value == Value::Bool(true) {
