@@ -1030,6 +1030,8 @@ fn shares(ix: &Index, out: &mut Vec<Diagnostic>) {
             (None, Some(at)) if at.file != x.at.as_ref().map_or(String::new(), |a| a.file.clone()) => {
                 format!("`{}`", at.file)
             }
+            // A fact of the stack itself (a machine's address).
+            (None, None) => "the stack".to_owned(),
             _ => b.show(),
         };
         let b_label = match target {
