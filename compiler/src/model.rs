@@ -172,6 +172,9 @@ pub struct Ref {
     /// What follows the first `skip` fields separated by `sep` (a pgpass
     /// line's password).
     pub split: Option<Box<RefSplit>>,
+    /// The address of a machine of the stack (by name): the one DNS
+    /// records use, on its public network when it has one.
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

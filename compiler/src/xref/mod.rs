@@ -91,8 +91,8 @@ impl<'a> Url<'a> {
             }
         };
         let default = match scheme {
-            "https" => 443,
-            "http" => 80,
+            "https" | "wss" => 443,
+            "http" | "ws" => 80,
             "postgres" | "postgresql" => 5432,
             _ => 0,
         };

@@ -161,6 +161,16 @@ impl<'a> Index<'a> {
                 at: g.at,
             });
         }
+        if let Some(m) = &r.address {
+            let machine = self.stack.machines.get(m)?;
+            if machine.address.is_empty() {
+                return None;
+            }
+            return Some(Got {
+                value: Value::String(machine.address.clone()),
+                at: None,
+            });
+        }
         if let Some(w) = &r.when {
             let test = self.eval(who, &w.test)?;
             return if test.value == Value::Bool(true) {
@@ -1020,6 +1030,8 @@ fn shares(ix: &Index, out: &mut Vec<Diagnostic>) {
             (None, Some(at)) if at.file != x.at.as_ref().map_or(String::new(), |a| a.file.clone()) => {
                 format!("`{}`", at.file)
             }
+            // A fact of the stack itself (a machine's address).
+            (None, None) => "the stack".to_owned(),
             _ => b.show(),
         };
         let b_label = match target {

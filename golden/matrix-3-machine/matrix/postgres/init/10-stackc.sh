@@ -30,6 +30,9 @@ SET log_min_error_statement = 'panic';
 \getenv mas_password STACKC_PASSWORD_MAS
 \getenv mautrix_instagram_password STACKC_PASSWORD_MAUTRIX_INSTAGRAM
 \getenv mautrix_messenger_password STACKC_PASSWORD_MAUTRIX_MESSENGER
+\getenv mautrix_signal_password STACKC_PASSWORD_MAUTRIX_SIGNAL
+\getenv mautrix_telegram_password STACKC_PASSWORD_MAUTRIX_TELEGRAM
+\getenv mautrix_whatsapp_password STACKC_PASSWORD_MAUTRIX_WHATSAPP
 \getenv synapse_password STACKC_PASSWORD_SYNAPSE
 ALTER ROLE :"superuser" WITH PASSWORD :'superuser_password';
 SELECT format('CREATE ROLE %I LOGIN', 'mas') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mas')
@@ -46,6 +49,21 @@ SELECT format('CREATE ROLE %I LOGIN', 'mautrix_messenger') WHERE NOT EXISTS (SEL
 \gexec
 ALTER ROLE "mautrix_messenger" WITH LOGIN PASSWORD :'mautrix_messenger_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'mautrix_messenger', 'mautrix_messenger') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mautrix_messenger')
+\gexec
+SELECT format('CREATE ROLE %I LOGIN', 'mautrix_signal') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mautrix_signal')
+\gexec
+ALTER ROLE "mautrix_signal" WITH LOGIN PASSWORD :'mautrix_signal_password';
+SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'mautrix_signal', 'mautrix_signal') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mautrix_signal')
+\gexec
+SELECT format('CREATE ROLE %I LOGIN', 'mautrix_telegram') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mautrix_telegram')
+\gexec
+ALTER ROLE "mautrix_telegram" WITH LOGIN PASSWORD :'mautrix_telegram_password';
+SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'mautrix_telegram', 'mautrix_telegram') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mautrix_telegram')
+\gexec
+SELECT format('CREATE ROLE %I LOGIN', 'mautrix_whatsapp') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mautrix_whatsapp')
+\gexec
+ALTER ROLE "mautrix_whatsapp" WITH LOGIN PASSWORD :'mautrix_whatsapp_password';
+SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'mautrix_whatsapp', 'mautrix_whatsapp') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mautrix_whatsapp')
 \gexec
 SELECT format('CREATE ROLE %I LOGIN', 'synapse') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'synapse')
 \gexec
