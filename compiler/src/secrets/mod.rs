@@ -641,7 +641,7 @@ pub fn resolve(
                     Err(e) => {
                         diags.push(
                             Diagnostic::error(Code::NotAStack, format!("malformed secret reference: {e}"))
-                                .with_label(pos.at(ptr), "this secret")
+                                .with_label(marker_at(pos, ptr), "this secret")
                                 .with_help("build secret references with `stackc.secret.*`"),
                         );
                         return;
@@ -649,7 +649,7 @@ pub fn resolve(
                 };
                 let spec = &marker.spec;
                 if let Err(msg) = spec.check() {
-                    diags.push(Diagnostic::error(Code::Contract, msg).with_label(pos.at(ptr), "this secret"));
+                    diags.push(Diagnostic::error(Code::Contract, msg).with_label(marker_at(pos, ptr), "this secret"));
                     return;
                 }
                 match specs.get(&spec.name) {
@@ -664,8 +664,8 @@ pub fn resolve(
                                     spec.describe()
                                 ),
                             )
-                            .with_label(pos.at(ptr), spec.describe())
-                            .with_secondary(pos.at(first_ptr), first.describe())
+                            .with_label(marker_at(pos, ptr), spec.describe())
+                            .with_secondary(marker_at(pos, first_ptr), first.describe())
                             .with_help("use one definition (kind, size, generation) per name, or give the secrets different names"),
                         );
                         return;
@@ -680,7 +680,7 @@ pub fn resolve(
                     let value = loaded.entry(spec.name.clone()).or_insert_with(|| {
                         let at = match adopted.iter().position(|n| n == &spec.name) {
                             Some(i) => pos.at(&format!("/secrets/external/{i}")),
-                            None => pos.at(ptr),
+                            None => marker_at(pos, ptr),
                         };
                         match load_external(spec, keying, ext, &mut resolved.inputs) {
                             Ok(v) => Some(v),
@@ -709,7 +709,9 @@ pub fn resolve(
                 let replacement = match encode(&marker, &secret, keying, cache, &default_prefix) {
                     Ok(r) => r,
                     Err(msg) => {
-                        diags.push(Diagnostic::error(Code::Contract, msg).with_label(pos.at(ptr), "this secret"));
+                        diags.push(
+                            Diagnostic::error(Code::Contract, msg).with_label(marker_at(pos, ptr), "this secret"),
+                        );
                         return;
                     }
                 };
@@ -802,7 +804,7 @@ pub fn resolve(
                         ext.shown_dir
                     ),
                 )
-                .with_label(pos.at(ptr), format!("derived here ({})", spec.describe()))
+                .with_label(marker_at(pos, ptr), format!("derived here ({})", spec.describe()))
                 .with_help(format!(
                     "to use the file's value, adopt it: `secrets.external = [\"{name}\"]`; to keep the derived one, delete the file"
                 )),
@@ -856,6 +858,18 @@ pub fn value_of(spec: &Spec, external: bool, keying: &Keying, ext: &Externals) -
         load_external(spec, keying, ext, &mut BTreeMap::new())
     } else {
         Ok(spec.value(keying, &NoCache))
+    }
+}
+
+/// Where a secret reference was written. The marker record itself is built
+/// by the stdlib (`stackc.secret.*`), so its own position is there; its
+/// `name` is usually the user's literal, passed through a module unchanged:
+/// that is the line to point at.
+fn marker_at(pos: &Positions, ptr: &str) -> Option<crate::diag::Span> {
+    let name = pos.at(&format!("{ptr}/{}/name", pointer_escape(MARKER)));
+    match name {
+        Some(s) if s.in_user() => Some(s),
+        _ => pos.at(ptr),
     }
 }
 
