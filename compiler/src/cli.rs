@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::diag::{self, Code, Diagnostic};
 use crate::secrets::{Keying, MasterKey};
 
+mod options;
 mod secrets;
 
 #[derive(Parser)]
@@ -151,6 +152,10 @@ enum Command {
     },
     /// Print the documentation page of a diagnostic code (for example SC0201); list all codes without one.
     Explain { code: Option<String> },
+    /// Print an option of the stdlib modules: type, default, documentation
+    /// (`stackc option matrix.client_auth_method`); without a path, every option.
+    #[command(name = "option")]
+    Opt(options::OptionArgs),
     /// The master key, and the stack's secrets: list them, add external ones, show one.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
@@ -336,6 +341,7 @@ pub fn main() -> ExitCode {
             0
         }
         Command::Secrets(cmd) => secrets::run(cmd, color),
+        Command::Opt(args) => options::run(args, color),
     };
     ExitCode::from(status)
 }

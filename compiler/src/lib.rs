@@ -19,6 +19,7 @@ pub mod diff;
 pub mod eval;
 pub mod load;
 pub mod model;
+pub mod options;
 pub mod plan;
 pub mod render;
 pub mod secrets;
