@@ -8,7 +8,8 @@
 //! (directly, as `{ _ | R }` or `Array R`) is walked into; a record that is
 //! one of the reference's top-level modules is named instead of repeated.
 //!
-//! `docs/options.md` is generated from this (`tests/options.rs` keeps it
+//! Which modules, under which names: `modules/reference.ncl` (the compiler
+//! names no service). `docs/options.md` is generated from this (`tests/options.rs` keeps it
 //! current); `stackc option PATH` prints one entry.
 
 use std::collections::BTreeSet;
@@ -30,97 +31,21 @@ use nickel_lang_core::{
 use crate::diag::{Code, Diagnostic};
 use crate::load;
 
-/// The modules of the reference, in the order it shows them: name, title,
-/// and the Nickel expression of the options contract (evaluated next to
-/// the stdlib, `stackc` bound to `import "stackc.ncl"`).
-pub const MODULES: &[(&str, &str, &str)] = &[
-    ("stack", "Stack (`stackc.stack { … }`)", "stackc.contracts.Stack"),
-    ("machine", "Machine (`machines.<name>`)", "stackc.contracts.Machine"),
-    (
-        "network",
-        "Network (`networks.<name>`)",
-        "(import \"network.ncl\").Network",
-    ),
-    (
-        "native",
-        "Native service (`native.<name>`)",
-        "(import \"native.ncl\").NativeService",
-    ),
-    (
-        "container",
-        "Container (`containers.<name>`)",
-        "(import \"container.ncl\").Container",
-    ),
-    ("proxy", "Proxy, Caddy (`proxy`)", "(import \"caddy.ncl\").Proxy"),
-    ("nginx", "Web server, nginx (`nginx`)", "(import \"nginx.ncl\").Nginx"),
-    (
-        "kubernetes",
-        "Kubernetes (`kubernetes`)",
-        "(import \"kubernetes.ncl\").Kubernetes",
-    ),
-    (
-        "firewall",
-        "Firewall (`firewall`)",
-        "(import \"firewall.ncl\").Firewall",
-    ),
-    (
-        "roles",
-        "Roles (`roles` of a container or native service)",
-        "(import \"roles.ncl\").Roles",
-    ),
-    ("secret", "Secret constructors (`stackc.secret.…`)", "stackc.secret"),
-    (
-        "matrix",
-        "Matrix stack (`stackc.matrix { … }`)",
-        "(stackc.matrix {}).options_contract",
-    ),
-    (
-        "postgres",
-        "PostgreSQL (`stackc.modules.postgres`)",
-        "stackc.modules.postgres.Postgres",
-    ),
-    (
-        "synapse",
-        "Synapse (`stackc.modules.synapse`)",
-        "stackc.modules.synapse.Synapse",
-    ),
-    (
-        "mas",
-        "Matrix Authentication Service (`stackc.modules.mas`)",
-        "stackc.modules.mas.Mas",
-    ),
-    (
-        "authelia",
-        "Authelia (`stackc.modules.authelia`)",
-        "stackc.modules.authelia.Authelia",
-    ),
-    (
-        "element",
-        "Element Web (`stackc.modules.element`)",
-        "stackc.modules.element.Element",
-    ),
-    (
-        "mautrix",
-        "mautrix bridge (`stackc.modules.mautrix`)",
-        "stackc.modules.mautrix.Bridge",
-    ),
-    (
-        "grafana",
-        "Grafana (`stackc.modules.grafana`)",
-        "stackc.modules.grafana.Grafana",
-    ),
-    (
-        "vaultwarden",
-        "Vaultwarden (`stackc.modules.vaultwarden`)",
-        "stackc.modules.vaultwarden.Vaultwarden",
-    ),
-];
+/// The stdlib file that lists the modules of the reference (name, title,
+/// options contract).
+const LIST: &str = "reference.ncl";
+
+/// The reference: the modules (name, title) in order, and their options.
+pub struct Reference {
+    pub modules: Vec<(String, String)>,
+    pub options: Vec<Opt>,
+}
 
 /// One option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opt {
     /// `module.field.<name>.field`: `<name>` is a key the user chooses,
-    /// `[]` an element of an array.
+    /// `[]` an item of an array.
     pub path: String,
     /// The contract annotations as written (`c.Port`, `{ _ | String }`).
     pub typ: Option<String>,
@@ -138,8 +63,8 @@ pub struct Opt {
     pub see: Option<String>,
 }
 
-/// Every option of every module in `MODULES`, in their order.
-pub fn reference() -> Result<Vec<Opt>, Vec<Diagnostic>> {
+/// Every option of every module `modules/reference.ncl` lists, in its order.
+pub fn reference() -> Result<Reference, Vec<Diagnostic>> {
     crate::eval::bounded("nickel-options", crate::eval::Limits::default(), || {
         reference_here().map_err(|e| {
             vec![Diagnostic::error(
@@ -160,12 +85,8 @@ struct Walker {
     out: Vec<Opt>,
 }
 
-fn reference_here() -> Result<Vec<Opt>, String> {
-    let mut text = String::from("let stackc = import \"stackc.ncl\" in [\n");
-    for (_, _, expr) in MODULES {
-        let _ = writeln!(text, "  {expr},");
-    }
-    text.push_str("]\n");
+fn reference_here() -> Result<Reference, String> {
+    let text = format!("import \"{LIST}\"\n");
     let entry = PathBuf::from(format!("{}/<options>.ncl", load::STDLIB_ROOT));
     let mut program: Program<CacheImpl> = ProgramBuilder::new()
         .add_source_string(text, entry)
@@ -186,30 +107,47 @@ fn reference_here() -> Result<Vec<Opt>, String> {
         .map_err(|_| "could not register the stdlib".to_owned())?;
     let roots = program.eval().map_err(|e| format!("{e:?}"))?;
     let ValueContentRef::Array(Container::Alloc(array)) = roots.content_ref() else {
-        return Err("the module list is not an array".into());
+        return Err(format!("{LIST} is not an array"));
     };
-    let elements: Vec<NickelValue> = array.array.iter().cloned().collect();
+    let entries: Vec<NickelValue> = array.array.iter().cloned().collect();
     let mut walker = Walker {
         program,
         modules: Vec::new(),
         out: Vec::new(),
     };
-    let mut records = Vec::new();
-    for ((name, _, _), v) in MODULES.iter().zip(elements) {
-        let v = walker
+    let mut listed = Vec::new();
+    for (i, v) in entries.into_iter().enumerate() {
+        let entry = walker
             .force(v, Environment::new())
-            .ok_or_else(|| format!("module `{name}` does not evaluate"))?;
-        let fp = record(&v)
+            .ok_or_else(|| format!("entry {i} of {LIST} does not evaluate"))?;
+        let field = |w: &mut Walker, name: &str| -> Result<NickelValue, String> {
+            let value = record(&entry)
+                .and_then(|r| r.fields.iter().find(|(id, _)| id.label() == name))
+                .and_then(|(_, f)| f.value.clone())
+                .ok_or_else(|| format!("entry {i} of {LIST} has no `{name}`"))?;
+            w.force(value, Environment::new())
+                .ok_or_else(|| format!("`{name}` of entry {i} of {LIST} does not evaluate"))
+        };
+        let text_of = |v: NickelValue| v.to_string().trim_matches('"').to_owned();
+        let name = text_of(field(&mut walker, "name")?);
+        let title = text_of(field(&mut walker, "title")?);
+        let options = field(&mut walker, "options")?;
+        let fp = record(&options)
             .map(fingerprint)
-            .ok_or_else(|| format!("module `{name}` is not a record"))?;
-        walker.modules.push(((*name).to_owned(), fp));
-        records.push(v);
+            .ok_or_else(|| format!("the options of `{name}` are not a record"))?;
+        walker.modules.push((name.clone(), fp));
+        listed.push((name, title, options));
     }
-    for ((name, _, _), v) in MODULES.iter().zip(records) {
+    let mut modules = Vec::new();
+    for (name, title, v) in listed {
         let mut seen = BTreeSet::new();
-        walker.walk(&v, name, 0, &mut seen);
+        walker.walk(&v, &name, 0, &mut seen);
+        modules.push((name, title));
     }
-    Ok(walker.out)
+    Ok(Reference {
+        modules,
+        options: walker.out,
+    })
 }
 
 fn record(v: &NickelValue) -> Option<&RecordData> {
@@ -409,12 +347,13 @@ pub const BEGIN: &str = "<!-- BEGIN GENERATED by `stackc option --markdown`: edi
 pub const END: &str = "<!-- END GENERATED -->";
 
 /// The reference as Markdown: one section per module, one entry per option.
-pub fn markdown(opts: &[Opt]) -> String {
+pub fn markdown(r: &Reference) -> String {
+    let opts = &r.options;
     let mut out = String::new();
-    for (name, title, _) in MODULES {
+    for (name, title) in &r.modules {
         let _ = writeln!(out, "## {title}\n");
         let _ = writeln!(out, "<a id=\"{name}\"></a>\n");
-        for o in opts.iter().filter(|o| module_of(&o.path) == *name) {
+        for o in opts.iter().filter(|o| module_of(&o.path) == name) {
             let _ = writeln!(out, "- **`{}`**{}", o.path, summary(o, true));
             if let Some(doc) = &o.doc {
                 for line in doc.trim_end().lines() {
@@ -477,8 +416,9 @@ pub fn undocumented(opts: &[Opt]) -> Vec<&str> {
 /// What `stackc option PATH` prints: the option, then the options below it.
 /// A path may use a concrete name where the reference says `<name>`
 /// (`machine.native.web.command`) and may leave out a leading `stack.`.
-pub fn lookup<'a>(opts: &'a [Opt], path: &str) -> Result<(String, Vec<&'a Opt>), Vec<String>> {
-    let want = normalise(opts, path);
+pub fn lookup<'a>(r: &'a Reference, path: &str) -> Result<(String, Vec<&'a Opt>), Vec<String>> {
+    let opts = &r.options[..];
+    let want = normalise(r, path);
     let hits: Vec<&Opt> = opts
         .iter()
         .filter(|o| {
@@ -506,9 +446,10 @@ pub fn lookup<'a>(opts: &'a [Opt], path: &str) -> Result<(String, Vec<&'a Opt>),
 /// Replaces concrete names by `<name>` where the reference has a name
 /// placeholder, and follows a path into the module an option refers to
 /// (`stack.machines.web.native.app.ports` → `native.ports`).
-fn normalise(opts: &[Opt], path: &str) -> String {
+fn normalise(r: &Reference, path: &str) -> String {
+    let opts = &r.options[..];
     let mut parts: Vec<&str> = path.split('.').filter(|p| !p.is_empty()).collect();
-    if parts.first().is_some_and(|p| !MODULES.iter().any(|(n, _, _)| n == p)) {
+    if parts.first().is_none_or(|p| !r.modules.iter().any(|(n, _)| n == p)) {
         parts.insert(0, "stack");
     }
     let mut cur = parts[0].to_owned();

@@ -26,7 +26,7 @@ pub(crate) fn run(args: OptionArgs, color: bool) -> u8 {
     }
     let Some(path) = args.path else {
         let mut out = String::new();
-        for o in &opts {
+        for o in &opts.options {
             out.push_str(&options::brief(o));
             out.push('\n');
         }
