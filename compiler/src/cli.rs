@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::diag::{self, Code, Diagnostic};
 use crate::secrets::{Keying, MasterKey};
 
+mod graph;
 mod options;
 mod secrets;
 
@@ -156,6 +157,9 @@ enum Command {
     /// (`stackc option matrix.client_auth_method`); without a path, every option.
     #[command(name = "option")]
     Opt(options::OptionArgs),
+    /// The stack's topology: machines, networks, services, ports, connections and what
+    /// the internet reaches, as Graphviz DOT or SVG.
+    Graph(graph::GraphArgs),
     /// The master key, and the stack's secrets: list them, add external ones, show one.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
@@ -342,6 +346,7 @@ pub fn main() -> ExitCode {
         }
         Command::Secrets(cmd) => secrets::run(cmd, color),
         Command::Opt(args) => options::run(args, color),
+        Command::Graph(args) => graph::run(args, color),
     };
     ExitCode::from(status)
 }

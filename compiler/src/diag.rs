@@ -116,6 +116,7 @@ codes! {
     Io = "SC0902", 2, "input/output error";
     DiffSide = "SC0903", 2, "a `git:` side of `stackc diff` is malformed";
     OutputClobbers = "SC0904", 2, "the output would replace an input or a file stackc did not write";
+    Graphviz = "SC0905", 2, "Graphviz `dot` is missing or failed";
     Internal = "SC0999", 2, "internal error";
 }
 

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod diag;
 pub mod diff;
 pub mod eval;
+pub mod graph;
 pub mod load;
 pub mod model;
 pub mod options;

@@ -10,7 +10,8 @@
 #      i.e. Debian's system python), python3-venv (only if `python3 -m venv`
 #      does not already work, e.g. with a pyenv/python.org interpreter),
 #      age (the `age` CLI: tests/external.rs and tests/sops.rs cross-check
-#      stackc's age files with it), nodejs + npm (only if `node` or
+#      stackc's age files with it), graphviz (`dot`: tests/graph.rs renders
+#      the topology pictures with it), nodejs + npm (only if `node` or
 #      `npm` is missing).
 #      No service is started while installing (a temporary policy-rc.d).
 # venv ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools} with the exact pins of
@@ -32,7 +33,7 @@ PREFIX=${STACKC_TOOLS_PREFIX:-/opt/stackc-tools}
 PYTHON=${PYTHON:-python3}
 REQS="$HERE/requirements.txt"
 STAMP="$PREFIX/.stackc-requirements.sha256"
-APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age)
+APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age graphviz)
 NODE_DIR="$PREFIX/node"
 NPM_SRC="$HERE/npm"
 NPM_STAMP="$NODE_DIR/.stackc-npm.sha256"
@@ -153,6 +154,7 @@ printf '  %s\n' "$("$(find_tool systemd-analyze)" --version | sed -n 1p)"
 printf '  %s\n' "$("$(find_tool unshare)" --version)"
 printf '  %s\n' "$("$(find_tool nginx)" -v 2>&1)"
 printf '  age %s\n' "$("$(find_tool age)" --version)"
+printf '  %s\n' "$("$(find_tool dot)" -V 2>&1)"
 printf '  node %s, sops-age %s\n' "$(node --version)" \
   "$(node -p 'require(process.argv[1]).version' "$NODE_DIR/node_modules/sops-age/package.json")"
 # Versions from the metadata: `check-jsonschema --version` alone takes 2 s.
