@@ -20,6 +20,7 @@ use crate::secrets::{Keying, MasterKey};
 mod graph;
 mod options;
 mod secrets;
+mod stdlib;
 
 #[derive(Parser)]
 #[command(
@@ -160,6 +161,9 @@ enum Command {
     /// The stack's topology: machines, networks, services, ports, connections and what
     /// the internet reaches, as Graphviz DOT or SVG.
     Graph(graph::GraphArgs),
+    /// The embedded stdlib, for editors: `--write DIR` writes its files for the Nickel
+    /// language server (NICKEL_IMPORT_PATH=DIR); without it, list them.
+    Stdlib(stdlib::StdlibArgs),
     /// The master key, and the stack's secrets: list them, add external ones, show one.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
@@ -347,6 +351,7 @@ pub fn main() -> ExitCode {
         Command::Secrets(cmd) => secrets::run(cmd, color),
         Command::Opt(args) => options::run(args, color),
         Command::Graph(args) => graph::run(args, color),
+        Command::Stdlib(args) => stdlib::run(args, color),
     };
     ExitCode::from(status)
 }
