@@ -17,8 +17,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::diag::{self, Code, Diagnostic};
 use crate::secrets::{Keying, MasterKey};
 
+mod graph;
 mod init;
+mod options;
 mod secrets;
+mod stdlib;
 
 #[derive(Parser)]
 #[command(
@@ -170,6 +173,16 @@ enum Command {
     },
     /// Print the documentation page of a diagnostic code (for example SC0201); list all codes without one.
     Explain { code: Option<String> },
+    /// Print an option of the stdlib modules: type, default, documentation
+    /// (`stackc option matrix.client_auth_method`); without a path, every option.
+    #[command(name = "option")]
+    Opt(options::OptionArgs),
+    /// The stack's topology: machines, networks, services, ports, connections and what
+    /// the internet reaches, as Graphviz DOT or SVG.
+    Graph(graph::GraphArgs),
+    /// The embedded stdlib, for editors: `--write DIR` writes its files for the Nickel
+    /// language server (NICKEL_IMPORT_PATH=DIR); without it, list them.
+    Stdlib(stdlib::StdlibArgs),
     /// The master key, and the stack's secrets: list them, add external ones, show one.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
@@ -388,6 +401,9 @@ pub fn main() -> ExitCode {
             0
         }
         Command::Secrets(cmd) => secrets::run(cmd, color),
+        Command::Opt(args) => options::run(args, color),
+        Command::Graph(args) => graph::run(args, color),
+        Command::Stdlib(args) => stdlib::run(args, color),
     };
     ExitCode::from(status)
 }

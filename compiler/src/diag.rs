@@ -118,6 +118,7 @@ codes! {
     OutputClobbers = "SC0904", 2, "the output would replace an input or a file stackc did not write";
     InitExists = "SC0905", 2, "`stackc init` would overwrite a file";
     ComposeUnreadable = "SC0906", 1, "the compose file given to `stackc init --from` cannot be converted";
+    Graphviz = "SC0907", 2, "Graphviz `dot` is missing or failed";
     Internal = "SC0999", 2, "internal error";
 }
 

