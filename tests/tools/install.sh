@@ -149,7 +149,7 @@ if [ -x "$NLS_DIR/bin/nls" ] && "$NLS_DIR/bin/nls" --version 2>/dev/null | grep 
 else
   command -v cargo >/dev/null 2>&1 || die "cargo is needed to install nls (nickel-lang-lsp $NLS_VERSION)"
   log "cargo install nickel-lang-lsp $NLS_VERSION into $NLS_DIR (compiles for a while)"
-  nice -n 10 cargo install nickel-lang-lsp --version "$NLS_VERSION" --locked --root "$NLS_DIR" -j 1
+  cargo install nickel-lang-lsp --version "$NLS_VERSION" --locked --root "$NLS_DIR"
 fi
 
 # ---------------------------------------------------------------- versions
