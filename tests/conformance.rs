@@ -969,9 +969,13 @@ fn check_coturn(tool: &CoturnTool, file: &Path) -> Outcome {
             .find_map(|l| l.trim().strip_prefix(k)?.strip_prefix('=').map(str::trim))
     };
     // `external-ip=public` or `public/private`.
-    let ext = get("external-ip").and_then(|v| v.split('/').next()).unwrap_or("192.0.2.1");
+    let ext = get("external-ip")
+        .and_then(|v| v.split('/').next())
+        .unwrap_or("192.0.2.1");
     if !ext.split('.').count().eq(&4) || !ext.split('.').all(|o| o.parse::<u8>().is_ok()) {
-        return Outcome::Fail(format!("external-ip `{ext}` is not an IPv4 address this check can assign"));
+        return Outcome::Fail(format!(
+            "external-ip `{ext}` is not an IPv4 address this check can assign"
+        ));
     }
     let port = get("listening-port").unwrap_or("3478");
     let scratch = TempDir::new("coturn");
@@ -1000,7 +1004,11 @@ fn check_coturn(tool: &CoturnTool, file: &Path) -> Outcome {
     ];
     let absent: Vec<&String> = wanted.iter().filter(|w| !log.contains(w.as_str())).collect();
     if out.code != Some(124) {
-        Outcome::Fail(format!("turnserver stopped ({}): {}", exit_desc(&out), one_line(&problems.join("\n"))))
+        Outcome::Fail(format!(
+            "turnserver stopped ({}): {}",
+            exit_desc(&out),
+            one_line(&problems.join("\n"))
+        ))
     } else if !problems.is_empty() {
         Outcome::Fail(format!("turnserver: {}", one_line(&problems.join("\n"))))
     } else if !absent.is_empty() {
@@ -1938,7 +1946,10 @@ fn coturn_wrapper_rejects_unknown_key() {
         return;
     };
     let dir = TempDir::new("selftest-coturn-bad");
-    let file = dir.write("coturn/turnserver.conf", &format!("{COTURN_GOOD}relay-range=49160-49200\n"));
+    let file = dir.write(
+        "coturn/turnserver.conf",
+        &format!("{COTURN_GOOD}relay-range=49160-49200\n"),
+    );
     assert_fails(check_coturn(&tool, &file), "Bad configuration format", "unknown key");
 }
 

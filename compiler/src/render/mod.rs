@@ -302,7 +302,11 @@ fn key_value(content: &serde_json::Value) -> Result<String, Vec<ContentError>> {
 pub(crate) fn parse_key_value(bytes: &[u8]) -> Option<serde_json::Value> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut map = serde_json::Map::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let (k, v) = match line.split_once('=') {
             Some((k, v)) => (k.trim(), serde_json::Value::String(v.trim().to_owned())),
             None => (line, serde_json::Value::Bool(true)),

@@ -203,7 +203,11 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         .position(|p| p.to.is_some_and(|to| to < p.port))
     {
         return Err(vec![ContentError::new(
-            if i < fw.ranges.len() { format!("/ranges/{i}") } else { "/published".to_owned() },
+            if i < fw.ranges.len() {
+                format!("/ranges/{i}")
+            } else {
+                "/published".to_owned()
+            },
             "a port range ends before it starts",
         )]);
     }
@@ -399,9 +403,11 @@ mod tests {
 
     #[test]
     fn ranges_are_opened_and_merged_with_the_ports_they_contain() {
-        let text = render(&json!({ "table": "t", "tcp_ports": [3478], "udp_ports": [3478, 49170], "allow_ping": false,
+        let text = render(
+            &json!({ "table": "t", "tcp_ports": [3478], "udp_ports": [3478, 49170], "allow_ping": false,
             "ranges": [{ "protocol": "udp", "port": 49160, "to": 49200 }],
-            "published": [{ "protocol": "udp", "port": 49160, "to": 49200 }] }))
+            "published": [{ "protocol": "udp", "port": 49160, "to": 49200 }] }),
+        )
         .unwrap();
         assert!(text.contains("\t\ttcp dport { 3478 } accept\n"), "{text}");
         assert!(text.contains("\t\tudp dport { 3478, 49160-49200 } accept\n"), "{text}");
@@ -410,8 +416,10 @@ mod tests {
             "a public range docker publishes is forwarded: {text}"
         );
         assert!(
-            render(&json!({ "table": "t", "tcp_ports": [], "udp_ports": [], "allow_ping": false,
-                "ranges": [{ "protocol": "udp", "port": 50000, "to": 49000 }] }))
+            render(
+                &json!({ "table": "t", "tcp_ports": [], "udp_ports": [], "allow_ping": false,
+                "ranges": [{ "protocol": "udp", "port": 50000, "to": 49000 }] })
+            )
             .is_err(),
             "a reversed range"
         );
