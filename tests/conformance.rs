@@ -23,6 +23,7 @@
 //! | nftables            | `*.nft`                                                     | `unshare --net nft -c -f NAME` (cwd = its dir, fresh empty netns) |
 //! | nginx               | `*/nginx/*.conf`, `*/nginx/sites-available/*`, `*/nginx/sites-enabled/*`, `*/nginx/conf.d/*.conf` | `nginx -t` (below) |
 //! | k8s                 | `*/k8s/*.{yaml,yml}` (any depth), `*/kubernetes/*.{yaml,yml}` | `kubernetes-validate --strict -k 1.37.0 NAME` (cwd = its dir) |
+//! | coturn              | `*/coturn/turnserver.conf`                                  | `turnserver -c F` started for 2 s in a fresh network namespace (below) |
 //!
 //! - synapse: `python -m synapse.config -c COPY`, Synapse's own loader, on a
 //!   copy where every string `/data` or `/data/...` (the container's mount
@@ -35,6 +36,14 @@
 //!   included from a minimal `events {} http { ... }`. Upstream host names
 //!   that do not resolve get 127.0.0.1 in a temporary `/etc/hosts`, missing
 //!   `ssl_certificate(_key)` files a throwaway self-signed pair (both noted).
+//! - coturn: Debian's `turnserver` (package coturn) in a fresh network
+//!   namespace with one veth pair holding the config's `external-ip`, its
+//!   SQLite database and pid file in a scratch dir; it must still run
+//!   after 2 s, read every line (coturn only logs `Bad configuration
+//!   format` for a key it does not know, and carries on), log no `ERROR`,
+//!   open its UDP and TCP listeners on that address and `listening-port`,
+//!   and initialise its relay. The relay range is not logged by coturn at
+//!   start-up, so `min-port`/`max-port` are only checked to be read.
 //! - `upstream_check.py` is `tests/tools/upstream_check.py`, run by the
 //!   tools venv's python; check-jsonschema runs with format checks on.
 //!
@@ -72,7 +81,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const INSTALL_HINT: &str = "run `sudo tests/tools/install.sh` (installs nftables, systemd-analyze, \
-     unshare, nginx, and caddy, docker compose, matrix-synapse, check-jsonschema and kubernetes-validate \
+     unshare, nginx, coturn, and caddy, docker compose, matrix-synapse, check-jsonschema and kubernetes-validate \
      into ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools})";
 
 /// Kubernetes version the k8s manifests are validated against (schemas
@@ -127,11 +136,12 @@ enum Kind {
     Element,
     Nginx,
     K8s,
+    Coturn,
 }
 
 /// Kinds that the golden bundles must contain (no vacuous pass): every kind
 /// the examples emit.
-const REQUIRED_KINDS: [Kind; 13] = [
+const REQUIRED_KINDS: [Kind; 14] = [
     Kind::Systemd,
     Kind::Caddy,
     Kind::Nftables,
@@ -145,6 +155,7 @@ const REQUIRED_KINDS: [Kind; 13] = [
     Kind::Element,
     Kind::Nginx,
     Kind::K8s,
+    Kind::Coturn,
 ];
 
 impl fmt::Display for Kind {
@@ -163,6 +174,7 @@ impl fmt::Display for Kind {
             Kind::Element => "element",
             Kind::Nginx => "nginx",
             Kind::K8s => "k8s",
+            Kind::Coturn => "coturn",
         })
     }
 }
@@ -183,6 +195,7 @@ const RULES: &[(Option<Kind>, &[&str])] = &[
         ],
     ),
     (Some(Kind::Caddy), &["*/Caddyfile", "*.Caddyfile", "*.caddyfile"]),
+    (Some(Kind::Coturn), &["*/coturn/turnserver.conf"]),
     (
         Some(Kind::Authelia),
         &["*/authelia/configuration.yml", "*/authelia/configuration.yaml"],
@@ -346,6 +359,7 @@ fn classify_matches_the_matrix_layout() {
     assert_eq!(k("node1/nginx/sites-available/matrix"), Some(Kind::Nginx));
     assert_eq!(k("node1/nginx/conf.d/x.conf"), Some(Kind::Nginx));
     assert_eq!(k("node2/k8s/synapse.yaml"), Some(Kind::K8s));
+    assert_eq!(k("edge/coturn/turnserver.conf"), Some(Kind::Coturn));
     assert_eq!(k("node2/k8s/matrix/ingress.yml"), Some(Kind::K8s));
     // First match wins: a homeserver.yaml under k8s/ is still Synapse's,
     // a compose file anywhere is compose.
@@ -914,6 +928,93 @@ fn check_nftables(tool: &NftTool, file: &Path) -> Outcome {
         Outcome::Pass(Vec::new())
     } else {
         Outcome::Fail(format!("nft -c ({}): {}", exit_desc(&out), one_line(&out.text)))
+    }
+}
+
+struct CoturnTool {
+    unshare: PathBuf,
+    turnserver: PathBuf,
+}
+
+/// Debian's turnserver, unshare, ip and timeout, and proof that a network
+/// namespace with a veth pair can be made (needs root).
+fn find_coturn() -> Result<CoturnTool, String> {
+    let turnserver = find_on_path("turnserver").ok_or("turnserver not found (Debian package coturn)")?;
+    let unshare = find_on_path("unshare").ok_or("unshare not found on PATH, /usr/sbin, /sbin")?;
+    find_on_path("timeout").ok_or("timeout not found (coreutils)")?;
+    let scratch = TempDir::new("coturn-probe");
+    let mut cmd = clean_command(&unshare);
+    cmd.args(["--net", "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    let out = run(cmd, &scratch)?;
+    if out.code != Some(0) {
+        return Err(format!(
+            "`unshare --net ip link add … type veth` failed ({}): {} -- the coturn check needs root and iproute2",
+            exit_desc(&out),
+            one_line(&out.text)
+        ));
+    }
+    Ok(CoturnTool { unshare, turnserver })
+}
+
+/// `turnserver -c F` for 2 s in a fresh network namespace (see the module
+/// doc): still running, every line read, no error, listeners open on the
+/// external address and port, relay initialised.
+fn check_coturn(tool: &CoturnTool, file: &Path) -> Outcome {
+    let text = match fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Fail(format!("cannot read {}: {e}", file.display())),
+    };
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(k)?.strip_prefix('=').map(str::trim))
+    };
+    // `external-ip=public` or `public/private`.
+    let ext = get("external-ip")
+        .and_then(|v| v.split('/').next())
+        .unwrap_or("192.0.2.1");
+    if !ext.split('.').count().eq(&4) || !ext.split('.').all(|o| o.parse::<u8>().is_ok()) {
+        return Outcome::Fail(format!(
+            "external-ip `{ext}` is not an IPv4 address this check can assign"
+        ));
+    }
+    let port = get("listening-port").unwrap_or("3478");
+    let scratch = TempDir::new("coturn");
+    let script = "set -e; ip link set lo up; ip link add v0 type veth peer name v1; \
+                  ip addr add \"$3/32\" dev v0; ip link set v0 up; ip link set v1 up; \
+                  exec timeout -s TERM 2 \"$4\" -c \"$1\" -V --log-file stdout --db \"$2/turndb\" --pidfile \"$2/turnserver.pid\"";
+    let mut cmd = clean_command(&tool.unshare);
+    cmd.args(["--net", "sh", "-c", script, "sh"])
+        .arg(file)
+        .arg(&scratch.path)
+        .arg(ext)
+        .arg(&tool.turnserver);
+    let out = match run(cmd, &scratch) {
+        Ok(o) => o,
+        Err(e) => return Outcome::Fail(e),
+    };
+    let log = &out.text;
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Bad configuration format") || l.contains("ERROR"))
+        .collect();
+    let wanted = [
+        format!("UDP listener opened on: {ext}:{port}"),
+        format!("TCP listener opened on : {ext}:{port}"),
+        "Relay ports initialization done".to_owned(),
+    ];
+    let absent: Vec<&String> = wanted.iter().filter(|w| !log.contains(w.as_str())).collect();
+    if out.code != Some(124) {
+        Outcome::Fail(format!(
+            "turnserver stopped ({}): {}",
+            exit_desc(&out),
+            one_line(&problems.join("\n"))
+        ))
+    } else if !problems.is_empty() {
+        Outcome::Fail(format!("turnserver: {}", one_line(&problems.join("\n"))))
+    } else if !absent.is_empty() {
+        Outcome::Fail(format!("turnserver did not log {absent:?}"))
+    } else {
+        Outcome::Pass(Vec::new())
     }
 }
 
@@ -1507,6 +1608,7 @@ enum Validator {
     Py(PyTool, &'static str),
     K8s(PathBuf),
     Nginx(NginxTool),
+    Coturn(CoturnTool),
 }
 
 impl Validator {
@@ -1525,6 +1627,7 @@ impl Validator {
             Kind::Element => find_py_tool(&[]).map(|t| Validator::Py(t, "element")),
             Kind::K8s => find_k8s_validate().map(Validator::K8s),
             Kind::Nginx => find_nginx().map(Validator::Nginx),
+            Kind::Coturn => find_coturn().map(Validator::Coturn),
         }
     }
 
@@ -1539,6 +1642,7 @@ impl Validator {
             Validator::Py(t, kind) => check_py(t, kind, file, &[]),
             Validator::K8s(t) => check_k8s(t, file),
             Validator::Nginx(t) => check_nginx(t, file),
+            Validator::Coturn(t) => check_coturn(t, file),
         }
     }
 }
@@ -1820,6 +1924,33 @@ fn caddy_wrapper_rejects_unknown_directive() {
         "chat.example.com {\n\treverse_prox 127.0.0.1:8082\n}\n",
     );
     assert_fails(check_caddy(&tool, &file), "unrecognized directive", "unknown directive");
+}
+
+const COTURN_GOOD: &str = "listening-port=3478\nmin-port=49160\nmax-port=49200\nrealm=example.com\n\
+    use-auth-secret\nstatic-auth-secret=not-a-real-secret\nexternal-ip=203.0.113.30\nno-tls\nno-dtls\nno-cli\n\
+    fingerprint\ndenied-peer-ip=10.0.0.0-10.255.255.255\nlog-file=stdout\n";
+
+#[test]
+fn coturn_wrapper_accepts_good_config() {
+    let Some(tool) = require(Kind::Coturn, find_coturn()) else {
+        return;
+    };
+    let dir = TempDir::new("selftest-coturn-good");
+    let file = dir.write("coturn/turnserver.conf", COTURN_GOOD);
+    assert_passes(check_coturn(&tool, &file), "good turnserver.conf");
+}
+
+#[test]
+fn coturn_wrapper_rejects_unknown_key() {
+    let Some(tool) = require(Kind::Coturn, find_coturn()) else {
+        return;
+    };
+    let dir = TempDir::new("selftest-coturn-bad");
+    let file = dir.write(
+        "coturn/turnserver.conf",
+        &format!("{COTURN_GOOD}relay-range=49160-49200\n"),
+    );
+    assert_fails(check_coturn(&tool, &file), "Bad configuration format", "unknown key");
 }
 
 #[test]

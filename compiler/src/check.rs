@@ -447,16 +447,49 @@ fn names(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Two listeners clash when protocol and port are equal and their bind
-/// addresses overlap (equal, or either is a wildcard).
+/// Two listeners clash when protocol and a port are equal (ranges that
+/// overlap) and their bind addresses overlap (equal, or either is a
+/// wildcard).
 fn overlaps(a: &Listen, b: &Listen) -> bool {
     let wildcard = |s: &str| s == "0.0.0.0" || s == "::" || s == "*";
-    a.protocol == b.protocol && a.port == b.port && (a.bind == b.bind || wildcard(&a.bind) || wildcard(&b.bind))
+    a.protocol == b.protocol
+        && a.port <= b.last()
+        && b.port <= a.last()
+        && (a.bind == b.bind || wildcard(&a.bind) || wildcard(&b.bind))
 }
 
 fn ports(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
     for (mname, m) in &stack.machines {
         let mp = machine_ptr(mname);
+        for (j, l) in m.listens.iter().enumerate() {
+            let Some(to) = l.to else { continue };
+            let why = if to < l.port {
+                format!("ends at {to}, before it starts")
+            } else if m.namespace.is_some() {
+                "is on a Kubernetes machine, whose Services and container ports have no ranges".to_owned()
+            } else {
+                continue;
+            };
+            out.push(
+                Diagnostic::error(
+                    Code::PortRange,
+                    format!(
+                        "port range {}-{to}/{} of `{}.{}` on machine `{mname}` {why}",
+                        l.port,
+                        l.protocol.as_str(),
+                        l.service,
+                        l.name
+                    ),
+                )
+                .with_label(pos.at(&format!("{mp}/listens/{j}/to")), "this range")
+                .with_help(if to < l.port {
+                    "give `to` the last port of the range, at least `port`"
+                } else {
+                    "run the service on a machine with compose or systemd, or give it single ports (a media server's muxed UDP port, say)"
+                })
+                .with_path(format!("machines.{mname}")),
+            );
+        }
         if m.namespace.is_some() {
             // Every pod of a namespace has its own address: equal ports
             // of two services do not clash.
@@ -484,7 +517,7 @@ fn ports(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                     )
                     .with_secondary(
                         pos.at(&format!("{mp}/listens/{i}/port")),
-                        format!("`{}.{}` already listens on {}", a.service, a.name, a.port),
+                        format!("`{}.{}` already listens on {}", a.service, a.name, a.ports()),
                     )
                     .with_help("give one of the services another port, or bind them to different addresses")
                     .with_path(format!("machines.{mname}")),

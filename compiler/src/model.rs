@@ -452,9 +452,30 @@ pub struct Listen {
     /// Published by docker (DNAT), not bound by a process on the machine.
     #[serde(default)]
     pub published: bool,
+    /// Last port of a range that starts at `port`.
+    #[serde(default)]
+    pub to: Option<u16>,
 }
 
 impl Listen {
+    /// The last port: `to` for a range, else `port`.
+    pub fn last(&self) -> u16 {
+        self.to.unwrap_or(self.port)
+    }
+
+    /// Listens on `port` (itself or inside its range).
+    pub fn contains(&self, port: u16) -> bool {
+        (self.port..=self.last()).contains(&port)
+    }
+
+    /// `port`, or `first-last` for a range.
+    pub fn ports(&self) -> String {
+        match self.to {
+            Some(to) => format!("{}-{to}", self.port),
+            None => self.port.to_string(),
+        }
+    }
+
     pub fn is_loopback(&self) -> bool {
         is_loopback(&self.bind)
     }
@@ -588,6 +609,9 @@ pub enum Format {
     Compose,
     /// An env file for compose's `env_file:` (values taken literally).
     ComposeEnv,
+    /// `key=value` lines, a bare `key` for a flag set to `true`, one line
+    /// per element of an array (daemons' flat config files).
+    KeyValue,
     /// A Kubernetes manifest (YAML) that may embed other files of its
     /// machine (`$stackc_file`) and digests of them (`$stackc_digest`).
     Kubernetes,

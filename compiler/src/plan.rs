@@ -185,7 +185,7 @@ pub fn markdown(c: &Compiled) -> String {
                 "{} {}/{} on {}",
                 l.name,
                 l.protocol.as_str(),
-                l.port,
+                l.ports(),
                 l.bind
             ));
         }

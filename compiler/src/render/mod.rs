@@ -135,6 +135,7 @@ pub fn render(stack: &Stack, pos: &Positions, keying: &Keying) -> Result<Rendere
                 Format::Caddyfile => caddyfile::render(&file.content),
                 Format::Nftables => nftables::render(&file.content),
                 Format::Lines => lines(&file.content),
+                Format::KeyValue => key_value(&file.content),
                 Format::Json => Ok(json(&file.content)),
                 Format::Yaml => yaml(&file.content),
                 Format::Compose => compose::render(&file.content),
@@ -259,6 +260,68 @@ fn lines(content: &serde_json::Value) -> Result<String, Vec<ContentError>> {
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
+/// `key=value` lines, keys sorted, after the header: `true` is the bare
+/// key (a flag), `false` and `null` leave the key out, an array repeats
+/// the key once per element.
+fn key_value(content: &serde_json::Value) -> Result<String, Vec<ContentError>> {
+    let map = content
+        .as_object()
+        .ok_or_else(|| vec![ContentError::new("", "a `key_value` file needs a record")])?;
+    let mut out = format!("{HEADER}\n");
+    let mut errors = Vec::new();
+    for (k, v) in map {
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            errors.push(ContentError::new(
+                format!("/{}", pointer_escape(k)),
+                format!("`{k}` is not a key: letters, digits, `-`, `_` and `.`"),
+            ));
+            continue;
+        }
+        let items: Vec<(String, &serde_json::Value)> = match v {
+            serde_json::Value::Array(a) => a.iter().enumerate().map(|(i, x)| (format!("/{i}"), x)).collect(),
+            one => vec![(String::new(), one)],
+        };
+        for (sub, item) in items {
+            match item {
+                serde_json::Value::Bool(true) => out.push_str(&format!("{k}\n")),
+                serde_json::Value::Bool(false) | serde_json::Value::Null => {}
+                serde_json::Value::String(s) if !s.contains(['\n', '\r', '\0']) => out.push_str(&format!("{k}={s}\n")),
+                serde_json::Value::Number(n) => out.push_str(&format!("{k}={n}\n")),
+                _ => errors.push(ContentError::new(
+                    format!("/{}{sub}", pointer_escape(k)),
+                    format!("`{k}` must be a one-line string, a number or a flag"),
+                )),
+            }
+        }
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// A `key_value` file read back: `key=value` as a string, a bare key as
+/// `true`, a key written more than once as an array of its values.
+pub(crate) fn parse_key_value(bytes: &[u8]) -> Option<serde_json::Value> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut map = serde_json::Map::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (k, v) = match line.split_once('=') {
+            Some((k, v)) => (k.trim(), serde_json::Value::String(v.trim().to_owned())),
+            None => (line, serde_json::Value::Bool(true)),
+        };
+        match map.get_mut(k) {
+            Some(serde_json::Value::Array(a)) => a.push(v),
+            Some(old) => *old = serde_json::Value::Array(vec![old.clone(), v]),
+            None => {
+                map.insert(k.to_owned(), v);
+            }
+        }
+    }
+    Some(serde_json::Value::Object(map))
+}
+
 fn json(content: &serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(content).expect("JSON values always serialise");
     s.push('\n');
@@ -287,6 +350,25 @@ pub(crate) fn scalar(v: &serde_json::Value, yes: &str, no: &str) -> Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_value_files_round_trip() {
+        let c = serde_json::json!({ "listening-port": 3478, "fingerprint": true, "no-tls": false,
+            "realm": "example.com", "denied-peer-ip": ["10.0.0.0-10.255.255.255", "127.0.0.0-127.255.255.255"] });
+        let text = key_value(&c).unwrap();
+        assert!(text.starts_with(HEADER), "{text}");
+        assert!(
+            text.ends_with("denied-peer-ip=10.0.0.0-10.255.255.255\ndenied-peer-ip=127.0.0.0-127.255.255.255\nfingerprint\nlistening-port=3478\nrealm=example.com\n"),
+            "{text}"
+        );
+        assert_eq!(
+            parse_key_value(text.as_bytes()).unwrap(),
+            serde_json::json!({ "listening-port": "3478", "fingerprint": true, "realm": "example.com",
+                "denied-peer-ip": ["10.0.0.0-10.255.255.255", "127.0.0.0-127.255.255.255"] })
+        );
+        assert!(key_value(&serde_json::json!({ "realm": "a\nb" })).is_err());
+        assert!(key_value(&serde_json::json!({ "a b": "c" })).is_err());
+    }
 
     #[test]
     fn paths() {

@@ -14,6 +14,9 @@ struct Firewall {
     tcp_ports: Vec<u16>,
     udp_ports: Vec<u16>,
     allow_ping: bool,
+    /// Port ranges open to everyone, beside `tcp_ports` and `udp_ports`.
+    #[serde(default)]
+    ranges: Vec<Published>,
     #[serde(default)]
     allow_from: Vec<Allow>,
     /// Container ports docker publishes that are not public: guarded in the
@@ -42,6 +45,38 @@ struct Ssh {
 struct Published {
     protocol: String,
     port: u16,
+    /// Last port of a range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to: Option<u16>,
+}
+
+impl Published {
+    /// `port` or `port-to`, as nft writes a port or a range.
+    fn dport(&self) -> String {
+        match self.to {
+            Some(to) => format!("{}-{to}", self.port),
+            None => self.port.to_string(),
+        }
+    }
+}
+
+/// The elements of one protocol's `dport { … }` set: single ports and
+/// ranges, sorted, a port inside a range (or ranges that overlap) merged,
+/// since nft refuses overlapping intervals in a set.
+fn port_set(singles: &[u16], ranges: &[(u16, u16)]) -> Vec<String> {
+    let mut all: Vec<(u16, u16)> = singles.iter().map(|&p| (p, p)).chain(ranges.iter().copied()).collect();
+    all.sort();
+    let mut merged: Vec<(u16, u16)> = Vec::new();
+    for (a, b) in all {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .collect()
 }
 
 /// A port opened to one source: an address, a CIDR or `any`.
@@ -51,6 +86,8 @@ struct Allow {
     source: String,
     protocol: String,
     port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to: Option<u16>,
 }
 
 const TEMPLATE: &str = r#"#!/usr/sbin/nft -f
@@ -159,14 +196,39 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
     let mut published = fw.published;
     published.sort();
     published.dedup();
-    if published.iter().any(|p| !["tcp", "udp"].contains(&p.protocol.as_str())) {
+    if let Some(i) = fw
+        .ranges
+        .iter()
+        .chain(&published)
+        .position(|p| p.to.is_some_and(|to| to < p.port))
+    {
+        return Err(vec![ContentError::new(
+            if i < fw.ranges.len() {
+                format!("/ranges/{i}")
+            } else {
+                "/published".to_owned()
+            },
+            "a port range ends before it starts",
+        )]);
+    }
+    if published
+        .iter()
+        .chain(&fw.ranges)
+        .any(|p| !["tcp", "udp"].contains(&p.protocol.as_str()))
+    {
         return Err(vec![ContentError::new(
             "/published",
             "published ports are `tcp` or `udp`",
         )]);
     }
     let allow_ctx = |a: &Allow| {
-        minijinja::context! { match => source_match(&a.source), protocol => a.protocol, port => a.port }
+        let port = Published {
+            protocol: a.protocol.clone(),
+            port: a.port,
+            to: a.to,
+        }
+        .dport();
+        minijinja::context! { match => source_match(&a.source), protocol => a.protocol, port }
     };
     // Extra ports opened to everyone count as openings from `any` here: a
     // port docker publishes is forwarded, never delivered to `input`.
@@ -177,15 +239,37 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
                 source: "any".into(),
                 protocol: protocol.into(),
                 port,
+                to: None,
             })
         })
+        .chain(fw.ranges.iter().map(|r| Allow {
+            source: "any".into(),
+            protocol: r.protocol.clone(),
+            port: r.port,
+            to: r.to,
+        }))
         .collect();
     let published_allow: Vec<_> = allow
         .iter()
         .chain(&extra)
-        .filter(|a| published.iter().any(|p| p.protocol == a.protocol && p.port == a.port))
+        .filter(|a| {
+            published
+                .iter()
+                .any(|p| p.protocol == a.protocol && p.port == a.port && p.to == a.to)
+        })
         .map(allow_ctx)
         .collect();
+    let set_of = |protocol: &str, singles: &[u16]| {
+        let ranges: Vec<(u16, u16)> = fw
+            .ranges
+            .iter()
+            .filter(|r| r.protocol == protocol)
+            .map(|r| (r.port, r.to.unwrap_or(r.port)))
+            .collect();
+        port_set(singles, &ranges)
+    };
+    let tcp_ports = set_of("tcp", &fw.tcp_ports);
+    let udp_ports = set_of("udp", &fw.udp_ports);
     let ssh: Vec<String> = match &fw.ssh {
         None => Vec::new(),
         Some(ssh) => {
@@ -231,7 +315,7 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
         .collect();
     let published: Vec<_> = published
         .iter()
-        .map(|p| minijinja::context! { protocol => p.protocol, port => p.port })
+        .map(|p| minijinja::context! { protocol => p.protocol, port => p.dport() })
         .collect();
     let allow_from: Vec<_> = allow.iter().map(allow_ctx).collect();
     let mut env = minijinja::Environment::new();
@@ -242,8 +326,8 @@ pub fn render(content: &Value) -> Result<String, Vec<ContentError>> {
     let ctx = minijinja::context! {
         header => HEADER,
         table => fw.table,
-        tcp_ports => fw.tcp_ports,
-        udp_ports => fw.udp_ports,
+        tcp_ports,
+        udp_ports,
         allow_ping => fw.allow_ping,
         ssh,
         from_containers,
@@ -315,6 +399,31 @@ mod tests {
             fw(json!(["bastion.example.com"])).is_err(),
             "names are never resolved by nft"
         );
+    }
+
+    #[test]
+    fn ranges_are_opened_and_merged_with_the_ports_they_contain() {
+        let text = render(
+            &json!({ "table": "t", "tcp_ports": [3478], "udp_ports": [3478, 49170], "allow_ping": false,
+            "ranges": [{ "protocol": "udp", "port": 49160, "to": 49200 }],
+            "published": [{ "protocol": "udp", "port": 49160, "to": 49200 }] }),
+        )
+        .unwrap();
+        assert!(text.contains("\t\ttcp dport { 3478 } accept\n"), "{text}");
+        assert!(text.contains("\t\tudp dport { 3478, 49160-49200 } accept\n"), "{text}");
+        assert!(
+            text.contains("\t\tct status dnat meta l4proto udp ct original proto-dst 49160-49200 accept\n"),
+            "a public range docker publishes is forwarded: {text}"
+        );
+        assert!(
+            render(
+                &json!({ "table": "t", "tcp_ports": [], "udp_ports": [], "allow_ping": false,
+                "ranges": [{ "protocol": "udp", "port": 50000, "to": 49000 }] })
+            )
+            .is_err(),
+            "a reversed range"
+        );
+        assert_eq!(port_set(&[1, 5, 9], &[(4, 6), (6, 8)]), ["1", "4-8", "9"]);
     }
 
     #[test]

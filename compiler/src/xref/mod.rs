@@ -152,6 +152,7 @@ impl<'a> Index<'a> {
                 let value: Option<Value> = match spec.format {
                     Format::Json => serde_json::from_slice(&written.bytes).ok(),
                     Format::Yaml | Format::Compose => yaml_serde::from_slice(&written.bytes).ok(),
+                    Format::KeyValue => crate::render::parse_key_value(&written.bytes),
                     _ => None,
                 };
                 let Some(value) = value else { continue };
@@ -296,7 +297,7 @@ impl<'a> Index<'a> {
                     "`{host}` only resolves inside a container (with `extra_hosts`)"
                 ));
             }
-            if let Some(l) = m.listens.iter().find(|l| l.port == port)
+            if let Some(l) = m.listens.iter().find(|l| l.contains(port))
                 && l.is_loopback()
             {
                 return Err(format!(
@@ -338,7 +339,7 @@ impl<'a> Index<'a> {
             let reached = self
                 .on_machine(tname, port)
                 .ok_or_else(|| format!("nothing on `{tname}` listens on port {port}"))?;
-            let listen = t.listens.iter().find(|l| l.port == port);
+            let listen = t.listens.iter().find(|l| l.contains(port));
             if let Some(l) = listen {
                 if l.is_loopback() {
                     return Err(format!(

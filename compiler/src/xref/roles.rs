@@ -259,7 +259,7 @@ impl<'a> Index<'a> {
             return self.route(pname, site, url.path);
         }
         let served = |m: &crate::model::Machine| {
-            m.listens.iter().any(|l| l.port == url.port && l.public)
+            m.listens.iter().any(|l| l.contains(url.port) && l.public)
                 && self
                     .sites_for(url.host, 443)
                     .iter()
