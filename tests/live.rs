@@ -392,18 +392,27 @@ esac
     c.args(&argv[1..]);
     script_env(&mut c);
     let o = run(&mut c, "backup.sh", Duration::from_secs(120), dl);
-    println!("live: `{exec}` (stackc-backup.service):\n{}", ok(&o, "backup.sh").trim());
+    println!(
+        "live: `{exec}` (stackc-backup.service):\n{}",
+        ok(&o, "backup.sh").trim()
+    );
     let o = run(
         cmd(&restic)
             .args(["-r"])
             .arg(&repo)
             .args(["snapshots", "--compact"])
-            .env("RESTIC_PASSWORD", read_env_file(&machine.join("secrets/stackc-backup.env"))["RESTIC_PASSWORD"].as_str()),
+            .env(
+                "RESTIC_PASSWORD",
+                read_env_file(&machine.join("secrets/stackc-backup.env"))["RESTIC_PASSWORD"].as_str(),
+            ),
         "restic snapshots",
         Duration::from_secs(30),
         dl,
     );
-    println!("live: the repository, opened with the derived password of secrets/stackc-backup.env:\n{}", ok(&o, "restic snapshots").trim());
+    println!(
+        "live: the repository, opened with the derived password of secrets/stackc-backup.env:\n{}",
+        ok(&o, "restic snapshots").trim()
+    );
 
     // Disaster: the database dropped, the volume emptied.
     let su = Login {
@@ -419,12 +428,19 @@ esac
     // The restore, as generated.
     let restore = machine.join("backup/restore.sh");
     let md = fs::read_to_string(machine.join("RESTORE.md")).unwrap();
-    assert!(md.contains(&format!("bash {}", restore.display())), "RESTORE.md runs backup/restore.sh:\n{md}");
+    assert!(
+        md.contains(&format!("bash {}", restore.display())),
+        "RESTORE.md runs backup/restore.sh:\n{md}"
+    );
     let mut c = cmd(Path::new("/bin/bash"));
     c.arg(&restore);
     script_env(&mut c);
     let o = run(&mut c, "restore.sh", Duration::from_secs(120), dl);
-    println!("live: `bash {}` (RESTORE.md):\n{}", restore.display(), ok(&o, "restore.sh").trim());
+    println!(
+        "live: `bash {}` (RESTORE.md):\n{}",
+        restore.display(),
+        ok(&o, "restore.sh").trim()
+    );
 
     assert_eq!(psql_query(&t, &ns, &app, q, dl).expect("the rows are back"), rows);
     assert_eq!(
