@@ -11,5 +11,7 @@ export RESTIC_REPOSITORY='sftp:backup@10.0.0.9:/srv/restic/edge-and-app'
 snapshot=${1:-latest}
 restic snapshots --host app --tag stackc
 # Directory /var/lib/api: restored over what is there.
+systemctl stop api.service
 restic restore "$snapshot" --host app --tag stackc --path '/var/lib/api' --target /
+systemctl start api.service
 echo 'stackc: restore done'
