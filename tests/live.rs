@@ -233,6 +233,226 @@ fn postgres_password_rotation_live() {
     println!("live: PASSED in {} s (limit {} s)", max_s - dl.left().as_secs(), max_s);
 }
 
+/// Backups as the bundle says: a real PostgreSQL (Debian) with rows and a
+/// named volume with a file; the backup run as `stackc-backup.service`'s
+/// `ExecStart=` says (its script: pg_dump piped into restic, the volume read
+/// by restic, retention), into a restic repository in a temp dir; the
+/// database dropped and the volume emptied; then `backup/restore.sh` as
+/// emitted; the rows and the file are back. The one stand-in is `docker`:
+/// a shim on PATH runs `docker compose exec -T postgres CMD…` as CMD on the
+/// server's socket as the postgres user (what `exec` does in the image), and
+/// takes `stop`/`up` as no-ops (the server is a process of the test).
+#[test]
+fn backup_and_restore_live() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dl = deadline();
+    let max_s = dl.max_s;
+    let Some(t) = tools() else { return };
+    let restic = common::on_path("restic");
+    if !restic.exists() {
+        assert!(
+            std::env::var_os("CI").is_none() && std::env::var_os("STACKC_SKIP_MISSING_TOOLS").is_some(),
+            "restic is missing: run tests/tools/install.sh"
+        );
+        println!("live: SKIPPED: no restic (tests/tools/install.sh)");
+        return;
+    }
+    let work = common::TempDir::new("live");
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    let key = common::test_key(work.path());
+    let mut lab = Lab::new(&t, "backup");
+    let ns = lab.add_ns("db", dl);
+    let data = work.path().join("postgres");
+    let repo = work.path().join("restic-repo");
+    let docker_root = work.path().join("docker-volumes");
+    let out = work.path().join("bundle");
+    let machine = out.join("db");
+
+    let dir = work.path().join("stack");
+    fs::create_dir_all(&dir).unwrap();
+    let stack = format!(
+        r#"# Written by tests/live.rs (backup_and_restore_live).
+let stackc = import "stackc.ncl" in
+let pw = stackc.secret.password {{ name = "backup-app-db" }} in
+let pg = stackc.modules.postgres.lower "postgres" {{
+  superuser_password = stackc.secret.password {{ name = "backup-postgres" }},
+  databases.app = {{ owner = "app", password = pw }},
+}} in
+stackc.stack {{
+  name = "backup",
+  machines.db = {{
+    address = "10.0.0.2",
+    deploy_root = "{root}",
+    containers = pg.containers & {{
+      app = {{
+        image = "ghcr.io/example/app:1.0.0",
+        environment = {{ PGHOST = "postgres", PGUSER = "app", PGDATABASE = "app" }},
+        secret_environment.PGPASSWORD = pw,
+        volumes = ["files:/srv/files"],
+        depends_on.postgres = 'healthy,
+      }},
+    }},
+    files = pg.files,
+    backup = {{
+      repository = "{repo}",
+      postgres.postgres = ["app"],
+      volumes = ["files"],
+      docker_root = "{docker_root}",
+      keep = {{ daily = 2, weekly = 1, monthly = 1 }},
+    }},
+  }},
+}}
+"#,
+        root = machine.display(),
+        repo = repo.display(),
+        docker_root = docker_root.display(),
+    );
+    let entry = dir.join("prod.ncl");
+    fs::write(&entry, &stack).unwrap();
+    let o = run(
+        common::stackc()
+            .args(["build", "--no-cache", "-o"])
+            .arg(&out)
+            .arg("--secrets-key")
+            .arg(&key)
+            .arg(&entry),
+        "stackc build",
+        Duration::from_secs(120),
+        dl,
+    );
+    ok(&o, "stackc build");
+    println!("live: built the stack with backups into {}:\n{stack}", out.display());
+    let manifest: Json = serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let units = manifest.to_string();
+    for u in ["stackc-backup.service", "stackc-backup.timer"] {
+        assert!(units.contains(u), "manifest.json lists no {u}");
+    }
+
+    // The server, with rows in `app` and a file in the volume.
+    let pg = PgService::read(&machine);
+    let (app, _) = client_of(&machine, "app");
+    let server = pg_first_start(&mut lab, &t, &ns, &pg, &data, dl);
+    let rows = "1 first|2 second|3 third";
+    psql_query(
+        &t,
+        &ns,
+        &app,
+        "CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'first'), (2, 'second'), (3, 'third')",
+        dl,
+    )
+    .expect("create and fill a table as `app`");
+    let q = "SELECT string_agg(id || ' ' || body, '|' ORDER BY id) FROM notes";
+    assert_eq!(psql_query(&t, &ns, &app, q, dl).unwrap(), rows);
+    let volume = docker_root.join("stackc-db_files/_data");
+    fs::create_dir_all(volume.join("sub")).unwrap();
+    fs::write(volume.join("sub/note.txt"), "kept by restic\n").unwrap();
+
+    // `docker`: the shim described above.
+    let bin = work.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let shim = bin.join("docker");
+    fs::write(
+        &shim,
+        format!(
+            r#"#!/bin/bash
+# tests/live.rs: `docker compose` for a server that is a process of the test.
+set -euo pipefail
+[ "$1" = compose ] || {{ echo "shim: not compose: $*" >&2; exit 90; }}
+shift
+case "$1" in
+  exec)
+    shift; [ "$1" = -T ] && shift
+    [ "$1" = postgres ] || {{ echo "shim: no container $1" >&2; exit 91; }}
+    shift
+    cd /
+    exec {setpriv} --reuid=postgres --regid=postgres --init-groups env PATH={pg_bin}:{PATH} PGHOST={socket} "$@" ;;
+  stop|start|up) echo "shim: docker compose $* (no-op)" >&2 ;;
+  *) echo "shim: unexpected: $*" >&2; exit 92 ;;
+esac
+"#,
+            setpriv = t.setpriv.display(),
+            pg_bin = t.pg_bin.display(),
+            socket = data.join("socket").display(),
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+    let script_env = |c: &mut Command| {
+        c.env("PATH", format!("{}:{PATH}", bin.display()));
+    };
+
+    // The backup, as the unit runs it.
+    let unit = fs::read_to_string(machine.join("systemd/stackc-backup.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("stackc-backup.service has an ExecStart=");
+    let argv: Vec<&str> = exec.split(' ').collect();
+    let mut c = cmd(Path::new(argv[0]));
+    c.args(&argv[1..]);
+    script_env(&mut c);
+    let o = run(&mut c, "backup.sh", Duration::from_secs(120), dl);
+    println!(
+        "live: `{exec}` (stackc-backup.service):\n{}",
+        ok(&o, "backup.sh").trim()
+    );
+    let o = run(
+        cmd(&restic)
+            .args(["-r"])
+            .arg(&repo)
+            .args(["snapshots", "--compact"])
+            .env(
+                "RESTIC_PASSWORD",
+                read_env_file(&machine.join("secrets/stackc-backup.env"))["RESTIC_PASSWORD"].as_str(),
+            ),
+        "restic snapshots",
+        Duration::from_secs(30),
+        dl,
+    );
+    println!(
+        "live: the repository, opened with the derived password of secrets/stackc-backup.env:\n{}",
+        ok(&o, "restic snapshots").trim()
+    );
+
+    // Disaster: the database dropped, the volume emptied.
+    let su = Login {
+        user: pg.env["POSTGRES_USER"].clone(),
+        database: "postgres".into(),
+        password: pg.env["POSTGRES_PASSWORD"].clone(),
+    };
+    psql_query(&t, &ns, &su, "DROP DATABASE app WITH (FORCE)", dl).expect("drop the database");
+    assert!(psql_query(&t, &ns, &app, q, dl).is_err(), "the database is gone");
+    fs::remove_dir_all(volume.join("sub")).unwrap();
+    println!("live: database `app` dropped, volume `files` emptied");
+
+    // The restore, as generated.
+    let restore = machine.join("backup/restore.sh");
+    let md = fs::read_to_string(machine.join("RESTORE.md")).unwrap();
+    assert!(
+        md.contains(&format!("bash {}", restore.display())),
+        "RESTORE.md runs backup/restore.sh:\n{md}"
+    );
+    let mut c = cmd(Path::new("/bin/bash"));
+    c.arg(&restore);
+    script_env(&mut c);
+    let o = run(&mut c, "restore.sh", Duration::from_secs(120), dl);
+    println!(
+        "live: `bash {}` (RESTORE.md):\n{}",
+        restore.display(),
+        ok(&o, "restore.sh").trim()
+    );
+
+    assert_eq!(psql_query(&t, &ns, &app, q, dl).expect("the rows are back"), rows);
+    assert_eq!(
+        fs::read_to_string(volume.join("sub/note.txt")).expect("the file is back"),
+        "kept by restic\n"
+    );
+    println!("live: rows back ({rows}), as `app` over TCP; the volume's file back");
+    lab.stop_service(server);
+    drop(lab);
+    println!("live: PASSED in {} s (limit {} s)", max_s - dl.left().as_secs(), max_s);
+}
+
 /// Writes and builds the rotation test's stack at `generation`; from 2 on it
 /// has a second database (C collation) with its own client. Returns the bundle.
 fn build_rotation_stack(work: &Path, key: &Path, generation: u32, dl: Deadline) -> PathBuf {
