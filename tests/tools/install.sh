@@ -9,6 +9,7 @@
 #      from source), python3-dev (only if the interpreter has no Python.h,
 #      i.e. Debian's system python), python3-venv (only if `python3 -m venv`
 #      does not already work, e.g. with a pyenv/python.org interpreter),
+#      restic (tests/live.rs backs a database up and restores it with it),
 #      age (the `age` CLI: tests/external.rs and tests/sops.rs cross-check
 #      stackc's age files with it), graphviz (`dot`: tests/graph.rs renders
 #      the topology pictures with it), coturn (`turnserver`, started for 2 s
@@ -40,7 +41,7 @@ PREFIX=${STACKC_TOOLS_PREFIX:-/opt/stackc-tools}
 PYTHON=${PYTHON:-python3}
 REQS="$HERE/requirements.txt"
 STAMP="$PREFIX/.stackc-requirements.sha256"
-APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age graphviz coturn iproute2)
+APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age graphviz coturn iproute2 restic)
 NODE_DIR="$PREFIX/node"
 NPM_SRC="$HERE/npm"
 NPM_STAMP="$NODE_DIR/.stackc-npm.sha256"
