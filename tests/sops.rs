@@ -35,7 +35,11 @@ fn example_copy(dir: &Path, mode: &str) -> PathBuf {
         ncl.replace("secret_manifests = 'sops", &format!("secret_manifests = '{mode}")),
     )
     .unwrap();
-    std::fs::copy(src.join("secrets/recipients.txt"), dir.join("secrets/recipients.txt")).unwrap();
+    // The recipients and the example's external secrets (its backup credentials).
+    for e in std::fs::read_dir(src.join("secrets")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join("secrets").join(p.file_name().unwrap())).unwrap();
+    }
     dir.join("prod.ncl")
 }
 
