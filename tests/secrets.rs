@@ -42,10 +42,11 @@ fn every_kind_is_read_by_its_consumer_and_the_cache_is_sound() {
     let o = build(&fixture, &cold, &key, &cache);
     assert!(o.status.success(), "{}", text(&o).1);
 
-    // The cache: 0700 directory, 0600 entries, and a warm build gives the
-    // same bytes.
-    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
-    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    // The key cache (`keys/` of the cache directory): 0700 directory, 0600
+    // entries, and a warm build gives the same bytes.
+    let keys = cache.join("keys");
+    assert_eq!(std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777, 0o700);
+    let entries: Vec<_> = std::fs::read_dir(&keys).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(entries.len() >= 5, "RSA keys and digests are cached: {entries:?}");
     for e in &entries {
         assert_eq!(std::fs::metadata(e).unwrap().permissions().mode() & 0o777, 0o600);
@@ -178,7 +179,7 @@ fn no_secret_leaks_into_plain_files_output_or_the_manifest() {
     entries.push(repo().join("tests/secrets/prod.ncl"));
     // One cache for the library and the CLI: RSA keys are made once.
     let cache_dir = tmp.path().join("cache");
-    let cache = stackc::cache::DirCache::open(cache_dir.clone()).unwrap();
+    let cache = stackc::cache::DirCache::open(cache_dir.join("keys")).unwrap();
     for entry in entries {
         let compiled =
             compile_with_key(&entry, &key, &cache).unwrap_or_else(|d| panic!("{}: {}", entry.display(), d[0].message));

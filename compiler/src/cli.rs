@@ -105,13 +105,8 @@ enum Command {
         /// Project directory imports must stay in (default: the stack file's directory).
         #[arg(long)]
         project_root: Option<PathBuf>,
-        /// Cache for slow-to-derive secrets (RSA keys, digests); default
-        /// $XDG_CACHE_HOME/stackc/keys or ~/.cache/stackc/keys.
-        #[arg(long, env = "STACKC_CACHE_DIR")]
-        cache_dir: Option<PathBuf>,
-        /// Derive everything afresh; use no key cache (also STACKC_NO_CACHE=1).
-        #[arg(long, env = "STACKC_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
-        no_cache: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
         /// Print nothing on success.
         #[arg(short, long)]
         quiet: bool,
@@ -123,6 +118,8 @@ enum Command {
         format: CheckFormat,
         #[arg(long)]
         project_root: Option<PathBuf>,
+        #[command(flatten)]
+        cache: CacheArgs,
         #[arg(short, long)]
         quiet: bool,
     },
@@ -186,6 +183,45 @@ enum Command {
     /// The master key, and the stack's secrets: list them, add external ones, show one.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+}
+
+/// stackc's caches (build, check): evaluations of unchanged stacks, and
+/// secrets that are slow to derive.
+#[derive(clap::Args, Clone, Default)]
+pub(crate) struct CacheArgs {
+    /// Cache directory: evaluations in `eval/`, slow-to-derive secrets (RSA keys,
+    /// digests) in `keys/`; default $XDG_CACHE_HOME/stackc or ~/.cache/stackc.
+    #[arg(long, env = "STACKC_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Evaluate and derive everything afresh; use no cache (also STACKC_NO_CACHE=1).
+    #[arg(long, env = "STACKC_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    /// The cache root: the flag, else the XDG cache, else none.
+    fn root(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir.clone().or_else(|| {
+            let xdg = std::env::var_os("XDG_CACHE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from);
+            let home = std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"));
+            xdg.or(home).map(|d| d.join("stackc"))
+        })
+    }
+
+    fn keys(&self) -> Option<crate::cache::DirCache> {
+        crate::cache::DirCache::open(self.root()?.join("keys"))
+    }
+
+    fn evaluations(&self) -> Option<crate::cache::EvalCache> {
+        crate::cache::EvalCache::open(self.root()?.join("eval"))
+    }
 }
 
 /// Where the master key and the age identity come from (build, diff, secrets).
@@ -350,12 +386,12 @@ pub fn main() -> ExitCode {
             keys,
             placeholder_secrets,
             project_root,
-            cache_dir,
-            no_cache,
+            cache,
             quiet,
         } => {
-            let cache = if no_cache { None } else { open_cache(cache_dir) };
-            let cache: &dyn crate::secrets::Cache = match &cache {
+            let evaluations = cache.evaluations();
+            let keys_cache = cache.keys();
+            let key_cache: &dyn crate::secrets::Cache = match &keys_cache {
                 Some(c) => c,
                 None => &crate::secrets::NoCache,
             };
@@ -369,15 +405,24 @@ pub fn main() -> ExitCode {
                 placeholders: placeholder_secrets,
                 root: project_root.as_deref(),
                 quiet,
+                eval_cache: evaluations.as_ref(),
             };
-            build(&req, cache, color)
+            build(&req, key_cache, color)
         }
         Command::Check {
             file,
             format,
             project_root,
+            cache,
             quiet,
-        } => check(&file, format, project_root.as_deref(), quiet, color),
+        } => check(
+            &file,
+            format,
+            project_root.as_deref(),
+            cache.evaluations().as_ref(),
+            quiet,
+            color,
+        ),
         Command::Plan { file, project_root } => plan(&file, project_root.as_deref(), color),
         Command::Diff {
             old,
@@ -519,20 +564,6 @@ fn warn(diags: &[Diagnostic], color: bool) {
     }
 }
 
-/// The key cache directory: the flag, else the XDG cache, else none.
-fn open_cache(dir: Option<PathBuf>) -> Option<crate::cache::DirCache> {
-    let dir = dir.or_else(|| {
-        let xdg = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
-        let home = std::env::var_os("HOME")
-            .filter(|v| !v.is_empty())
-            .map(|h| PathBuf::from(h).join(".cache"));
-        xdg.or(home).map(|d| d.join("stackc").join("keys"))
-    })?;
-    crate::cache::DirCache::open(dir)
-}
-
 struct BuildRequest<'a> {
     file: &'a Path,
     output: Option<&'a Path>,
@@ -543,6 +574,7 @@ struct BuildRequest<'a> {
     placeholders: bool,
     root: Option<&'a Path>,
     quiet: bool,
+    eval_cache: Option<&'a crate::cache::EvalCache>,
 }
 
 fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> u8 {
@@ -580,6 +612,7 @@ fn build(req: &BuildRequest, cache: &dyn crate::secrets::Cache, color: bool) -> 
         identities: keys.identities.as_ref(),
         cache,
         machine: req.machine,
+        eval_cache: req.eval_cache,
     };
     let compiled = match crate::compile(req.file, &opts) {
         Ok(c) => c,
@@ -797,7 +830,14 @@ fn check_bundle(dir: &Path, compiled: &crate::Compiled, placeholders: bool, quie
     1
 }
 
-fn check(file: &Path, format: CheckFormat, root: Option<&Path>, quiet: bool, color: bool) -> u8 {
+fn check(
+    file: &Path,
+    format: CheckFormat,
+    root: Option<&Path>,
+    eval_cache: Option<&crate::cache::EvalCache>,
+    quiet: bool,
+    color: bool,
+) -> u8 {
     // Placeholders exercise the whole pipeline (resolve, render, verify)
     // without a key; nothing is written.
     let opts = crate::Options {
@@ -807,6 +847,7 @@ fn check(file: &Path, format: CheckFormat, root: Option<&Path>, quiet: bool, col
         identities: None,
         cache: &crate::secrets::NoCache,
         machine: None,
+        eval_cache,
     };
     let result = crate::compile(file, &opts);
     let machine = |render: fn(&[Diagnostic]) -> String, r: Result<crate::Compiled, Vec<Diagnostic>>| {
@@ -848,6 +889,7 @@ fn plan(file: &Path, root: Option<&Path>, color: bool) -> u8 {
         keying: &Keying::Placeholder,
         cache: &crate::secrets::NoCache,
         machine: None,
+        eval_cache: None,
     };
     match crate::compile(file, &opts) {
         Ok(c) => {
@@ -918,6 +960,7 @@ fn diff_side(
             identities,
             cache: &crate::secrets::NoCache,
             machine: None,
+            eval_cache: None,
         };
         crate::compile(entry, &opts).map(|c| c.files)
     };

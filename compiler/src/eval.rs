@@ -54,6 +54,92 @@ pub struct Evaluated {
     pub inputs: BTreeMap<String, Vec<u8>>,
 }
 
+/// An evaluation as the evaluation cache (`cache::EvalCache`) keeps it:
+/// plain data, each source file once, spans as (file, start, end).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Stored {
+    pub(crate) address: String,
+    files: Vec<(String, String)>,
+    value: serde_json::Value,
+    locs: Vec<(String, Option<StoredSpan>, Option<StoredSpan>)>,
+    inputs: BTreeMap<String, String>,
+}
+
+type StoredSpan = (usize, usize, usize);
+
+impl Stored {
+    pub(crate) fn of(address: &str, e: &Evaluated) -> Stored {
+        let mut files: Vec<(String, String)> = Vec::new();
+        let mut index: BTreeMap<*const SourceFile, usize> = BTreeMap::new();
+        let mut span = |s: &Option<Span>| {
+            s.as_ref().map(|s| {
+                let i = *index.entry(Arc::as_ptr(&s.file)).or_insert_with(|| {
+                    files.push((s.file.name.clone(), s.file.text.to_string()));
+                    files.len() - 1
+                });
+                (i, s.range.start, s.range.end)
+            })
+        };
+        let locs = e
+            .locs
+            .iter()
+            .map(|(k, l)| (k.clone(), span(&l.key), span(&l.value)))
+            .collect();
+        Stored {
+            address: address.to_owned(),
+            files,
+            value: e.value.clone(),
+            locs,
+            inputs: e
+                .inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+        }
+    }
+
+    /// `None` if a span names a file or range that is not there.
+    pub(crate) fn into_evaluated(self) -> Option<Evaluated> {
+        let files: Vec<Arc<SourceFile>> = self
+            .files
+            .into_iter()
+            .map(|(name, text)| {
+                Arc::new(SourceFile {
+                    name,
+                    text: Arc::from(text),
+                })
+            })
+            .collect();
+        let span = |s: Option<StoredSpan>| -> Option<Option<Span>> {
+            match s {
+                None => Some(None),
+                Some((i, start, end)) => {
+                    let file = files.get(i)?.clone();
+                    (start <= end && end <= file.text.len()).then_some(Some(Span {
+                        file,
+                        range: start..end,
+                    }))
+                }
+            }
+        };
+        let mut locs = Locs::new();
+        for (k, key, value) in self.locs {
+            locs.insert(
+                k,
+                Loc {
+                    key: span(key)?,
+                    value: span(value)?,
+                },
+            );
+        }
+        Some(Evaluated {
+            value: self.value,
+            locs,
+            inputs: self.inputs.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+        })
+    }
+}
+
 /// What one evaluation may use. The defaults leave room for stacks far
 /// larger than any real deployment (10 000 services take about 2 GiB and a
 /// minute) while stopping a runaway recursion long before the machine's

@@ -61,6 +61,15 @@ pub struct Options<'a> {
     pub machine: Option<&'a str>,
     /// Time and memory the evaluation may use.
     pub limits: eval::Limits,
+    /// Where evaluations of unchanged stacks are kept (`None`: evaluate).
+    pub eval_cache: Option<&'a cache::EvalCache>,
+}
+
+fn evaluate(project: &load::Project, opts: &Options) -> Result<eval::Evaluated, Vec<Diagnostic>> {
+    match opts.eval_cache {
+        Some(c) => c.evaluate(project, opts.limits),
+        None => eval::evaluate(project, opts.limits),
+    }
 }
 
 /// The pure core: from a stack file to bundle bytes. Reads the project's
@@ -73,7 +82,7 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         d
     };
     let project = load::load(entry, opts.project_root, opts.limits).map_err(sorted)?;
-    let evaluated = eval::evaluate(&project, opts.limits).map_err(sorted)?;
+    let evaluated = evaluate(&project, opts).map_err(sorted)?;
     let mut stack = model::from_value(&evaluated.value).map_err(sorted)?;
     let pos = check::Positions(&evaluated.locs);
     let findings = check::check(&stack, &evaluated.locs);
@@ -153,7 +162,7 @@ pub fn evaluate_stack(entry: &Path, opts: &Options) -> Result<(model::Stack, loa
         d
     };
     let project = load::load(entry, opts.project_root, opts.limits).map_err(sorted)?;
-    let evaluated = eval::evaluate(&project, opts.limits).map_err(sorted)?;
+    let evaluated = evaluate(&project, opts).map_err(sorted)?;
     let stack = model::from_value(&evaluated.value).map_err(sorted)?;
     let findings = check::check(&stack, &evaluated.locs);
     if !findings.is_empty() {

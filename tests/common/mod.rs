@@ -194,6 +194,7 @@ pub fn compile_with_key(
         identities: Some(&ids),
         cache,
         machine: None,
+        eval_cache: None,
         limits: Default::default(),
     };
     stackc::compile(entry, &opts)

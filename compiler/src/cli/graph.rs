@@ -37,6 +37,7 @@ pub(crate) fn run(args: GraphArgs, color: bool) -> u8 {
         keying: &Keying::Placeholder,
         cache: &crate::secrets::NoCache,
         machine: None,
+        eval_cache: None,
     };
     let compiled = match crate::compile(&args.file, &opts) {
         Ok(c) => c,

@@ -114,6 +114,7 @@ fn evaluate(file: &Path, root: Option<&Path>) -> Result<Stacked, Vec<Diagnostic>
         identities: None,
         cache: &secrets::NoCache,
         machine: None,
+        eval_cache: None,
     };
     let (stack, project) = crate::evaluate_stack(file, &opts)?;
     Ok(Stacked { stack, project })
