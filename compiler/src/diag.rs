@@ -118,6 +118,7 @@ codes! {
     NonRootUser = "SC0526", 1, "a Kubernetes container runs as non-root but names no numeric user";
     StartupProbe = "SC0527", 1, "a startup probe has no probe to run";
     NobodyReaches = "SC0528", 1, "the NetworkPolicies let nobody reach a Service";
+    AnnotationKey = "SC0529", 1, "an Ingress annotation key is not a Kubernetes annotation key";
     StartupRule = "SC0601", 1, "a program would refuse its configuration when it starts";
     NotABundle = "SC0901", 2, "the output directory exists and is not a stackc bundle";
     Io = "SC0902", 2, "input/output error";
