@@ -112,6 +112,13 @@ codes! {
     OidcExternal = "SC0520", 1, "a relying party names no provider of the stack, so its client is not checked";
     OidcScope = "SC0522", 1, "a relying party requests a scope its client at the provider does not allow";
     Unpaired = "SC0521", 1, "a client reaches a service that declares no matching role, so the pair is not checked";
+    BodyLimit = "SC0523", 1, "a site's body-size limit is below what a service behind it accepts";
+    DisruptionBudget = "SC0524", 1, "a disruption budget lets a drain take every pod of a workload";
+    UnknownPeer = "SC0525", 1, "`connects_to` names no workload of the namespace";
+    NonRootUser = "SC0526", 1, "a Kubernetes container runs as non-root but names no numeric user";
+    StartupProbe = "SC0527", 1, "a startup probe has no probe to run";
+    NobodyReaches = "SC0528", 1, "the NetworkPolicies let nobody reach a Service";
+    AnnotationKey = "SC0529", 1, "an Ingress annotation key is not a Kubernetes annotation key";
     StartupRule = "SC0601", 1, "a program would refuse its configuration when it starts";
     NotABundle = "SC0901", 2, "the output directory exists and is not a stackc bundle";
     Io = "SC0902", 2, "input/output error";
