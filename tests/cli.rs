@@ -324,6 +324,18 @@ fn every_code_has_a_page_and_every_page_a_code() {
         let heading = format!("# {}: {}", c.as_str(), c.title());
         assert!(text.starts_with(&heading), "{name} must start with `{heading}`");
     }
+    // And the index lists every code with its title and exit status.
+    let index = std::fs::read_to_string(repo().join("docs/diagnostics.md")).unwrap();
+    for c in Code::ALL {
+        let row = format!("| {} | {} |", c.as_str(), c.title());
+        let line = index.lines().find(|l| l.starts_with(&row));
+        let line = line.unwrap_or_else(|| panic!("docs/diagnostics.md has no row `{row} …`"));
+        assert!(
+            line.contains(&format!(" | {} | [{}]", c.exit_status(), c.as_str())),
+            "docs/diagnostics.md: the row of {c} gives another exit status than {}",
+            c.exit_status()
+        );
+    }
 }
 
 #[test]
