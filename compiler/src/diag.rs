@@ -112,6 +112,7 @@ codes! {
     OidcExternal = "SC0520", 1, "a relying party names no provider of the stack, so its client is not checked";
     OidcScope = "SC0522", 1, "a relying party requests a scope its client at the provider does not allow";
     SmtpMismatch = "SC0530", 1, "services of the stack send mail through different SMTP relays or logins";
+    ScrapeUnreachable = "SC0531", 1, "a Prometheus scrape target does not reach the service's metrics";
     Unpaired = "SC0521", 1, "a client reaches a service that declares no matching role, so the pair is not checked";
     StartupRule = "SC0601", 1, "a program would refuse its configuration when it starts";
     NotABundle = "SC0901", 2, "the output directory exists and is not a stackc bundle";
