@@ -24,6 +24,8 @@
 //! | nginx               | `*/nginx/*.conf`, `*/nginx/sites-available/*`, `*/nginx/sites-enabled/*`, `*/nginx/conf.d/*.conf` | `nginx -t` (below) |
 //! | k8s                 | `*/k8s/*.{yaml,yml}` (any depth), `*/kubernetes/*.{yaml,yml}` | `kubernetes-validate --strict -k 1.37.0 NAME` (cwd = its dir) |
 //! | coturn              | `*/coturn/turnserver.conf`                                  | `turnserver -c F` started for 2 s in a fresh network namespace (below) |
+//! | prometheus          | `*/prometheus/prometheus.yml`                               | `promtool check config F` (Debian `prometheus`; its `rule_files` are read and checked too) |
+//! | prometheus-rules    | `*/prometheus/rules/*.yml`                                  | `promtool check rules F` |
 //!
 //! - synapse: `python -m synapse.config -c COPY`, Synapse's own loader, on a
 //!   copy where every string `/data` or `/data/...` (the container's mount
@@ -137,11 +139,13 @@ enum Kind {
     Nginx,
     K8s,
     Coturn,
+    Prometheus,
+    PrometheusRules,
 }
 
 /// Kinds that the golden bundles must contain (no vacuous pass): every kind
 /// the examples emit.
-const REQUIRED_KINDS: [Kind; 14] = [
+const REQUIRED_KINDS: [Kind; 16] = [
     Kind::Systemd,
     Kind::Caddy,
     Kind::Nftables,
@@ -156,6 +160,8 @@ const REQUIRED_KINDS: [Kind; 14] = [
     Kind::Nginx,
     Kind::K8s,
     Kind::Coturn,
+    Kind::Prometheus,
+    Kind::PrometheusRules,
 ];
 
 impl fmt::Display for Kind {
@@ -175,6 +181,8 @@ impl fmt::Display for Kind {
             Kind::Nginx => "nginx",
             Kind::K8s => "k8s",
             Kind::Coturn => "coturn",
+            Kind::Prometheus => "prometheus",
+            Kind::PrometheusRules => "prometheus-rules",
         })
     }
 }
@@ -196,6 +204,8 @@ const RULES: &[(Option<Kind>, &[&str])] = &[
     ),
     (Some(Kind::Caddy), &["*/Caddyfile", "*.Caddyfile", "*.caddyfile"]),
     (Some(Kind::Coturn), &["*/coturn/turnserver.conf"]),
+    (Some(Kind::Prometheus), &["*/prometheus/prometheus.yml"]),
+    (Some(Kind::PrometheusRules), &["*/prometheus/rules/*.yml"]),
     (
         Some(Kind::Authelia),
         &["*/authelia/configuration.yml", "*/authelia/configuration.yaml"],
@@ -360,6 +370,8 @@ fn classify_matches_the_matrix_layout() {
     assert_eq!(k("node1/nginx/conf.d/x.conf"), Some(Kind::Nginx));
     assert_eq!(k("node2/k8s/synapse.yaml"), Some(Kind::K8s));
     assert_eq!(k("edge/coturn/turnserver.conf"), Some(Kind::Coturn));
+    assert_eq!(k("auth/prometheus/prometheus.yml"), Some(Kind::Prometheus));
+    assert_eq!(k("auth/prometheus/rules/stackc.yml"), Some(Kind::PrometheusRules));
     assert_eq!(k("node2/k8s/matrix/ingress.yml"), Some(Kind::K8s));
     // First match wins: a homeserver.yaml under k8s/ is still Synapse's,
     // a compose file anywhere is compose.
@@ -928,6 +940,33 @@ fn check_nftables(tool: &NftTool, file: &Path) -> Outcome {
         Outcome::Pass(Vec::new())
     } else {
         Outcome::Fail(format!("nft -c ({}): {}", exit_desc(&out), one_line(&out.text)))
+    }
+}
+
+/// Debian's promtool (package prometheus).
+fn find_promtool() -> Result<PathBuf, String> {
+    find_on_path("promtool").ok_or_else(|| "promtool not found (Debian package prometheus)".to_owned())
+}
+
+/// `promtool check config|rules F`, in the file's directory (a config's
+/// `rule_files` are relative to it).
+fn check_promtool(tool: &Path, what: &str, file: &Path) -> Outcome {
+    let scratch = TempDir::new("promtool");
+    let mut cmd = clean_command(tool);
+    cmd.args(["check", what]).arg(file.file_name().unwrap());
+    cmd.current_dir(file.parent().unwrap());
+    let out = match run(cmd, &scratch) {
+        Ok(o) => o,
+        Err(e) => return Outcome::Fail(e),
+    };
+    if out.code == Some(0) && !out.timed_out {
+        Outcome::Pass(Vec::new())
+    } else {
+        Outcome::Fail(format!(
+            "promtool check {what} ({}): {}",
+            exit_desc(&out),
+            one_line(&out.text)
+        ))
     }
 }
 
@@ -1609,6 +1648,8 @@ enum Validator {
     K8s(PathBuf),
     Nginx(NginxTool),
     Coturn(CoturnTool),
+    /// `promtool check config` or `check rules`.
+    Promtool(PathBuf, &'static str),
 }
 
 impl Validator {
@@ -1628,6 +1669,8 @@ impl Validator {
             Kind::K8s => find_k8s_validate().map(Validator::K8s),
             Kind::Nginx => find_nginx().map(Validator::Nginx),
             Kind::Coturn => find_coturn().map(Validator::Coturn),
+            Kind::Prometheus => find_promtool().map(|t| Validator::Promtool(t, "config")),
+            Kind::PrometheusRules => find_promtool().map(|t| Validator::Promtool(t, "rules")),
         }
     }
 
@@ -1643,6 +1686,7 @@ impl Validator {
             Validator::K8s(t) => check_k8s(t, file),
             Validator::Nginx(t) => check_nginx(t, file),
             Validator::Coturn(t) => check_coturn(t, file),
+            Validator::Promtool(t, what) => check_promtool(t, what, file),
         }
     }
 }
@@ -1929,6 +1973,51 @@ fn caddy_wrapper_rejects_unknown_directive() {
 const COTURN_GOOD: &str = "listening-port=3478\nmin-port=49160\nmax-port=49200\nrealm=example.com\n\
     use-auth-secret\nstatic-auth-secret=not-a-real-secret\nexternal-ip=203.0.113.30\nno-tls\nno-dtls\nno-cli\n\
     fingerprint\ndenied-peer-ip=10.0.0.0-10.255.255.255\nlog-file=stdout\n";
+
+#[test]
+fn promtool_wrapper_accepts_good_files_and_rejects_broken_ones() {
+    let Some(tool) = require(Kind::Prometheus, find_promtool()) else {
+        return;
+    };
+    let dir = TempDir::new("promtool-wrapper");
+    let good_rules = "groups:\n- name: a\n  rules:\n  - alert: Down\n    expr: up == 0\n";
+    let rules = dir.write("rules/a.yml", good_rules);
+    let conf = dir.write(
+        "prometheus.yml",
+        "rule_files: [rules/a.yml]\nscrape_configs:\n- job_name: n\n  static_configs:\n  - targets: ['127.0.0.1:9100']\n",
+    );
+    assert!(
+        matches!(check_promtool(&tool, "config", &conf), Outcome::Pass(_)),
+        "good config"
+    );
+    assert!(
+        matches!(check_promtool(&tool, "rules", &rules), Outcome::Pass(_)),
+        "good rules"
+    );
+    dir.write(
+        "rules/a.yml",
+        "groups:\n- name: a\n  rules:\n  - alert: Down\n    expr: up ==\n",
+    );
+    assert_fails(
+        check_promtool(&tool, "rules", &rules),
+        "could not parse expression",
+        "broken PromQL",
+    );
+    assert_fails(
+        check_promtool(&tool, "config", &conf),
+        "could not parse expression",
+        "a config whose rule file is broken",
+    );
+    dir.write(
+        "prometheus.yml",
+        "scrape_configs:\n- job_name: n\n  scrape_intervall: 5s\n",
+    );
+    assert_fails(
+        check_promtool(&tool, "config", &conf),
+        "scrape_intervall",
+        "unknown key",
+    );
+}
 
 #[test]
 fn coturn_wrapper_accepts_good_config() {

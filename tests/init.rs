@@ -313,6 +313,7 @@ fn stackc_shell(cmd: &str, work: &Path, home: &Path, path: &str) -> Output {
         .env("NO_COLOR", "1")
         // Third-party credentials the docs pipe in (docs/matrix.md).
         .env("TELEGRAM_API_HASH", "0123456789abcdef0123456789abcdef")
+        .env("SMTP_PASSWORD", "an-smtp-password")
         .output()
         .unwrap()
 }

@@ -161,6 +161,231 @@ fn lair_chat_live() {
     println!("live: PASSED in {} s (limit {} s)", max_s - dl.left().as_secs(), max_s);
 }
 
+/// Monitoring as deployed: a stack with `monitoring` (Prometheus on `ops`,
+/// a web service with metrics on `app`, a third machine `other` on the
+/// same private network), built; every machine's emitted ruleset loaded in
+/// its namespace, the node exporters started with their units' `ExecStart`
+/// as emitted, a stand-in serving the web service's metrics on its declared
+/// address, and the real Prometheus started in `ops` with the emitted
+/// `ExecStart` (only its storage path moved into the work dir): every
+/// target of the generated `prometheus.yml` is scraped `up` through the
+/// firewalls, the alert rules are loaded, and the same metrics ports are
+/// dropped from `other`, which the rulesets do not admit.
+#[test]
+fn monitoring_live() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dl = deadline();
+    let max_s = dl.max_s;
+    let Some(t) = tools() else { return };
+    let mut missing = Vec::new();
+    let prometheus = common::on_path("prometheus");
+    let node_exporter = common::on_path("prometheus-node-exporter");
+    for (p, what) in [
+        (&prometheus, "prometheus (Debian)"),
+        (&node_exporter, "prometheus-node-exporter (Debian)"),
+    ] {
+        if !p.exists() {
+            missing.push(what);
+        }
+    }
+    if !missing.is_empty() {
+        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+        let skip = std::env::var("STACKC_SKIP_MISSING_TOOLS").is_ok_and(|v| v == "1");
+        if ci || !skip {
+            panic!("the live monitoring test needs {missing:?}: run `sudo tests/tools/install.sh`");
+        }
+        eprintln!("NOT CHECKED (STACKC_SKIP_MISSING_TOOLS=1): monitoring_live; missing {missing:?}");
+        return;
+    }
+    let text = r#"# Written by tests/live.rs: Prometheus on `ops` watches `app` and `other`.
+let stackc = import "stackc.ncl" in
+stackc.stack {
+  name = "watched",
+  networks = {
+    internet = { cidr = "203.0.113.0/24", public = true },
+    lan = { cidr = "10.1.0.0/24" },
+  },
+  monitoring = { machine = "ops", scrape_interval = "2s" },
+  machines = {
+    app = {
+      addresses = { internet = "203.0.113.7", lan = "10.1.0.2" },
+      native.web = {
+        command = "/usr/local/bin/web",
+        ports.http = { port = 8080, public = true },
+        ports.metrics = { port = 9400, bind = "10.1.0.2" },
+        metrics.port = "metrics",
+      },
+    },
+    ops.addresses.lan = "10.1.0.9",
+    other.addresses.lan = "10.1.0.5",
+  },
+}
+"#;
+    let stack = Stack::Written {
+        tag: "monitoring".to_owned(),
+        from: "lair-chat",
+        text: text.to_owned(),
+    };
+    let (work, out) = build(&stack, dl);
+    let manifest: Json = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let machines = ["app", "ops", "other"];
+    let lay = layout(&manifest, "app", &machines);
+    let mut lab = Lab::new(&t, "monitoring");
+    let ns = lab.network(&lay.segments, dl);
+    for m in machines {
+        let rules = out.join(format!("{m}/firewall/rules.nft"));
+        ok(
+            &run(
+                in_ns(&t, &ns[m], &t.nft).arg("-f").arg(&rules),
+                "nft -f",
+                Duration::from_secs(20),
+                dl,
+            ),
+            &format!("nft -f {m}/firewall/rules.nft"),
+        );
+        println!("live: loaded {m}/firewall/rules.nft unmodified");
+    }
+    // A unit's command line as emitted (stackc writes no quotes in these).
+    let exec_start = |m: &str, unit: &str| -> Vec<String> {
+        let text = fs::read_to_string(out.join(format!("{m}/systemd/{unit}"))).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("no ExecStart in {m}/systemd/{unit}"));
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+    let logs = work.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    for m in machines {
+        let argv = exec_start(m, "node-exporter.service");
+        assert_eq!(Path::new(&argv[0]), node_exporter, "{m}: the node exporter's binary");
+        let listen = argv
+            .iter()
+            .find_map(|a| a.strip_prefix("--web.listen-address="))
+            .expect("a listen address")
+            .to_owned();
+        let mut c = in_ns(&t, &ns[m], &node_exporter);
+        c.args(&argv[1..]);
+        let i = lab.spawn(&format!("node-exporter-{m}"), c, libc::SIGTERM, &logs);
+        let url = format!("http://{listen}/metrics");
+        let (tt, n) = (&t, ns[m].clone());
+        lab.wait_ready(i, "the node exporter", Duration::from_secs(20), dl, || {
+            get(tt, &n, &url, &[], dl).map(|_| ())
+        });
+        println!("live: node exporter on {listen} in {m}, as its unit says");
+    }
+    // The web service's metrics: a stand-in serving a metrics file.
+    let metrics_dir = work.path().join("web-metrics");
+    fs::create_dir_all(&metrics_dir).unwrap();
+    fs::write(
+        metrics_dir.join("metrics"),
+        "# TYPE stand_in_requests_total counter\nstand_in_requests_total 7\n",
+    )
+    .unwrap();
+    lab.stand_in(&t, &ns["app"], "web", "10.1.0.2", "9400", &metrics_dir, dl);
+    println!("live: stand-in serves the web service's /metrics on 10.1.0.2:9400 in app");
+
+    let conf = out.join("ops/prometheus/prometheus.yml");
+    let storage = work.path().join("tsdb");
+    fs::create_dir_all(&storage).unwrap();
+    let mut argv = exec_start("ops", "prometheus.service");
+    assert_eq!(Path::new(&argv[0]), prometheus, "the Prometheus binary");
+    let mut moved = 0;
+    for a in &mut argv {
+        if a.starts_with("--config.file=") {
+            *a = format!("--config.file={}", conf.display());
+            moved += 1;
+        } else if a.starts_with("--storage.tsdb.path=") {
+            *a = format!("--storage.tsdb.path={}", storage.display());
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 2, "config and storage flags in {argv:?}");
+    let listen = argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--web.listen-address="))
+        .expect("a listen address")
+        .to_owned();
+    let mut c = in_ns(&t, &ns["ops"], &prometheus);
+    c.args(&argv[1..]);
+    let i = lab.spawn("prometheus", c, libc::SIGTERM, &logs);
+    let api = format!("http://{listen}/api/v1");
+    let (tt, ops) = (&t, ns["ops"].clone());
+    lab.wait_ready(i, "Prometheus", Duration::from_secs(30), dl, || {
+        get(tt, &ops, &format!("http://{listen}/-/ready"), &[], dl).and_then(|r| {
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("status {}", r.status))
+            }
+        })
+    });
+    println!("live: Prometheus ready on {listen} in ops, with the emitted prometheus.yml");
+
+    // Every target of the generated configuration, scraped up.
+    let want: Vec<(&str, &str)> = vec![
+        ("node-exporter", "10.1.0.2:9100"),
+        ("node-exporter", "10.1.0.5:9100"),
+        ("node-exporter", "127.0.0.1:9100"),
+        ("web", "10.1.0.2:9400"),
+    ];
+    let mut last = String::new();
+    let until = Instant::now() + dl.cap(Duration::from_secs(60));
+    let mut all_up = false;
+    while Instant::now() < until {
+        if let Ok(r) = get(&t, &ops, &format!("{api}/targets?state=active"), &[], dl) {
+            let j: Json = serde_json::from_str(&r.body).unwrap_or(Json::Null);
+            let active = j["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+            let seen: Vec<(String, String, String)> = active
+                .iter()
+                .map(|x| {
+                    (
+                        x["labels"]["job"].as_str().unwrap_or("").to_owned(),
+                        x["labels"]["instance"].as_str().unwrap_or("").to_owned(),
+                        x["health"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect();
+            last = format!("{seen:?}");
+            // Discovery fills the list shortly after start: all at once.
+            if !seen.is_empty() {
+                assert_eq!(seen.len(), want.len(), "the targets of prometheus.yml: {last}");
+            }
+            if want
+                .iter()
+                .all(|(job, inst)| seen.iter().any(|(j, i, h)| j == job && i == inst && h == "up"))
+            {
+                all_up = true;
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert!(all_up, "every target up through the firewalls; last seen: {last}");
+    println!("live: ok every target up: {last}");
+    let r = expect_200(
+        get(&t, &ops, &format!("{api}/query?query=stand_in_requests_total"), &[], dl),
+        "query",
+    );
+    assert!(
+        r.body.contains(r#""machine":"app""#) && r.body.contains(r#""7""#),
+        "the web service's sample, labelled: {}",
+        r.body
+    );
+    println!("live: ok the web service's sample arrived, labelled machine=app");
+    let r = expect_200(get(&t, &ops, &format!("{api}/rules"), &[], dl), "rules");
+    for alert in ["TargetDown", "DiskSpaceLow", "DiskFullIn24h"] {
+        assert!(r.body.contains(alert), "alert rule {alert} loaded: {}", r.body);
+    }
+    println!("live: ok the alert rules are loaded (TargetDown, DiskSpaceLow, DiskFullIn24h)");
+    // Nothing wider: `other` is on the same network, and is not admitted.
+    expect_dropped(&t, &ns["other"], "http://10.1.0.2:9100/metrics", dl);
+    expect_dropped(&t, &ns["other"], "http://10.1.0.2:9400/metrics", dl);
+    println!("live: ok app's metrics ports dropped from `other` (10.1.0.5): open to Prometheus's 10.1.0.9 alone");
+    drop(lab);
+    println!("live: PASSED in {} s (limit {} s)", max_s - dl.left().as_secs(), max_s);
+}
+
 /// Rotation that rotates: a stack with the postgres module, built, its
 /// PostgreSQL started as the image would (init scripts on the temporary,
 /// socket-only server, then the post-start hook as emitted, racing it), the

@@ -111,6 +111,8 @@ codes! {
     OidcUnpaired = "SC0519", 1, "a relying party logs in through a provider that has no client for it";
     OidcExternal = "SC0520", 1, "a relying party names no provider of the stack, so its client is not checked";
     OidcScope = "SC0522", 1, "a relying party requests a scope its client at the provider does not allow";
+    SmtpMismatch = "SC0530", 1, "services of the stack send mail through different SMTP relays or logins";
+    ScrapeUnreachable = "SC0531", 1, "a Prometheus scrape target does not reach the service's metrics";
     Unpaired = "SC0521", 1, "a client reaches a service that declares no matching role, so the pair is not checked";
     BodyLimit = "SC0523", 1, "a site's body-size limit is below what a service behind it accepts";
     DisruptionBudget = "SC0524", 1, "a disruption budget lets a drain take every pod of a workload";
