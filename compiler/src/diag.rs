@@ -182,6 +182,13 @@ impl Span {
         !self.file.name.starts_with('<')
     }
 
+    /// Inside a primitive's code: Nickel's own std (`<stdlib/…>`), or the
+    /// stdlib's untyped twins of it (`<stackc>/prim.ncl`). A value computed
+    /// there has no place worth showing.
+    pub fn in_primitive(&self) -> bool {
+        self.file.name.starts_with("<stdlib") || self.file.name == "<stackc>/prim.ncl"
+    }
+
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let text = &self.file.text;

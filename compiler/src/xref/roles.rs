@@ -389,7 +389,7 @@ impl<'a> Index<'a> {
         let at = at.as_ref()?;
         // A fact of the lowered stack (no file): its own position.
         if at.file.is_empty() {
-            return self.pos.at(&at.ptr).filter(|s| !s.file.name.starts_with("<stdlib"));
+            return self.pos.at(&at.ptr).filter(|s| !s.in_primitive());
         }
         let (machine, path) = at.file.split_once('/')?;
         let base = format!(
@@ -399,7 +399,7 @@ impl<'a> Index<'a> {
         );
         let mut p = format!("{base}/content{}", at.ptr);
         loop {
-            if let Some(s) = self.pos.at(&p).filter(|s| !s.file.name.starts_with("<stdlib")) {
+            if let Some(s) = self.pos.at(&p).filter(|s| !s.in_primitive()) {
                 return Some(s);
             }
             match p.rfind('/') {
