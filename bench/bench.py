@@ -31,7 +31,9 @@ def tools(path, label):
     out = os.path.join(tmp, f"out-{label}")
     cache = os.path.join(tmp, f"cache-{label}")
     evals = os.path.join(tmp, f"evals-{label}")
-    build = [stackc, "build", "--quiet", "-o", out, "--secrets-key", key]
+    # The examples' external secrets are encrypted to the committed TEST identity.
+    identity = os.path.join(repo, "tests", "keys", "TEST-ONLY-age-identity.txt")
+    build = [stackc, "build", "--quiet", "-o", out, "--secrets-key", key, "--identity", identity]
     return {
         "nickel export": [nickel, "export", "-I", modules, path],
         # Evaluated every time: what a changed stack costs.
@@ -43,7 +45,7 @@ def tools(path, label):
         # warm-up run) and the previous bundle is replaced; the evaluation
         # is done afresh (its cache entry removed first, by `sh`, ~1 ms), so
         # build / check compares the same work plus writing.
-        "stackc build": ["sh", "-c", 'rm -rf "$1/eval" && exec "$@"', "sh", cache] + build + ["--cache-dir", cache, path],
+        "stackc build": ["sh", "-c", 'rm -rf "$1/eval" && shift && exec "$@"', "sh", cache] + build + ["--cache-dir", cache, path],
         # Cold: nothing cached, every key derived.
         "stackc build (cold)": build + ["--no-cache", path],
     }

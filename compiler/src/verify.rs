@@ -18,14 +18,22 @@ use jsonschema::error::ValidationErrorKind;
 
 pub fn verify(files: &Rendered, secrets: &Resolved) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    // One automaton for every value, one pass over each file: searching
+    // value by value costs files × secrets (minutes at 10 000 services).
+    let names: Vec<&String> = secrets.values.keys().collect();
+    let Ok(finder) = aho_corasick::AhoCorasick::new(secrets.values.values()) else {
+        return vec![
+            Diagnostic::error(Code::Internal, "the secrets are too many to look for in the bundle")
+                .with_help("this is a bug in stackc: please report it; nothing was written"),
+        ];
+    };
     for (path, f) in files.iter().filter(|(_, f)| !f.secret) {
         let text = String::from_utf8_lossy(&f.bytes);
-        for name in secrets
-            .values
-            .iter()
-            .filter(|(_, v)| text.contains(v.as_str()))
-            .map(|(n, _)| n)
-        {
+        let mut found = vec![false; names.len()];
+        for m in finder.find_overlapping_iter(text.as_ref()) {
+            found[m.pattern().as_usize()] = true;
+        }
+        for name in names.iter().zip(&found).filter(|(_, hit)| **hit).map(|(n, _)| n) {
             // The name only: a diagnostic never carries a secret value.
             out.push(
                 Diagnostic::error(
@@ -235,6 +243,49 @@ mod tests {
         assert_eq!(closest("sesion", &known), Some("session"));
         assert_eq!(closest("completely_else", &known), None);
         assert_eq!(closest("x", &known), None);
+    }
+
+    #[test]
+    fn the_leak_guard_finds_every_secret_in_every_plain_file() {
+        use crate::render::RenderedFile;
+        let file = |text: &str, secret: bool| RenderedFile {
+            bytes: text.as_bytes().to_vec(),
+            mode: 0o644,
+            secret,
+            owner: (0, 0),
+        };
+        let mut files = Rendered::new();
+        // `abc` lies inside `xabcx`: both are found, overlapping.
+        files.insert("m/a.conf".into(), file("key=xabcx\nother=hunter2\n", false));
+        files.insert("m/b.conf".into(), file("nothing here", false));
+        files.insert("m/secrets/c.env".into(), file("PASS=hunter2 xabcx", true));
+        files.insert(
+            "m/d.bin".into(),
+            RenderedFile {
+                bytes: vec![0xff, b'a', b'b', b'c', 0xfe],
+                ..file("", false)
+            },
+        );
+        let mut resolved = Resolved::default();
+        for (n, v) in [
+            ("inner", "abc"),
+            ("outer", "xabcx"),
+            ("pw", "hunter2"),
+            ("unused", "zzz"),
+        ] {
+            resolved.values.insert(n.into(), v.into());
+        }
+        let found: Vec<String> = verify(&files, &resolved).into_iter().map(|d| d.message).collect();
+        assert_eq!(
+            found,
+            [
+                "secret `inner` would be written to `m/a.conf`, which is not a secret file",
+                "secret `outer` would be written to `m/a.conf`, which is not a secret file",
+                "secret `pw` would be written to `m/a.conf`, which is not a secret file",
+                "secret `inner` would be written to `m/d.bin`, which is not a secret file",
+            ]
+        );
+        assert!(verify(&files, &Resolved::default()).is_empty());
     }
 
     #[test]
