@@ -314,6 +314,8 @@ fn stackc_shell(cmd: &str, work: &Path, home: &Path, path: &str) -> Output {
         // Third-party credentials the docs pipe in (docs/matrix.md).
         .env("TELEGRAM_API_HASH", "0123456789abcdef0123456789abcdef")
         .env("SMTP_PASSWORD", "an-smtp-password")
+        .env("AWS_ACCESS_KEY_ID", "TEST-ONLY-KEY-ID")
+        .env("AWS_SECRET_ACCESS_KEY", "TEST-ONLY-SECRET")
         .output()
         .unwrap()
 }
