@@ -625,29 +625,7 @@ fn fill(tmp: &Path, files: &Rendered, manifest: &[u8]) -> Result<(), Diagnostic>
     // on a virtual disk), not bandwidth: several threads overlap them.
     // The first failure in path order is the one reported.
     let all: Vec<(&String, &crate::render::RenderedFile)> = files.iter().collect();
-    let chunk = all.len().div_ceil(WRITERS).max(1);
-    let failures: Vec<(usize, Diagnostic)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = all
-            .chunks(chunk)
-            .enumerate()
-            .map(|(n, part)| {
-                scope.spawn(move || {
-                    part.iter().enumerate().find_map(|(i, (path, f))| {
-                        write_file(&tmp.join(path), &f.bytes, f.mode)
-                            .err()
-                            .map(|d| (n * chunk + i, d))
-                    })
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .filter_map(|w| w.join().expect("a writer thread panicked"))
-            .collect()
-    });
-    if let Some((_, d)) = failures.into_iter().min_by_key(|(i, _)| *i) {
-        return Err(d);
-    }
+    in_parallel(&all, |(path, f)| write_file(&tmp.join(path), &f.bytes, f.mode))?;
     write_file(&tmp.join(MANIFEST), manifest, MODE_FILE)?;
     // Complete: from here on, the manifest says it is stackc's.
     fs::remove_file(tmp.join(PARTIAL)).map_err(|e| io_error(format!("cannot remove `{}`", PARTIAL), e))?;
@@ -716,33 +694,46 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Diagnostic> {
         .map_err(|e| io_error(format!("cannot set the mode of `{}`", path.display()), e))
 }
 
+/// `work` on every item, by `WRITERS` threads each taking a contiguous
+/// share (each stops at its first failure); the failure of the first item
+/// in order is the result.
+fn in_parallel<T: Sync, E: Send>(items: &[T], work: impl Fn(&T) -> Result<(), E> + Sync) -> Result<(), E> {
+    let chunk = items.len().div_ceil(WRITERS).max(1);
+    let work = &work;
+    let failures: Vec<(usize, E)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .enumerate()
+            .map(|(n, part)| {
+                scope.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .find_map(|(i, item)| work(item).err().map(|e| (n * chunk + i, e)))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|w| w.join().expect("a bundle thread panicked"))
+            .collect()
+    });
+    match failures.into_iter().min_by_key(|(i, _)| *i) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// `remove_dir_all`, with the top-level entries removed by several threads
 /// (a bundle's machines): removing a file is a round trip too.
 fn remove_tree(dir: &Path) -> std::io::Result<()> {
     let entries: Vec<PathBuf> = fs::read_dir(dir)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
-    let chunk = entries.len().div_ceil(WRITERS).max(1);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = entries
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    for p in part {
-                        match fs::symlink_metadata(p) {
-                            Ok(m) if m.is_dir() => fs::remove_dir_all(p)?,
-                            Ok(_) => fs::remove_file(p)?,
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().expect("a remover thread panicked"))
+    in_parallel(&entries, |p| match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     })?;
     fs::remove_dir(dir)
 }

@@ -41,20 +41,31 @@ impl Cache for DirCache {
     }
 
     fn put(&self, address: &str, entry: &str) {
-        let Some(path) = self.path(address) else { return };
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(entry.as_bytes()).and_then(|()| f.sync_all()))
-            .and_then(|()| fs::rename(&tmp, &path));
-        // A cache that cannot be written only makes the next build slower.
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
+        if let Some(path) = self.path(address) {
+            write_entry(&path, entry.as_bytes(), true);
         }
     }
+}
+
+/// Writes a cache entry 0600 through a temporary sibling and a rename
+/// (`sync`: to disk first). Whether it worked: a cache that cannot be
+/// written only makes the next run slower.
+fn write_entry(path: &std::path::Path, bytes: &[u8], sync: bool) -> bool {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)
+                .and_then(|()| if sync { f.sync_all() } else { Ok(()) })
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.is_ok()
 }
 
 /// The evaluation cache: a stack's evaluation (value, field positions,
@@ -165,20 +176,10 @@ impl EvalCache {
         };
         let mut bytes = format!("{EVAL_MAGIC} {}\n", body_digest(&body)).into_bytes();
         bytes.extend_from_slice(&body);
-        let path = self.path(address);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&bytes))
-            .and_then(|()| fs::rename(&tmp, &path));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-            return;
+        // Not synced: a lost entry is evaluated again.
+        if write_entry(&self.path(address), &bytes, false) {
+            self.evict();
         }
-        self.evict();
     }
 
     fn evict(&self) {
