@@ -26,6 +26,7 @@
 //! | coturn              | `*/coturn/turnserver.conf`                                  | `turnserver -c F` started for 2 s in a fresh network namespace (below) |
 //! | prometheus          | `*/prometheus/prometheus.yml`                               | `promtool check config F` (Debian `prometheus`; its `rule_files` are read and checked too) |
 //! | prometheus-rules    | `*/prometheus/rules/*.yml`                                  | `promtool check rules F` |
+//! | blackbox            | `*/prometheus/blackbox.yml`                                 | `prometheus-blackbox-exporter --config.check --config.file=F` (Debian; strict: an unknown key fails) |
 //!
 //! - synapse: `python -m synapse.config -c COPY`, Synapse's own loader, on a
 //!   copy where every string `/data` or `/data/...` (the container's mount
@@ -141,11 +142,12 @@ enum Kind {
     Coturn,
     Prometheus,
     PrometheusRules,
+    Blackbox,
 }
 
 /// Kinds that the golden bundles must contain (no vacuous pass): every kind
 /// the examples emit.
-const REQUIRED_KINDS: [Kind; 16] = [
+const REQUIRED_KINDS: [Kind; 17] = [
     Kind::Systemd,
     Kind::Caddy,
     Kind::Nftables,
@@ -162,6 +164,7 @@ const REQUIRED_KINDS: [Kind; 16] = [
     Kind::Coturn,
     Kind::Prometheus,
     Kind::PrometheusRules,
+    Kind::Blackbox,
 ];
 
 impl fmt::Display for Kind {
@@ -183,6 +186,7 @@ impl fmt::Display for Kind {
             Kind::Coturn => "coturn",
             Kind::Prometheus => "prometheus",
             Kind::PrometheusRules => "prometheus-rules",
+            Kind::Blackbox => "blackbox",
         })
     }
 }
@@ -206,6 +210,7 @@ const RULES: &[(Option<Kind>, &[&str])] = &[
     (Some(Kind::Coturn), &["*/coturn/turnserver.conf"]),
     (Some(Kind::Prometheus), &["*/prometheus/prometheus.yml"]),
     (Some(Kind::PrometheusRules), &["*/prometheus/rules/*.yml"]),
+    (Some(Kind::Blackbox), &["*/prometheus/blackbox.yml"]),
     (
         Some(Kind::Authelia),
         &["*/authelia/configuration.yml", "*/authelia/configuration.yaml"],
@@ -372,6 +377,7 @@ fn classify_matches_the_matrix_layout() {
     assert_eq!(k("edge/coturn/turnserver.conf"), Some(Kind::Coturn));
     assert_eq!(k("auth/prometheus/prometheus.yml"), Some(Kind::Prometheus));
     assert_eq!(k("auth/prometheus/rules/stackc.yml"), Some(Kind::PrometheusRules));
+    assert_eq!(k("auth/prometheus/blackbox.yml"), Some(Kind::Blackbox));
     assert_eq!(k("node2/k8s/matrix/ingress.yml"), Some(Kind::K8s));
     // First match wins: a homeserver.yaml under k8s/ is still Synapse's,
     // a compose file anywhere is compose.
@@ -964,6 +970,35 @@ fn check_promtool(tool: &Path, what: &str, file: &Path) -> Outcome {
     } else {
         Outcome::Fail(format!(
             "promtool check {what} ({}): {}",
+            exit_desc(&out),
+            one_line(&out.text)
+        ))
+    }
+}
+
+/// Debian's blackbox exporter (package prometheus-blackbox-exporter).
+fn find_blackbox() -> Result<PathBuf, String> {
+    find_on_path("prometheus-blackbox-exporter").ok_or_else(|| {
+        "prometheus-blackbox-exporter not found (Debian package prometheus-blackbox-exporter)".to_owned()
+    })
+}
+
+/// `prometheus-blackbox-exporter --config.check`: parses the file as the
+/// exporter does at start (unknown keys are errors) and exits.
+fn check_blackbox(tool: &Path, file: &Path) -> Outcome {
+    let scratch = TempDir::new("blackbox");
+    let mut cmd = clean_command(tool);
+    cmd.arg("--config.check")
+        .arg(format!("--config.file={}", file.display()));
+    let out = match run(cmd, &scratch) {
+        Ok(o) => o,
+        Err(e) => return Outcome::Fail(e),
+    };
+    if out.code == Some(0) && !out.timed_out && out.text.contains("Config file is ok") {
+        Outcome::Pass(Vec::new())
+    } else {
+        Outcome::Fail(format!(
+            "blackbox_exporter --config.check ({}): {}",
             exit_desc(&out),
             one_line(&out.text)
         ))
@@ -1650,6 +1685,7 @@ enum Validator {
     Coturn(CoturnTool),
     /// `promtool check config` or `check rules`.
     Promtool(PathBuf, &'static str),
+    Blackbox(PathBuf),
 }
 
 impl Validator {
@@ -1671,6 +1707,7 @@ impl Validator {
             Kind::Coturn => find_coturn().map(Validator::Coturn),
             Kind::Prometheus => find_promtool().map(|t| Validator::Promtool(t, "config")),
             Kind::PrometheusRules => find_promtool().map(|t| Validator::Promtool(t, "rules")),
+            Kind::Blackbox => find_blackbox().map(Validator::Blackbox),
         }
     }
 
@@ -1687,6 +1724,7 @@ impl Validator {
             Validator::Nginx(t) => check_nginx(t, file),
             Validator::Coturn(t) => check_coturn(t, file),
             Validator::Promtool(t, what) => check_promtool(t, what, file),
+            Validator::Blackbox(t) => check_blackbox(t, file),
         }
     }
 }
@@ -1973,6 +2011,29 @@ fn caddy_wrapper_rejects_unknown_directive() {
 const COTURN_GOOD: &str = "listening-port=3478\nmin-port=49160\nmax-port=49200\nrealm=example.com\n\
     use-auth-secret\nstatic-auth-secret=not-a-real-secret\nexternal-ip=203.0.113.30\nno-tls\nno-dtls\nno-cli\n\
     fingerprint\ndenied-peer-ip=10.0.0.0-10.255.255.255\nlog-file=stdout\n";
+
+#[test]
+fn blackbox_wrapper_accepts_a_good_file_and_rejects_a_broken_one() {
+    let Some(tool) = require(Kind::Blackbox, find_blackbox()) else {
+        return;
+    };
+    let dir = TempDir::new("blackbox-wrapper");
+    let file = dir.write(
+        "blackbox.yml",
+        "modules:\n  tls:\n    prober: tcp\n    timeout: 10s\n    tcp:\n      tls: true\n",
+    );
+    assert!(matches!(check_blackbox(&tool, &file), Outcome::Pass(_)), "good file");
+    dir.write(
+        "blackbox.yml",
+        "modules:\n  tls:\n    prober: tcp\n    tcp:\n      tls: yes-please\n",
+    );
+    assert_fails(check_blackbox(&tool, &file), "yes-please", "a bool that is not one");
+    dir.write(
+        "blackbox.yml",
+        "modules:\n  tls:\n    prober: tcp\n    tcp:\n      tsl: true\n",
+    );
+    assert_fails(check_blackbox(&tool, &file), "tsl", "a misspelt key");
+}
 
 #[test]
 fn promtool_wrapper_accepts_good_files_and_rejects_broken_ones() {

@@ -11,7 +11,7 @@ export RESTIC_REPOSITORY='s3:https://s3.eu-central-1.amazonaws.com/example-backu
 snapshot=${1:-latest}
 restic snapshots --host auth --tag stackc
 # 1. Stop what writes to the data.
-docker compose stop authelia
+docker compose stop authelia authelia-postgres-exporter
 # Volume `authelia-data` (of authelia): emptied, then restored from the snapshot.
 docker compose stop authelia
 mkdir -p /var/lib/docker/volumes/stackc-auth_authelia-data/_data

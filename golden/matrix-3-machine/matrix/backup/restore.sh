@@ -11,7 +11,7 @@ export RESTIC_REPOSITORY='s3:https://s3.eu-central-1.amazonaws.com/example-backu
 snapshot=${1:-latest}
 restic snapshots --host matrix --tag stackc
 # 1. Stop what writes to the data.
-docker compose stop element mas mautrix-instagram mautrix-messenger mautrix-signal mautrix-telegram mautrix-whatsapp synapse
+docker compose stop element mas mautrix-instagram mautrix-messenger mautrix-signal mautrix-telegram mautrix-whatsapp postgres-exporter synapse
 # Directory /etc/stackc/synapse/media_store: restored over what is there.
 restic restore "$snapshot" --host matrix --tag stackc --path '/etc/stackc/synapse/media_store' --target /
 # Database `synapse` of `postgres`: dropped and created again from the dump.

@@ -34,5 +34,10 @@ SELECT format('CREATE ROLE %I LOGIN', 'authelia') WHERE NOT EXISTS (SELECT FROM 
 ALTER ROLE "authelia" WITH LOGIN PASSWORD :'authelia_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'authelia', 'authelia') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'authelia')
 \gexec
+\getenv exporter_password STACKC_EXPORTER_PASSWORD
+SELECT format('CREATE ROLE %I LOGIN', 'postgres_exporter') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'postgres_exporter')
+\gexec
+ALTER ROLE "postgres_exporter" WITH LOGIN PASSWORD :'exporter_password';
+GRANT pg_monitor TO "postgres_exporter";
 \echo 'stackc: roles and databases reconciled'
 SQL

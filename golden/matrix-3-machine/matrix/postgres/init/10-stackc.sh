@@ -70,5 +70,10 @@ SELECT format('CREATE ROLE %I LOGIN', 'synapse') WHERE NOT EXISTS (SELECT FROM p
 ALTER ROLE "synapse" WITH LOGIN PASSWORD :'synapse_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8'' LC_COLLATE ''C'' LC_CTYPE ''C'' TEMPLATE template0', 'synapse', 'synapse') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'synapse')
 \gexec
+\getenv exporter_password STACKC_EXPORTER_PASSWORD
+SELECT format('CREATE ROLE %I LOGIN', 'postgres_exporter') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'postgres_exporter')
+\gexec
+ALTER ROLE "postgres_exporter" WITH LOGIN PASSWORD :'exporter_password';
+GRANT pg_monitor TO "postgres_exporter";
 \echo 'stackc: roles and databases reconciled'
 SQL
