@@ -162,15 +162,18 @@ fn lair_chat_live() {
 }
 
 /// Monitoring as deployed: a stack with `monitoring` (Prometheus on `ops`,
-/// a web service with metrics on `app`, a third machine `other` on the
-/// same private network), built; every machine's emitted ruleset loaded in
-/// its namespace, the node exporters started with their units' `ExecStart`
-/// as emitted, a stand-in serving the web service's metrics on its declared
-/// address, and the real Prometheus started in `ops` with the emitted
-/// `ExecStart` (only its storage path moved into the work dir): every
-/// target of the generated `prometheus.yml` is scraped `up` through the
-/// firewalls, the alert rules are loaded, and the same metrics ports are
-/// dropped from `other`, which the rulesets do not admit.
+/// a web service with metrics and a Caddy site on `app`, a third machine
+/// `other` on the same private network), built; every machine's emitted
+/// ruleset loaded in its namespace, the node exporters started with their
+/// units' `ExecStart` as emitted, a stand-in serving the web service's
+/// metrics on its declared address, the real Caddy with the emitted
+/// Caddyfile (its metrics listener included), Debian's blackbox exporter
+/// and the real Prometheus started in `ops` with the emitted `ExecStart`s
+/// (only config and storage paths moved into the work dir): every target
+/// of the generated `prometheus.yml` is scraped `up` through the firewalls,
+/// Caddy's request metrics arrive, the site's certificate is probed and the
+/// expiry alert sees it, and the same metrics ports are dropped from
+/// `other`, which the rulesets do not admit.
 #[test]
 fn monitoring_live() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -215,6 +218,7 @@ stackc.stack {
         ports.metrics = { port = 9400, bind = "10.1.0.2" },
         metrics.port = "metrics",
       },
+      proxy.sites."app.example.test".respond."/".body = "hello",
     },
     ops.addresses.lan = "10.1.0.9",
     other.addresses.lan = "10.1.0.5",
@@ -229,6 +233,11 @@ stackc.stack {
     let (work, out) = build(&stack, dl);
     let manifest: Json = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let machines = ["app", "ops", "other"];
+    let blackbox = common::on_path("prometheus-blackbox-exporter");
+    assert!(
+        blackbox.exists() || std::env::var("STACKC_SKIP_MISSING_TOOLS").is_ok_and(|v| v == "1"),
+        "the live monitoring test needs prometheus-blackbox-exporter (Debian): run `sudo tests/tools/install.sh`"
+    );
     let lay = layout(&manifest, "app", &machines);
     let mut lab = Lab::new(&t, "monitoring");
     let ns = lab.network(&lay.segments, dl);
@@ -284,6 +293,46 @@ stackc.stack {
     .unwrap();
     lab.stand_in(&t, &ns["app"], "web", "10.1.0.2", "9400", &metrics_dir, dl);
     println!("live: stand-in serves the web service's /metrics on 10.1.0.2:9400 in app");
+    // Caddy as its unit says, with its metrics listener as emitted.
+    let root = caddy(
+        &mut lab,
+        &t,
+        &ns["app"],
+        &out.join("app"),
+        "app.example.test/",
+        work.path(),
+        dl,
+    );
+
+    // The blackbox exporter as its unit says. The site's name resolves to
+    // app's address in ops (its /etc/hosts), and the certificate chains to
+    // the local CA that Caddy uses here instead of ACME (SSL_CERT_FILE).
+    lab.etc_hosts(&ns["ops"], "127.0.0.1 localhost\n10.1.0.2 app.example.test\n");
+    let mut argv = exec_start("ops", "blackbox-exporter.service");
+    assert_eq!(Path::new(&argv[0]), blackbox, "the blackbox exporter's binary");
+    let bb_conf = out.join("ops/prometheus/blackbox.yml");
+    let mut moved = 0;
+    for a in &mut argv {
+        if a.starts_with("--config.file=") {
+            *a = format!("--config.file={}", bb_conf.display());
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 1, "config flag in {argv:?}");
+    let bb_listen = argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--web.listen-address="))
+        .expect("a listen address")
+        .to_owned();
+    let mut c = in_ns(&t, &ns["ops"], &blackbox);
+    c.args(&argv[1..]).env("SSL_CERT_FILE", &root);
+    let i = lab.spawn("blackbox-exporter", c, libc::SIGTERM, &logs);
+    let (tt, n) = (&t, ns["ops"].clone());
+    let bb_url = format!("http://{bb_listen}/metrics");
+    lab.wait_ready(i, "the blackbox exporter", Duration::from_secs(20), dl, || {
+        get(tt, &n, &bb_url, &[], dl).map(|_| ())
+    });
+    println!("live: blackbox exporter on {bb_listen} in ops, as its unit says (SSL_CERT_FILE: Caddy's local CA)");
 
     let conf = out.join("ops/prometheus/prometheus.yml");
     let storage = work.path().join("tsdb");
@@ -328,6 +377,8 @@ stackc.stack {
         ("node-exporter", "10.1.0.5:9100"),
         ("node-exporter", "127.0.0.1:9100"),
         ("web", "10.1.0.2:9400"),
+        ("caddy", "10.1.0.2:9180"),
+        ("certificates", "app.example.test:443"),
     ];
     let mut last = String::new();
     let until = Instant::now() + dl.cap(Duration::from_secs(60));
@@ -373,14 +424,68 @@ stackc.stack {
         r.body
     );
     println!("live: ok the web service's sample arrived, labelled machine=app");
+    let r = expect_200(
+        get(
+            &t,
+            &ops,
+            &format!("{api}/query?query=caddy_http_requests_total"),
+            &[],
+            dl,
+        ),
+        "query",
+    );
+    assert!(
+        r.body.contains(r#""job":"caddy""#) && r.body.contains(r#""machine":"app""#),
+        "Caddy's request metrics, scraped from its metrics listener: {}",
+        r.body
+    );
+    println!("live: ok Caddy's request metrics arrived from its metrics listener");
+    // The certificate: probed, and the alert rule sees it: Caddy's local CA
+    // issues 12-hour certificates, well inside the 14 days.
+    let query = "probe_ssl_earliest_cert_expiry%7Bjob%3D%22certificates%22%7D%20-%20time()";
+    let r = expect_200(get(&t, &ops, &format!("{api}/query?query={query}"), &[], dl), "query");
+    let j: Json = serde_json::from_str(&r.body).unwrap_or(Json::Null);
+    let left: f64 = j["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the certificate's expiry was probed: {}", r.body));
+    assert!(left > 0.0 && left < 14.0 * 86400.0, "seconds left: {left}");
+    println!("live: ok the blackbox probe saw app.example.test's certificate: {left:.0} s left");
+    let until = Instant::now() + dl.cap(Duration::from_secs(30));
+    let mut alerts = String::new();
+    while Instant::now() < until {
+        alerts = expect_200(get(&t, &ops, &format!("{api}/alerts"), &[], dl), "alerts").body;
+        if alerts.contains("CertificateExpiresSoon") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        alerts.contains(r#""alertname":"CertificateExpiresSoon""#) && alerts.contains(r#""state":"pending""#),
+        "the short-lived certificate makes CertificateExpiresSoon pending: {alerts}"
+    );
+    assert!(
+        !alerts.contains("CertificateProbeFailed"),
+        "the probe succeeds: {alerts}"
+    );
+    println!("live: ok CertificateExpiresSoon is pending for the 12-hour certificate (fires after 1 h)");
     let r = expect_200(get(&t, &ops, &format!("{api}/rules"), &[], dl), "rules");
-    for alert in ["TargetDown", "DiskSpaceLow", "DiskFullIn24h"] {
+    for alert in [
+        "TargetDown",
+        "DiskSpaceLow",
+        "DiskFullIn24h",
+        "CertificateExpiresSoon",
+        "CertificateProbeFailed",
+    ] {
         assert!(r.body.contains(alert), "alert rule {alert} loaded: {}", r.body);
     }
-    println!("live: ok the alert rules are loaded (TargetDown, DiskSpaceLow, DiskFullIn24h)");
+    println!(
+        "live: ok the alert rules are loaded (TargetDown, DiskSpaceLow, DiskFullIn24h, CertificateExpiresSoon, CertificateProbeFailed)"
+    );
     // Nothing wider: `other` is on the same network, and is not admitted.
     expect_dropped(&t, &ns["other"], "http://10.1.0.2:9100/metrics", dl);
     expect_dropped(&t, &ns["other"], "http://10.1.0.2:9400/metrics", dl);
+    expect_dropped(&t, &ns["other"], "http://10.1.0.2:9180/metrics", dl);
     println!("live: ok app's metrics ports dropped from `other` (10.1.0.5): open to Prometheus's 10.1.0.9 alone");
     drop(lab);
     println!("live: PASSED in {} s (limit {} s)", max_s - dl.left().as_secs(), max_s);
@@ -454,6 +559,136 @@ fn postgres_password_rotation_live() {
     ] {
         assert!(!log.contains(pw.as_str()), "the server log holds the {what} password");
     }
+    drop(lab);
+    println!("live: PASSED in {} s (limit {} s)", max_s - dl.left().as_secs(), max_s);
+}
+
+/// The PostgreSQL exporter as the bundle runs it: a real PostgreSQL started
+/// from the emitted init script (which creates the exporter's role), then
+/// Debian's prometheus-postgres-exporter with the exporter container's
+/// environment exactly as emitted (`DATA_SOURCE_URI` names the compose host
+/// `postgres`, mapped to loopback in the namespace's /etc/hosts; the
+/// password from its env file): it logs in (`pg_up 1`) as a role that holds
+/// `pg_monitor` and nothing more.
+#[test]
+fn postgres_exporter_live() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dl = deadline();
+    let max_s = dl.max_s;
+    let Some(t) = tools() else { return };
+    let exporter = common::on_path("prometheus-postgres-exporter");
+    if !exporter.exists() {
+        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+        let skip = std::env::var("STACKC_SKIP_MISSING_TOOLS").is_ok_and(|v| v == "1");
+        if ci || !skip {
+            panic!(
+                "postgres_exporter_live needs prometheus-postgres-exporter (Debian): run `sudo tests/tools/install.sh`"
+            );
+        }
+        eprintln!("NOT CHECKED (STACKC_SKIP_MISSING_TOOLS=1): postgres_exporter_live; no prometheus-postgres-exporter");
+        return;
+    }
+    let work = common::TempDir::new("live");
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    let key = common::test_key(work.path());
+    let text = r#"# Written by tests/live.rs (postgres_exporter_live).
+let stackc = import "stackc.ncl" in
+let pg = stackc.modules.postgres.lower "postgres" {
+  superuser_password = stackc.secret.password { name = "exp-postgres" },
+  databases.app = { owner = "app", password = stackc.secret.password { name = "exp-app" } },
+  exporter = {},
+} in
+stackc.stack {
+  name = "exported",
+  machines.db = { address = "10.0.0.2", containers = pg.containers, files = pg.files },
+}
+"#;
+    let entry = work.path().join("prod.ncl");
+    fs::write(&entry, text).unwrap();
+    let out = work.path().join("bundle");
+    let o = run(
+        common::stackc()
+            .args(["build", "--no-cache", "-o"])
+            .arg(&out)
+            .arg("--secrets-key")
+            .arg(&key)
+            .arg(&entry),
+        "stackc build",
+        Duration::from_secs(120),
+        dl,
+    );
+    ok(&o, "stackc build");
+    let machine = out.join("db");
+    let compose = read_yaml(&machine.join("compose.yaml"));
+    let svc = &compose["services"]["postgres-exporter"];
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in svc["environment"].as_mapping().expect("the exporter's environment") {
+        env.insert(k.as_str().unwrap().to_owned(), v.as_str().unwrap().to_owned());
+    }
+    for f in svc["env_file"].as_sequence().expect("the exporter's env file") {
+        env.extend(read_env_file(&machine.join(f.as_str().unwrap())));
+    }
+    let uri = env["DATA_SOURCE_URI"].clone();
+    assert!(
+        uri.starts_with("postgres:5432/"),
+        "the exporter reaches the server by its compose name: {uri}"
+    );
+    assert!(
+        !uri.contains(&env["DATA_SOURCE_PASS"]),
+        "the password stays out of the URI"
+    );
+
+    let mut lab = Lab::new(&t, "pgexp");
+    let ns = lab.add_ns("db", dl);
+    lab.etc_hosts(&ns, "127.0.0.1 localhost\n127.0.0.1 postgres\n");
+    let pg = PgService::read(&machine);
+    let server = pg_first_start(&mut lab, &t, &ns, &pg, &work.path().join("postgres"), dl);
+
+    let logs = work.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let mut c = in_ns(&t, &ns, &exporter);
+    c.arg("--web.listen-address=127.0.0.1:9187")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin");
+    for (k, v) in &env {
+        c.env(k, v);
+    }
+    let i = lab.spawn("postgres-exporter", c, libc::SIGTERM, &logs);
+    let (tt, n) = (&t, ns.clone());
+    let url = "http://127.0.0.1:9187/metrics";
+    lab.wait_ready(i, "the PostgreSQL exporter", Duration::from_secs(30), dl, || {
+        get(tt, &n, url, &[], dl).map(|_| ())
+    });
+    let body = expect_200(get(&t, &ns, url, &[], dl), url).body;
+    let up = body
+        .lines()
+        .find(|l| l.starts_with("pg_up "))
+        .unwrap_or("no pg_up line");
+    assert_eq!(up, "pg_up 1", "the exporter logs in with the emitted credentials");
+    println!("live: ok Debian's postgres exporter, started with the container's environment as emitted: {up}");
+    assert!(
+        body.lines().any(|l| l.starts_with("pg_stat_database_")),
+        "database statistics exported"
+    );
+    let su = Login {
+        user: pg.env["POSTGRES_USER"].clone(),
+        database: "postgres".into(),
+        password: pg.env["POSTGRES_PASSWORD"].clone(),
+    };
+    let q = "SELECT rolsuper::text || ' ' || pg_has_role('postgres_exporter', 'pg_monitor', 'MEMBER')::text \
+             || ' ' || has_database_privilege('postgres_exporter', 'app', 'CREATE')::text \
+             FROM pg_roles WHERE rolname = 'postgres_exporter'";
+    let row = psql_query(&t, &ns, &su, q, dl).expect("query the exporter's role");
+    assert_eq!(
+        row, "false true false",
+        "the role: not a superuser, pg_monitor, no rights on `app`"
+    );
+    println!("live: ok its role `postgres_exporter` holds pg_monitor, is no superuser, and cannot create in `app`");
+    let log = fs::read_to_string(&lab.services[server].log).unwrap();
+    assert!(
+        !log.contains(&env["DATA_SOURCE_PASS"]),
+        "the server log holds the exporter's password"
+    );
     drop(lab);
     println!("live: PASSED in {} s (limit {} s)", max_s - dl.left().as_secs(), max_s);
 }
