@@ -324,3 +324,37 @@ stackc.stack {{
         "{err}"
     );
 }
+
+/// One port, two sockets: `stats` holds 9180 on loopback and Caddy's metrics
+/// listener holds it on the private address. The scrape lands on Caddy's
+/// socket (the destination address picks it), so the stack checks; it was
+/// SC0531 when the first socket on the port was taken for the one reached.
+/// (`scrape-bound-elsewhere` in tests/bad is the converse: no socket where
+/// the scrape goes.)
+#[test]
+fn a_connection_lands_on_the_socket_bound_where_it_goes() {
+    let t = TempDir::new("same-port");
+    let entry = t.path().join("prod.ncl");
+    std::fs::write(
+        &entry,
+        r#"let stackc = import "stackc.ncl" in
+stackc.stack {
+  name = "same-port",
+  networks.lan = { cidr = "10.1.0.0/24" },
+  monitoring.machine = "ops",
+  machines = {
+    app = {
+      addresses.lan = "10.1.0.2",
+      native.stats = { command = "/usr/bin/stats", ports.http = { port = 9180, bind = "127.0.0.1" } },
+      proxy.sites."app.example.org".upstream = { service = "stats", port = "http" },
+    },
+    ops.addresses.lan = "10.1.0.9",
+  },
+}
+"#,
+    )
+    .unwrap();
+    let o = stackc().args(["check", "--no-cache"]).arg(&entry).output().unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+}

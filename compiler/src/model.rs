@@ -485,6 +485,12 @@ impl Listen {
         matches!(self.bind.as_str(), "0.0.0.0" | "::")
     }
 
+    /// A connection to `host` (an address of the machine, or loopback from
+    /// the machine itself) lands on this listener's bind.
+    pub fn answers(&self, host: &str) -> bool {
+        answers(&self.bind, host)
+    }
+
     /// Bound to one address that is not loopback (one network's).
     pub fn is_specific(&self) -> bool {
         !self.is_wildcard() && !self.is_loopback()
@@ -493,6 +499,14 @@ impl Listen {
 
 pub fn is_loopback(addr: &str) -> bool {
     addr == "localhost" || addr == "::1" || addr.starts_with("127.")
+}
+
+/// A socket bound to `bind` accepts a connection to `host`: a wildcard bind
+/// every address, a loopback bind loopback, any other bind its own address.
+pub fn answers(bind: &str, host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let bind = bind.trim_start_matches('[').trim_end_matches(']');
+    matches!(bind, "0.0.0.0" | "::" | "") || bind == host || (is_loopback(bind) && is_loopback(host))
 }
 
 /// A reverse-proxy site and the service port it forwards to.
@@ -659,4 +673,25 @@ pub fn from_value(value: &serde_json::Value) -> Result<Stack, Vec<Diagnostic>> {
         Some(_) => {}
     }
     Stack::deserialize(value).map_err(|e| not_a_stack(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answers;
+
+    #[test]
+    fn a_bind_answers_the_addresses_a_socket_accepts() {
+        for bind in ["0.0.0.0", "::", "[::]"] {
+            assert!(answers(bind, "10.1.0.2") && answers(bind, "127.0.0.1"), "{bind}");
+        }
+        assert!(answers("10.1.0.2", "10.1.0.2"));
+        assert!(!answers("10.1.0.2", "10.2.0.2"), "another address of the machine");
+        assert!(!answers("10.1.0.2", "127.0.0.1"), "a specific bind is not on loopback");
+        assert!(
+            !answers("127.0.0.1", "10.1.0.2"),
+            "loopback is not reached from outside"
+        );
+        assert!(answers("127.0.0.1", "localhost"));
+        assert!(answers("fd00::2", "[fd00::2]"), "a URL's bracketed IPv6 host");
+    }
 }

@@ -306,7 +306,7 @@ impl<'a> Index<'a> {
                 ));
             }
             return self
-                .on_machine(mname, port)
+                .on_machine(mname, None, port)
                 .ok_or_else(|| format!("nothing on `{mname}` listens on port {port}"));
         }
         // 2. This machine, by loopback or by its own address.
@@ -317,7 +317,8 @@ impl<'a> Index<'a> {
                 ));
             }
             return self
-                .on_machine(mname, port)
+                .on_machine(mname, Some(host), port)
+                .or_else(|| self.on_machine(mname, None, port))
                 .ok_or_else(|| format!("nothing on `{mname}` listens on port {port}"));
         }
         // 3. Another machine, by address: bind and firewall must let us in.
@@ -336,12 +337,16 @@ impl<'a> Index<'a> {
                 },
                 None => m.address.as_str(),
             };
+            // The socket the connection lands on; else, for the message,
+            // one bound elsewhere.
             let reached = self
-                .on_machine(tname, port)
+                .on_machine(tname, Some(host), port)
+                .or_else(|| self.on_machine(tname, None, port))
                 .ok_or_else(|| format!("nothing on `{tname}` listens on port {port}"))?;
-            let listen = t.listens.iter().find(|l| l.contains(port));
+            let on_port = || t.listens.iter().filter(|l| l.contains(port));
+            let listen = on_port().find(|l| l.answers(host)).or_else(|| on_port().next());
             if let Some(l) = listen {
-                if l.is_loopback() {
+                if !l.answers(host) {
                     return Err(format!(
                         "`{}` on `{tname}` binds port {port} to {} only",
                         l.service, l.bind
@@ -447,7 +452,11 @@ impl<'a> Index<'a> {
 
     /// What listens on a host port of a machine: a published container
     /// port (then the container's own port) or a native listener.
-    pub(crate) fn on_machine(&self, machine: &'a str, port: u16) -> Option<Reached<'a>> {
+    /// What answers `port` on `machine`; with `host`, only a socket bound
+    /// where a connection to that address lands (another service may hold
+    /// the same port on another address).
+    pub(crate) fn on_machine(&self, machine: &'a str, host: Option<&str>, port: u16) -> Option<Reached<'a>> {
+        let lands = |bind: &str| host.is_none_or(|h| crate::model::answers(bind, h));
         if let Some(services) = self.services(machine) {
             for (name, svc) in services {
                 for p in svc.get("ports").and_then(Value::as_array).into_iter().flatten() {
@@ -455,6 +464,7 @@ impl<'a> Index<'a> {
                     let parts: Vec<&str> = p.split('/').next().unwrap_or(p).rsplitn(3, ':').collect();
                     if let [cp, hp, ..] = parts[..]
                         && hp.parse() == Ok(port)
+                        && lands(parts.get(2).copied().unwrap_or(""))
                     {
                         return Some(Reached {
                             machine,
@@ -468,7 +478,7 @@ impl<'a> Index<'a> {
         let m = &self.stack.machines[machine];
         m.listens
             .iter()
-            .find(|l| l.port == port && !l.published)
+            .find(|l| l.port == port && !l.published && lands(&l.bind))
             .map(|l| Reached {
                 machine,
                 service: l.service.clone(),

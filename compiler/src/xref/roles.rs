@@ -270,7 +270,7 @@ impl<'a> Index<'a> {
         for (mname, m) in &self.stack.machines {
             if served(m) {
                 return self
-                    .on_machine(mname, url.port)
+                    .on_machine(mname, None, url.port)
                     .ok_or_else(|| format!("nothing on `{mname}` listens on port {}", url.port));
             }
         }
@@ -935,7 +935,7 @@ fn routes(ix: &Index, out: &mut Vec<Diagnostic>) {
             else {
                 continue;
             };
-            let Some(reached) = ix.on_machine(tname, listen.port) else {
+            let Some(reached) = ix.on_machine(tname, None, listen.port) else {
                 continue;
             };
             let proxy = Who {
