@@ -27,6 +27,7 @@
 //! | prometheus          | `*/prometheus/prometheus.yml`                               | `promtool check config F` (Debian `prometheus`; its `rule_files` are read and checked too) |
 //! | prometheus-rules    | `*/prometheus/rules/*.yml`                                  | `promtool check rules F` |
 //! | blackbox            | `*/prometheus/blackbox.yml`                                 | `prometheus-blackbox-exporter --config.check --config.file=F` (Debian; strict: an unknown key fails) |
+//! | alertmanager        | `*/prometheus/alertmanager.yml`                             | `amtool check-config F` (Debian `prometheus-alertmanager`) |
 //!
 //! - synapse: `python -m synapse.config -c COPY`, Synapse's own loader, on a
 //!   copy where every string `/data` or `/data/...` (the container's mount
@@ -143,11 +144,12 @@ enum Kind {
     Prometheus,
     PrometheusRules,
     Blackbox,
+    Alertmanager,
 }
 
 /// Kinds that the golden bundles must contain (no vacuous pass): every kind
 /// the examples emit.
-const REQUIRED_KINDS: [Kind; 17] = [
+const REQUIRED_KINDS: [Kind; 18] = [
     Kind::Systemd,
     Kind::Caddy,
     Kind::Nftables,
@@ -165,6 +167,7 @@ const REQUIRED_KINDS: [Kind; 17] = [
     Kind::Prometheus,
     Kind::PrometheusRules,
     Kind::Blackbox,
+    Kind::Alertmanager,
 ];
 
 impl fmt::Display for Kind {
@@ -187,6 +190,7 @@ impl fmt::Display for Kind {
             Kind::Prometheus => "prometheus",
             Kind::PrometheusRules => "prometheus-rules",
             Kind::Blackbox => "blackbox",
+            Kind::Alertmanager => "alertmanager",
         })
     }
 }
@@ -211,6 +215,7 @@ const RULES: &[(Option<Kind>, &[&str])] = &[
     (Some(Kind::Prometheus), &["*/prometheus/prometheus.yml"]),
     (Some(Kind::PrometheusRules), &["*/prometheus/rules/*.yml"]),
     (Some(Kind::Blackbox), &["*/prometheus/blackbox.yml"]),
+    (Some(Kind::Alertmanager), &["*/prometheus/alertmanager.yml"]),
     (
         Some(Kind::Authelia),
         &["*/authelia/configuration.yml", "*/authelia/configuration.yaml"],
@@ -378,6 +383,7 @@ fn classify_matches_the_matrix_layout() {
     assert_eq!(k("auth/prometheus/prometheus.yml"), Some(Kind::Prometheus));
     assert_eq!(k("auth/prometheus/rules/stackc.yml"), Some(Kind::PrometheusRules));
     assert_eq!(k("auth/prometheus/blackbox.yml"), Some(Kind::Blackbox));
+    assert_eq!(k("auth/prometheus/alertmanager.yml"), Some(Kind::Alertmanager));
     assert_eq!(k("node2/k8s/matrix/ingress.yml"), Some(Kind::K8s));
     // First match wins: a homeserver.yaml under k8s/ is still Synapse's,
     // a compose file anywhere is compose.
@@ -999,6 +1005,32 @@ fn check_blackbox(tool: &Path, file: &Path) -> Outcome {
     } else {
         Outcome::Fail(format!(
             "blackbox_exporter --config.check ({}): {}",
+            exit_desc(&out),
+            one_line(&out.text)
+        ))
+    }
+}
+
+/// Debian's amtool (package prometheus-alertmanager).
+fn find_amtool() -> Result<PathBuf, String> {
+    find_on_path("amtool").ok_or_else(|| "amtool not found (Debian package prometheus-alertmanager)".to_owned())
+}
+
+/// `amtool check-config F`: Alertmanager's own loader (unknown keys, routes
+/// without receivers, bad durations are errors).
+fn check_amtool(tool: &Path, file: &Path) -> Outcome {
+    let scratch = TempDir::new("amtool");
+    let mut cmd = clean_command(tool);
+    cmd.arg("check-config").arg(file);
+    let out = match run(cmd, &scratch) {
+        Ok(o) => o,
+        Err(e) => return Outcome::Fail(e),
+    };
+    if out.code == Some(0) && !out.timed_out && out.text.contains("SUCCESS") {
+        Outcome::Pass(Vec::new())
+    } else {
+        Outcome::Fail(format!(
+            "amtool check-config ({}): {}",
             exit_desc(&out),
             one_line(&out.text)
         ))
@@ -1686,6 +1718,7 @@ enum Validator {
     /// `promtool check config` or `check rules`.
     Promtool(PathBuf, &'static str),
     Blackbox(PathBuf),
+    Amtool(PathBuf),
 }
 
 impl Validator {
@@ -1708,6 +1741,7 @@ impl Validator {
             Kind::Prometheus => find_promtool().map(|t| Validator::Promtool(t, "config")),
             Kind::PrometheusRules => find_promtool().map(|t| Validator::Promtool(t, "rules")),
             Kind::Blackbox => find_blackbox().map(Validator::Blackbox),
+            Kind::Alertmanager => find_amtool().map(Validator::Amtool),
         }
     }
 
@@ -1725,6 +1759,7 @@ impl Validator {
             Validator::Coturn(t) => check_coturn(t, file),
             Validator::Promtool(t, what) => check_promtool(t, what, file),
             Validator::Blackbox(t) => check_blackbox(t, file),
+            Validator::Amtool(t) => check_amtool(t, file),
         }
     }
 }
@@ -2011,6 +2046,26 @@ fn caddy_wrapper_rejects_unknown_directive() {
 const COTURN_GOOD: &str = "listening-port=3478\nmin-port=49160\nmax-port=49200\nrealm=example.com\n\
     use-auth-secret\nstatic-auth-secret=not-a-real-secret\nexternal-ip=203.0.113.30\nno-tls\nno-dtls\nno-cli\n\
     fingerprint\ndenied-peer-ip=10.0.0.0-10.255.255.255\nlog-file=stdout\n";
+
+#[test]
+fn amtool_wrapper_accepts_a_good_file_and_rejects_a_broken_one() {
+    let Some(tool) = require(Kind::Alertmanager, find_amtool()) else {
+        return;
+    };
+    let dir = TempDir::new("amtool-wrapper");
+    let good = "route:\n  receiver: mail\nreceivers:\n- name: mail\n  email_configs:\n  - to: a@example.org\n    \
+                from: b@example.org\n    smarthost: smtp.example.org:587\n";
+    let file = dir.write("alertmanager.yml", good);
+    assert!(matches!(check_amtool(&tool, &file), Outcome::Pass(_)), "good file");
+    dir.write("alertmanager.yml", &good.replace("receiver: mail", "receiver: pager"));
+    assert_fails(
+        check_amtool(&tool, &file),
+        "pager",
+        "a route to a receiver that does not exist",
+    );
+    dir.write("alertmanager.yml", &good.replace("smarthost", "smarthosts"));
+    assert_fails(check_amtool(&tool, &file), "smarthosts", "a misspelt key");
+}
 
 #[test]
 fn blackbox_wrapper_accepts_a_good_file_and_rejects_a_broken_one() {

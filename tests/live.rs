@@ -167,13 +167,15 @@ fn lair_chat_live() {
 /// ruleset loaded in its namespace, the node exporters started with their
 /// units' `ExecStart` as emitted, a stand-in serving the web service's
 /// metrics on its declared address, the real Caddy with the emitted
-/// Caddyfile (its metrics listener included), Debian's blackbox exporter
-/// and the real Prometheus started in `ops` with the emitted `ExecStart`s
+/// Caddyfile (its metrics listener included), Debian's blackbox exporter,
+/// Alertmanager and Prometheus started in `ops` with the emitted `ExecStart`s
 /// (only config and storage paths moved into the work dir): every target
 /// of the generated `prometheus.yml` is scraped `up` through the firewalls,
 /// Caddy's request metrics arrive, the site's certificate is probed and the
 /// expiry alert sees it, and the same metrics ports are dropped from
-/// `other`, which the rulesets do not admit.
+/// `other`, which the rulesets do not admit. Then `other`'s node exporter
+/// stops: `TargetDown` fires and reaches the emitted Alertmanager's mail
+/// receiver.
 #[test]
 fn monitoring_live() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -183,9 +185,13 @@ fn monitoring_live() {
     let mut missing = Vec::new();
     let prometheus = common::on_path("prometheus");
     let node_exporter = common::on_path("prometheus-node-exporter");
+    let blackbox = common::on_path("prometheus-blackbox-exporter");
+    let alertmanager = common::on_path("prometheus-alertmanager");
     for (p, what) in [
         (&prometheus, "prometheus (Debian)"),
         (&node_exporter, "prometheus-node-exporter (Debian)"),
+        (&blackbox, "prometheus-blackbox-exporter (Debian)"),
+        (&alertmanager, "prometheus-alertmanager (Debian)"),
     ] {
         if !p.exists() {
             missing.push(what);
@@ -208,7 +214,15 @@ stackc.stack {
     internet = { cidr = "203.0.113.0/24", public = true },
     lan = { cidr = "10.1.0.0/24" },
   },
-  monitoring = { machine = "ops", scrape_interval = "2s" },
+  monitoring = {
+    machine = "ops",
+    scrape_interval = "2s",
+    down_for = "2s",
+    alerts = {
+      email = ["oncall@example.test"],
+      smtp = { host = "mail.example.test", from = "alerts@example.test", tls = 'none },
+    },
+  },
   machines = {
     app = {
       addresses = { internet = "203.0.113.7", lan = "10.1.0.2" },
@@ -233,11 +247,6 @@ stackc.stack {
     let (work, out) = build(&stack, dl);
     let manifest: Json = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let machines = ["app", "ops", "other"];
-    let blackbox = common::on_path("prometheus-blackbox-exporter");
-    assert!(
-        blackbox.exists() || std::env::var("STACKC_SKIP_MISSING_TOOLS").is_ok_and(|v| v == "1"),
-        "the live monitoring test needs prometheus-blackbox-exporter (Debian): run `sudo tests/tools/install.sh`"
-    );
     let lay = layout(&manifest, "app", &machines);
     let mut lab = Lab::new(&t, "monitoring");
     let ns = lab.network(&lay.segments, dl);
@@ -265,6 +274,7 @@ stackc.stack {
     };
     let logs = work.path().join("logs");
     fs::create_dir_all(&logs).unwrap();
+    let mut node_exporters = BTreeMap::new();
     for m in machines {
         let argv = exec_start(m, "node-exporter.service");
         assert_eq!(Path::new(&argv[0]), node_exporter, "{m}: the node exporter's binary");
@@ -276,6 +286,7 @@ stackc.stack {
         let mut c = in_ns(&t, &ns[m], &node_exporter);
         c.args(&argv[1..]);
         let i = lab.spawn(&format!("node-exporter-{m}"), c, libc::SIGTERM, &logs);
+        node_exporters.insert(m, i);
         let url = format!("http://{listen}/metrics");
         let (tt, n) = (&t, ns[m].clone());
         lab.wait_ready(i, "the node exporter", Duration::from_secs(20), dl, || {
@@ -333,6 +344,36 @@ stackc.stack {
         get(tt, &n, &bb_url, &[], dl).map(|_| ())
     });
     println!("live: blackbox exporter on {bb_listen} in ops, as its unit says (SSL_CERT_FILE: Caddy's local CA)");
+
+    // Alertmanager as its unit says (config and storage moved).
+    let mut argv = exec_start("ops", "alertmanager.service");
+    assert_eq!(Path::new(&argv[0]), alertmanager, "Alertmanager's binary");
+    let am_storage = work.path().join("alertmanager");
+    fs::create_dir_all(&am_storage).unwrap();
+    for a in &mut argv {
+        if a.starts_with("--config.file=") {
+            *a = format!(
+                "--config.file={}",
+                out.join("ops/prometheus/alertmanager.yml").display()
+            );
+        } else if a.starts_with("--storage.path=") {
+            *a = format!("--storage.path={}", am_storage.display());
+        }
+    }
+    let am_listen = argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--web.listen-address="))
+        .expect("a listen address")
+        .to_owned();
+    let mut c = in_ns(&t, &ns["ops"], &alertmanager);
+    c.args(&argv[1..]);
+    let i = lab.spawn("alertmanager", c, libc::SIGTERM, &logs);
+    let am_api = format!("http://{am_listen}/api/v2");
+    let (tt, n) = (&t, ns["ops"].clone());
+    lab.wait_ready(i, "Alertmanager", Duration::from_secs(30), dl, || {
+        get(tt, &n, &format!("{am_api}/status"), &[], dl).map(|_| ())
+    });
+    println!("live: Alertmanager on {am_listen} in ops, as its unit says");
 
     let conf = out.join("ops/prometheus/prometheus.yml");
     let storage = work.path().join("tsdb");
@@ -487,6 +528,37 @@ stackc.stack {
     expect_dropped(&t, &ns["other"], "http://10.1.0.2:9400/metrics", dl);
     expect_dropped(&t, &ns["other"], "http://10.1.0.2:9180/metrics", dl);
     println!("live: ok app's metrics ports dropped from `other` (10.1.0.5): open to Prometheus's 10.1.0.9 alone");
+    // A machine goes quiet: TargetDown fires (`down_for` is 2 s here) and
+    // Prometheus hands it to the emitted Alertmanager, which routes it to
+    // the mail receiver.
+    lab.stop_service(node_exporters["other"]);
+    let until = Instant::now() + dl.cap(Duration::from_secs(60));
+    let mut alerts = Json::Null;
+    let fired = |a: &Json| {
+        a.as_array().into_iter().flatten().any(|x| {
+            x["labels"]["alertname"] == "TargetDown"
+                && x["labels"]["machine"] == "other"
+                && x["receivers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r["name"] == "mail")
+        })
+    };
+    while Instant::now() < until {
+        if let Ok(r) = get(&t, &ops, &format!("{am_api}/alerts"), &[], dl) {
+            alerts = serde_json::from_str(&r.body).unwrap_or(Json::Null);
+            if fired(&alerts) {
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        fired(&alerts),
+        "TargetDown for `other` reached Alertmanager's mail receiver: {alerts}"
+    );
+    println!("live: ok other's node exporter stopped: TargetDown fired and reached Alertmanager's `mail` receiver");
     drop(lab);
     println!("live: PASSED in {} s (limit {} s)", max_s - dl.left().as_secs(), max_s);
 }

@@ -17,10 +17,11 @@
 #      (`ip`, the namespace's veth pair), nodejs + npm (only if `node` or
 #      `npm` is missing), prometheus (`promtool check config` / `check rules`
 #      on the generated monitoring files; tests/live.rs scrapes for real),
-#      prometheus-node-exporter, prometheus-postgres-exporter and
-#      prometheus-blackbox-exporter (the exporters the monitoring module
-#      runs or configures; `--config.check` on blackbox.yml, and started by
-#      the live test only, in network namespaces).
+#      prometheus-node-exporter, prometheus-postgres-exporter,
+#      prometheus-blackbox-exporter and prometheus-alertmanager (what the
+#      monitoring module runs or configures; `--config.check` on
+#      blackbox.yml, `amtool check-config` on alertmanager.yml, and started
+#      by the live tests only, in network namespaces).
 #      No service is started while installing (a temporary policy-rc.d):
 #      coturn's package enables coturn.service, which must not run here.
 # venv ${STACKC_TOOLS_PREFIX:-/opt/stackc-tools} with the exact pins of
@@ -46,7 +47,7 @@ PREFIX=${STACKC_TOOLS_PREFIX:-/opt/stackc-tools}
 PYTHON=${PYTHON:-python3}
 REQS="$HERE/requirements.txt"
 STAMP="$PREFIX/.stackc-requirements.sha256"
-APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age graphviz coturn iproute2 restic prometheus prometheus-node-exporter prometheus-postgres-exporter prometheus-blackbox-exporter)
+APT_PKGS=(nftables util-linux systemd openssl nginx postgresql libpq-dev build-essential age graphviz coturn iproute2 restic prometheus prometheus-node-exporter prometheus-postgres-exporter prometheus-blackbox-exporter prometheus-alertmanager)
 NODE_DIR="$PREFIX/node"
 NPM_SRC="$HERE/npm"
 NPM_STAMP="$NODE_DIR/.stackc-npm.sha256"
