@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use codespan_reporting::diagnostic::Severity as CsSeverity;
 use nickel_lang_core::{
-    cache::SourcePath,
+    cache::{AstEntryState, SourcePath},
     error::{Error as NickelError, EvalErrorKind, ImportErrorKind, IntoDiagnostics, LabelStyle, TypecheckErrorKind},
     eval::{
         cache::CacheImpl,
@@ -275,9 +275,17 @@ fn evaluate_here(root: PathBuf, sources: Vec<(PathBuf, InputFormat, String)>) ->
         .custom_transform(0, |cache, _pos, value| {
             for (name, text) in load::STDLIB {
                 let path = PathBuf::from(format!("{}/{name}", load::STDLIB_ROOT));
-                cache
+                let id = cache
                     .sources
                     .add_string(SourcePath::Path(path, InputFormat::Nickel), (*text).to_owned());
+                // The stdlib is fixed in the binary and typechecks (a test
+                // proves it): walking its 7000 lines again on every run cost
+                // most of a small stack's check. Parsed now and marked
+                // checked, Nickel skips it; the user's files are still
+                // typechecked, and every contract still applies at run time.
+                if cache.parse_to_ast(id).is_ok() {
+                    let _ = cache.asts.update_state(id, AstEntryState::Typechecked);
+                }
             }
             for (path, format, text) in sources.by_ref() {
                 texts.insert(path.clone(), text.as_bytes().to_vec());
@@ -662,4 +670,34 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
         }
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use nickel_lang_core::{program::ProgramBuilder, typecheck::TypecheckMode};
+
+    use crate::load;
+
+    /// `evaluate` marks the embedded stdlib as typechecked instead of
+    /// walking it on every run: this is the check it skips, done once.
+    #[test]
+    fn the_embedded_stdlib_typechecks() {
+        let dir = std::env::temp_dir().join(format!("stackc-stdlib-typecheck-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut all = String::from("[\n");
+        for (name, text) in load::STDLIB {
+            std::fs::write(dir.join(name), text).unwrap();
+            all += &format!("  import \"{name}\",\n");
+        }
+        all += "]\n";
+        let main = dir.join("all-of-the-stdlib.ncl");
+        std::fs::write(&main, all).unwrap();
+        let mut program = ProgramBuilder::new()
+            .add_path(&main)
+            .build::<nickel_lang_core::eval::cache::CacheImpl>()
+            .unwrap();
+        let result = program.typecheck(TypecheckMode::Walk);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(result.is_ok(), "the stdlib does not typecheck: {:?}", result.err());
+    }
 }
