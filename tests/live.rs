@@ -276,7 +276,7 @@ stackc.stack {
     fs::create_dir_all(&logs).unwrap();
     let mut node_exporters = BTreeMap::new();
     for m in machines {
-        let argv = exec_start(m, "node-exporter.service");
+        let argv = exec_start(m, "prometheus-node-exporter.service");
         assert_eq!(Path::new(&argv[0]), node_exporter, "{m}: the node exporter's binary");
         let listen = argv
             .iter()
@@ -319,7 +319,7 @@ stackc.stack {
     // app's address in ops (its /etc/hosts), and the certificate chains to
     // the local CA that Caddy uses here instead of ACME (SSL_CERT_FILE).
     lab.etc_hosts(&ns["ops"], "127.0.0.1 localhost\n10.1.0.2 app.example.test\n");
-    let mut argv = exec_start("ops", "blackbox-exporter.service");
+    let mut argv = exec_start("ops", "prometheus-blackbox-exporter.service");
     assert_eq!(Path::new(&argv[0]), blackbox, "the blackbox exporter's binary");
     let bb_conf = out.join("ops/prometheus/blackbox.yml");
     let mut moved = 0;
@@ -346,7 +346,7 @@ stackc.stack {
     println!("live: blackbox exporter on {bb_listen} in ops, as its unit says (SSL_CERT_FILE: Caddy's local CA)");
 
     // Alertmanager as its unit says (config and storage moved).
-    let mut argv = exec_start("ops", "alertmanager.service");
+    let mut argv = exec_start("ops", "prometheus-alertmanager.service");
     assert_eq!(Path::new(&argv[0]), alertmanager, "Alertmanager's binary");
     let am_storage = work.path().join("alertmanager");
     fs::create_dir_all(&am_storage).unwrap();
@@ -414,9 +414,9 @@ stackc.stack {
 
     // Every target of the generated configuration, scraped up.
     let want: Vec<(&str, &str)> = vec![
-        ("node-exporter", "10.1.0.2:9100"),
-        ("node-exporter", "10.1.0.5:9100"),
-        ("node-exporter", "127.0.0.1:9100"),
+        ("prometheus-node-exporter", "10.1.0.2:9100"),
+        ("prometheus-node-exporter", "10.1.0.5:9100"),
+        ("prometheus-node-exporter", "127.0.0.1:9100"),
         ("web", "10.1.0.2:9400"),
         ("caddy", "10.1.0.2:9180"),
         ("certificates", "app.example.test:443"),

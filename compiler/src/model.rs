@@ -502,11 +502,22 @@ pub fn is_loopback(addr: &str) -> bool {
 }
 
 /// A socket bound to `bind` accepts a connection to `host`: a wildcard bind
-/// every address, a loopback bind loopback, any other bind its own address.
+/// every address (`0.0.0.0` too, as stackc models it everywhere: compose
+/// publishes on both families), any other bind its own address alone, by
+/// value (`fd00:0::2` is `fd00::2`). `localhost` is either loopback.
 pub fn answers(bind: &str, host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let bind = bind.trim_start_matches('[').trim_end_matches(']');
-    matches!(bind, "0.0.0.0" | "::" | "") || bind == host || (is_loopback(bind) && is_loopback(host))
+    let strip = |a: &str| a.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let (bind, host) = (strip(bind), strip(host));
+    if matches!(bind.as_str(), "0.0.0.0" | "::" | "") {
+        return true;
+    }
+    if host == "localhost" {
+        return answers(&bind, "127.0.0.1") || answers(&bind, "::1");
+    }
+    match (bind.parse::<std::net::IpAddr>(), host.parse::<std::net::IpAddr>()) {
+        (Ok(b), Ok(h)) => b == h,
+        _ => bind == host,
+    }
 }
 
 /// A reverse-proxy site and the service port it forwards to.
@@ -691,7 +702,12 @@ mod tests {
             !answers("127.0.0.1", "10.1.0.2"),
             "loopback is not reached from outside"
         );
-        assert!(answers("127.0.0.1", "localhost"));
+        assert!(answers("127.0.0.1", "localhost") && answers("::1", "localhost"));
+        assert!(
+            !answers("::1", "127.0.0.1") && !answers("127.0.0.1", "127.0.0.2"),
+            "one loopback address each"
+        );
         assert!(answers("fd00::2", "[fd00::2]"), "a URL's bracketed IPv6 host");
+        assert!(answers("fd00:0::2", "fd00::2"), "IPv6 compared by value");
     }
 }

@@ -316,10 +316,14 @@ impl<'a> Index<'a> {
                     "inside container `{c}`, `{host}` is the container itself; name the compose service instead"
                 ));
             }
-            return self
-                .on_machine(mname, Some(host), port)
-                .or_else(|| self.on_machine(mname, None, port))
-                .ok_or_else(|| format!("nothing on `{mname}` listens on port {port}"));
+            // The socket bound where the connection goes; one bound
+            // elsewhere on the machine does not take it.
+            return self.on_machine(mname, Some(host), port).ok_or_else(|| {
+                match m.listens.iter().find(|l| l.contains(port)) {
+                    Some(l) => format!("`{}` on `{mname}` binds port {port} to {} only", l.service, l.bind),
+                    None => format!("nothing on `{mname}` listens on port {port}"),
+                }
+            });
         }
         // 3. Another machine, by address: bind and firewall must let us in.
         if let Some((tname, t)) = self.stack.machines.iter().find(|(_, t)| t.has_address(host)) {

@@ -27,11 +27,11 @@ SET log_min_duration_statement = -1;
 SET log_min_error_statement = 'panic';
 \getenv superuser POSTGRES_USER
 \getenv superuser_password POSTGRES_PASSWORD
-\getenv matrix_store_password STACKC_PASSWORD_MATRIX_STORE
+\getenv db_matrix_store_password STACKC_PASSWORD_MATRIX_STORE
 ALTER ROLE :"superuser" WITH PASSWORD :'superuser_password';
 SELECT format('CREATE ROLE %I LOGIN', 'matrix_user') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'matrix_user')
 \gexec
-ALTER ROLE "matrix_user" WITH LOGIN PASSWORD :'matrix_store_password';
+ALTER ROLE "matrix_user" WITH LOGIN PASSWORD :'db_matrix_store_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'matrix_store', 'matrix_user') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'matrix_store')
 \gexec
 \echo 'stackc: roles and databases reconciled'

@@ -27,11 +27,11 @@ SET log_min_duration_statement = -1;
 SET log_min_error_statement = 'panic';
 \getenv superuser POSTGRES_USER
 \getenv superuser_password POSTGRES_PASSWORD
-\getenv keyforge_password STACKC_PASSWORD_KEYFORGE
+\getenv db_keyforge_password STACKC_PASSWORD_KEYFORGE
 ALTER ROLE :"superuser" WITH PASSWORD :'superuser_password';
 SELECT format('CREATE ROLE %I LOGIN', 'keyforge') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'keyforge')
 \gexec
-ALTER ROLE "keyforge" WITH LOGIN PASSWORD :'keyforge_password';
+ALTER ROLE "keyforge" WITH LOGIN PASSWORD :'db_keyforge_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'keyforge', 'keyforge') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'keyforge')
 \gexec
 \echo 'stackc: roles and databases reconciled'

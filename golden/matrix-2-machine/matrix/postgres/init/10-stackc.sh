@@ -27,17 +27,17 @@ SET log_min_duration_statement = -1;
 SET log_min_error_statement = 'panic';
 \getenv superuser POSTGRES_USER
 \getenv superuser_password POSTGRES_PASSWORD
-\getenv mas_password STACKC_PASSWORD_MAS
-\getenv synapse_password STACKC_PASSWORD_SYNAPSE
+\getenv db_mas_password STACKC_PASSWORD_MAS
+\getenv db_synapse_password STACKC_PASSWORD_SYNAPSE
 ALTER ROLE :"superuser" WITH PASSWORD :'superuser_password';
 SELECT format('CREATE ROLE %I LOGIN', 'mas') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mas')
 \gexec
-ALTER ROLE "mas" WITH LOGIN PASSWORD :'mas_password';
+ALTER ROLE "mas" WITH LOGIN PASSWORD :'db_mas_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'mas', 'mas') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mas')
 \gexec
 SELECT format('CREATE ROLE %I LOGIN', 'synapse') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'synapse')
 \gexec
-ALTER ROLE "synapse" WITH LOGIN PASSWORD :'synapse_password';
+ALTER ROLE "synapse" WITH LOGIN PASSWORD :'db_synapse_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8'' LC_COLLATE ''C'' LC_CTYPE ''C'' TEMPLATE template0', 'synapse', 'synapse') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'synapse')
 \gexec
 \echo 'stackc: roles and databases reconciled'

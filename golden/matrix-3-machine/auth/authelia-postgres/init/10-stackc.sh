@@ -27,17 +27,17 @@ SET log_min_duration_statement = -1;
 SET log_min_error_statement = 'panic';
 \getenv superuser POSTGRES_USER
 \getenv superuser_password POSTGRES_PASSWORD
-\getenv authelia_password STACKC_PASSWORD_AUTHELIA
+\getenv db_authelia_password STACKC_PASSWORD_AUTHELIA
 ALTER ROLE :"superuser" WITH PASSWORD :'superuser_password';
 SELECT format('CREATE ROLE %I LOGIN', 'authelia') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authelia')
 \gexec
-ALTER ROLE "authelia" WITH LOGIN PASSWORD :'authelia_password';
+ALTER ROLE "authelia" WITH LOGIN PASSWORD :'db_authelia_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'authelia', 'authelia') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'authelia')
 \gexec
-\getenv exporter_password STACKC_EXPORTER_PASSWORD
+\getenv stackc_exporter_password STACKC_EXPORTER_PASSWORD
 SELECT format('CREATE ROLE %I LOGIN', 'postgres_exporter') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'postgres_exporter')
 \gexec
-ALTER ROLE "postgres_exporter" WITH LOGIN PASSWORD :'exporter_password';
+ALTER ROLE "postgres_exporter" WITH LOGIN PASSWORD :'stackc_exporter_password';
 GRANT pg_monitor TO "postgres_exporter";
 \echo 'stackc: roles and databases reconciled'
 SQL

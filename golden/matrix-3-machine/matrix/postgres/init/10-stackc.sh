@@ -27,53 +27,53 @@ SET log_min_duration_statement = -1;
 SET log_min_error_statement = 'panic';
 \getenv superuser POSTGRES_USER
 \getenv superuser_password POSTGRES_PASSWORD
-\getenv mas_password STACKC_PASSWORD_MAS
-\getenv mautrix_instagram_password STACKC_PASSWORD_MAUTRIX_INSTAGRAM
-\getenv mautrix_messenger_password STACKC_PASSWORD_MAUTRIX_MESSENGER
-\getenv mautrix_signal_password STACKC_PASSWORD_MAUTRIX_SIGNAL
-\getenv mautrix_telegram_password STACKC_PASSWORD_MAUTRIX_TELEGRAM
-\getenv mautrix_whatsapp_password STACKC_PASSWORD_MAUTRIX_WHATSAPP
-\getenv synapse_password STACKC_PASSWORD_SYNAPSE
+\getenv db_mas_password STACKC_PASSWORD_MAS
+\getenv db_mautrix_instagram_password STACKC_PASSWORD_MAUTRIX_INSTAGRAM
+\getenv db_mautrix_messenger_password STACKC_PASSWORD_MAUTRIX_MESSENGER
+\getenv db_mautrix_signal_password STACKC_PASSWORD_MAUTRIX_SIGNAL
+\getenv db_mautrix_telegram_password STACKC_PASSWORD_MAUTRIX_TELEGRAM
+\getenv db_mautrix_whatsapp_password STACKC_PASSWORD_MAUTRIX_WHATSAPP
+\getenv db_synapse_password STACKC_PASSWORD_SYNAPSE
 ALTER ROLE :"superuser" WITH PASSWORD :'superuser_password';
 SELECT format('CREATE ROLE %I LOGIN', 'mas') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mas')
 \gexec
-ALTER ROLE "mas" WITH LOGIN PASSWORD :'mas_password';
+ALTER ROLE "mas" WITH LOGIN PASSWORD :'db_mas_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'mas', 'mas') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mas')
 \gexec
 SELECT format('CREATE ROLE %I LOGIN', 'mautrix_instagram') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mautrix_instagram')
 \gexec
-ALTER ROLE "mautrix_instagram" WITH LOGIN PASSWORD :'mautrix_instagram_password';
+ALTER ROLE "mautrix_instagram" WITH LOGIN PASSWORD :'db_mautrix_instagram_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'mautrix_instagram', 'mautrix_instagram') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mautrix_instagram')
 \gexec
 SELECT format('CREATE ROLE %I LOGIN', 'mautrix_messenger') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mautrix_messenger')
 \gexec
-ALTER ROLE "mautrix_messenger" WITH LOGIN PASSWORD :'mautrix_messenger_password';
+ALTER ROLE "mautrix_messenger" WITH LOGIN PASSWORD :'db_mautrix_messenger_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'mautrix_messenger', 'mautrix_messenger') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mautrix_messenger')
 \gexec
 SELECT format('CREATE ROLE %I LOGIN', 'mautrix_signal') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mautrix_signal')
 \gexec
-ALTER ROLE "mautrix_signal" WITH LOGIN PASSWORD :'mautrix_signal_password';
+ALTER ROLE "mautrix_signal" WITH LOGIN PASSWORD :'db_mautrix_signal_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'mautrix_signal', 'mautrix_signal') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mautrix_signal')
 \gexec
 SELECT format('CREATE ROLE %I LOGIN', 'mautrix_telegram') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mautrix_telegram')
 \gexec
-ALTER ROLE "mautrix_telegram" WITH LOGIN PASSWORD :'mautrix_telegram_password';
+ALTER ROLE "mautrix_telegram" WITH LOGIN PASSWORD :'db_mautrix_telegram_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'mautrix_telegram', 'mautrix_telegram') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mautrix_telegram')
 \gexec
 SELECT format('CREATE ROLE %I LOGIN', 'mautrix_whatsapp') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mautrix_whatsapp')
 \gexec
-ALTER ROLE "mautrix_whatsapp" WITH LOGIN PASSWORD :'mautrix_whatsapp_password';
+ALTER ROLE "mautrix_whatsapp" WITH LOGIN PASSWORD :'db_mautrix_whatsapp_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8''', 'mautrix_whatsapp', 'mautrix_whatsapp') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mautrix_whatsapp')
 \gexec
 SELECT format('CREATE ROLE %I LOGIN', 'synapse') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'synapse')
 \gexec
-ALTER ROLE "synapse" WITH LOGIN PASSWORD :'synapse_password';
+ALTER ROLE "synapse" WITH LOGIN PASSWORD :'db_synapse_password';
 SELECT format('CREATE DATABASE %I OWNER %I ENCODING ''UTF8'' LC_COLLATE ''C'' LC_CTYPE ''C'' TEMPLATE template0', 'synapse', 'synapse') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'synapse')
 \gexec
-\getenv exporter_password STACKC_EXPORTER_PASSWORD
+\getenv stackc_exporter_password STACKC_EXPORTER_PASSWORD
 SELECT format('CREATE ROLE %I LOGIN', 'postgres_exporter') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'postgres_exporter')
 \gexec
-ALTER ROLE "postgres_exporter" WITH LOGIN PASSWORD :'exporter_password';
+ALTER ROLE "postgres_exporter" WITH LOGIN PASSWORD :'stackc_exporter_password';
 GRANT pg_monitor TO "postgres_exporter";
 \echo 'stackc: roles and databases reconciled'
 SQL
