@@ -935,7 +935,7 @@ fn routes(ix: &Index, out: &mut Vec<Diagnostic>) {
             else {
                 continue;
             };
-            let Some(reached) = ix.on_machine(tname, None, listen.port) else {
+            let Some(reached) = ix.on_machine(tname, Some(&listen.bind), listen.port) else {
                 continue;
             };
             let proxy = Who {
