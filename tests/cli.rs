@@ -816,3 +816,38 @@ fn the_compiler_names_no_service() {
         found.join("\n")
     );
 }
+
+/// The stdlib modules a stack does not name are left unparsed (a stub in
+/// their place); a stack that reaches one anyway, here `stackc.matrix`
+/// through a computed field name, gets the whole stdlib on a second
+/// evaluation: the same answer, never the stub's error.
+#[test]
+fn a_module_reached_without_being_named_is_loaded_anyway() {
+    let t = TempDir::new("unnamed-module");
+    let entry = t.path().join("prod.ncl");
+    std::fs::write(
+        &entry,
+        r#"let stackc = import "stackc.ncl" in
+let reached = stackc."%{"mat"}%{"rix"}" in
+stackc.stack {
+  name = "unnamed",
+  machines.a = {
+    address = "10.0.0.1",
+    files."reached.txt" = { format = 'lines, content = [std.to_string (std.is_function reached)] },
+  },
+}
+"#,
+    )
+    .unwrap();
+    let out = t.path().join("out");
+    let o = stackc()
+        .args(["build", "--no-cache", "--placeholder-secrets", "--quiet", "-o"])
+        .arg(&out)
+        .arg(&entry)
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let reached = std::fs::read_to_string(out.join("a/reached.txt")).unwrap();
+    assert!(reached.contains("true"), "the Matrix module, evaluated: {reached}");
+}

@@ -170,7 +170,58 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
         .iter()
         .map(|s| (s.nickel_path.clone(), s.format, s.text.clone()))
         .collect();
-    bounded("nickel-eval", limits, move || evaluate_here(root, sources))
+    bounded("nickel-eval", limits, move || {
+        // Parsing the whole stdlib is most of a small stack's check; a
+        // stack that never names a module's domain gets a stub for it. A
+        // stub forced anyway (a miss of the heuristic) fails with a marker,
+        // and the stack is evaluated again with every module: a result is
+        // always the full stdlib's.
+        let skip = unneeded_modules(sources.iter().map(|(_, _, text)| text.as_str()));
+        if skip.is_empty() {
+            return evaluate_here(root, sources, &[]);
+        }
+        match evaluate_here(root.clone(), sources.clone(), &skip) {
+            Err(found) if found.iter().any(|d| d.message.contains(NOT_LOADED)) => evaluate_here(root, sources, &[]),
+            result => result,
+        }
+    })
+}
+
+/// What a stub module says when forced (see `evaluate`).
+const NOT_LOADED: &str = "stackc-internal: stdlib module left unloaded";
+
+/// Stdlib modules a stack can do without, with the words its files must
+/// hold for them to be loaded: the option or library field that reaches
+/// them (`matrix`, `stackc.modules`, `kubernetes`, …). Every other module
+/// is always loaded. A miss costs a second evaluation, never a wrong result.
+const OPTIONAL_MODULES: &[(&str, &[&str])] = &[
+    ("matrix.ncl", &["matrix", "modules"]),
+    ("synapse.ncl", &["matrix", "modules"]),
+    ("mas.ncl", &["matrix", "modules"]),
+    ("authelia.ncl", &["matrix", "modules"]),
+    ("element.ncl", &["matrix", "modules"]),
+    ("mautrix.ncl", &["matrix", "modules"]),
+    ("matrixrtc.ncl", &["matrix", "modules"]),
+    ("coturn.ncl", &["matrix", "modules"]),
+    ("wellknown.ncl", &["matrix", "modules"]),
+    ("postgres.ncl", &["matrix", "modules"]),
+    ("grafana.ncl", &["modules"]),
+    ("vaultwarden.ncl", &["modules"]),
+    ("smtp.ncl", &["matrix", "modules", "smtp", "monitoring"]),
+    ("kubernetes.ncl", &["kubernetes"]),
+    ("nginx.ncl", &["nginx"]),
+    ("backup.ncl", &["backup"]),
+    ("monitoring.ncl", &["monitoring"]),
+    ("reference.ncl", &["reference"]),
+];
+
+/// The optional modules none of `texts` (the project's files) names.
+fn unneeded_modules<'t>(texts: impl Iterator<Item = &'t str> + Clone) -> Vec<&'static str> {
+    OPTIONAL_MODULES
+        .iter()
+        .filter(|(_, words)| !texts.clone().any(|t| words.iter().any(|w| t.contains(w))))
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// Runs `work` on a thread of its own with a 256 MiB stack, within
@@ -236,7 +287,11 @@ pub fn bounded<T: Send + 'static>(
     }
 }
 
-fn evaluate_here(root: PathBuf, sources: Vec<(PathBuf, InputFormat, String)>) -> Result<Evaluated, Vec<Diagnostic>> {
+fn evaluate_here(
+    root: PathBuf,
+    sources: Vec<(PathBuf, InputFormat, String)>,
+    stubs: &[&str],
+) -> Result<Evaluated, Vec<Diagnostic>> {
     let mut sources = sources.into_iter();
     let (entry, _, text) = sources.next().expect("load gives the stack file first");
     let mut texts: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
@@ -275,9 +330,14 @@ fn evaluate_here(root: PathBuf, sources: Vec<(PathBuf, InputFormat, String)>) ->
         .custom_transform(0, |cache, _pos, value| {
             for (name, text) in load::STDLIB {
                 let path = PathBuf::from(format!("{}/{name}", load::STDLIB_ROOT));
+                let text = if stubs.contains(name) {
+                    format!("std.fail_with \"{NOT_LOADED}\"\n")
+                } else {
+                    (*text).to_owned()
+                };
                 let id = cache
                     .sources
-                    .add_string(SourcePath::Path(path, InputFormat::Nickel), (*text).to_owned());
+                    .add_string(SourcePath::Path(path, InputFormat::Nickel), text);
                 // The stdlib is fixed in the binary and typechecks (a test
                 // proves it): walking its 7000 lines again on every run cost
                 // most of a small stack's check. Parsed now and marked
@@ -699,5 +759,36 @@ mod tests {
         let result = program.typecheck(TypecheckMode::Walk);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(result.is_ok(), "the stdlib does not typecheck: {:?}", result.err());
+    }
+}
+
+#[cfg(test)]
+mod module_tests {
+    use super::unneeded_modules;
+
+    #[test]
+    fn a_stack_loads_the_modules_its_files_name() {
+        let lair = include_str!("../../examples/lair-chat/prod.ncl");
+        let skip = unneeded_modules([lair].into_iter());
+        for m in [
+            "matrix.ncl",
+            "synapse.ncl",
+            "kubernetes.ncl",
+            "nginx.ncl",
+            "monitoring.ncl",
+            "postgres.ncl",
+        ] {
+            assert!(skip.contains(&m), "lair-chat leaves {m} out: {skip:?}");
+        }
+        let with_modules =
+            "let pg = stackc.modules.postgres.lower \"pg\" {} in stackc.stack { machines.a.backup = {} }";
+        let skip = unneeded_modules([lair, with_modules].into_iter());
+        for m in ["postgres.ncl", "matrix.ncl", "backup.ncl"] {
+            assert!(
+                !skip.contains(&m),
+                "{m} is loaded when a file names its field: {skip:?}"
+            );
+        }
+        assert!(skip.contains(&"kubernetes.ncl"), "{skip:?}");
     }
 }
