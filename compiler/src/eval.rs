@@ -190,37 +190,19 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
 /// What a stub module says when forced (see `evaluate`).
 const NOT_LOADED: &str = "stackc-internal: stdlib module left unloaded";
 
-/// Stdlib modules a stack can do without, with the words its files must
-/// hold for them to be loaded: the option or library field that reaches
-/// them (`matrix`, `stackc.modules`, `kubernetes`, …). Every other module
-/// is always loaded. A miss costs a second evaluation, never a wrong result.
-const OPTIONAL_MODULES: &[(&str, &[&str])] = &[
-    ("matrix.ncl", &["matrix", "modules"]),
-    ("synapse.ncl", &["matrix", "modules"]),
-    ("mas.ncl", &["matrix", "modules"]),
-    ("authelia.ncl", &["matrix", "modules"]),
-    ("element.ncl", &["matrix", "modules"]),
-    ("mautrix.ncl", &["matrix", "modules"]),
-    ("matrixrtc.ncl", &["matrix", "modules"]),
-    ("coturn.ncl", &["matrix", "modules"]),
-    ("wellknown.ncl", &["matrix", "modules"]),
-    ("postgres.ncl", &["matrix", "modules"]),
-    ("grafana.ncl", &["modules"]),
-    ("vaultwarden.ncl", &["modules"]),
-    ("smtp.ncl", &["matrix", "modules", "smtp", "monitoring"]),
-    ("kubernetes.ncl", &["kubernetes"]),
-    ("nginx.ncl", &["nginx"]),
-    ("backup.ncl", &["backup"]),
-    ("monitoring.ncl", &["monitoring"]),
-    ("reference.ncl", &["reference"]),
-];
-
-/// The optional modules none of `texts` (the project's files) names.
+/// The optional stdlib modules none of `texts` (the project's files)
+/// names. A module is optional when it says so, beside its options, in a
+/// `# load-when: WORD…` line: the option or library field that reaches it
+/// (`matrix`, `modules`, `kubernetes`, …); one of the words in a project
+/// file loads it. A miss costs a second evaluation, never a wrong result.
 fn unneeded_modules<'t>(texts: impl Iterator<Item = &'t str> + Clone) -> Vec<&'static str> {
-    OPTIONAL_MODULES
+    load::STDLIB
         .iter()
-        .filter(|(_, words)| !texts.clone().any(|t| words.iter().any(|w| t.contains(w))))
-        .map(|(name, _)| *name)
+        .filter_map(|(name, text)| {
+            let words = text.lines().find_map(|l| l.strip_prefix("# load-when:"))?;
+            let named = texts.clone().any(|t| words.split_whitespace().any(|w| t.contains(w)));
+            (!named).then_some(*name)
+        })
         .collect()
 }
 
