@@ -957,83 +957,63 @@ fn check_nftables(tool: &NftTool, file: &Path) -> Outcome {
 
 /// Debian's promtool (package prometheus).
 fn find_promtool() -> Result<PathBuf, String> {
-    find_on_path("promtool").ok_or_else(|| "promtool not found (Debian package prometheus)".to_owned())
+    find_debian("promtool", "prometheus")
 }
 
 /// `promtool check config|rules F`, in the file's directory (a config's
 /// `rule_files` are relative to it).
 fn check_promtool(tool: &Path, what: &str, file: &Path) -> Outcome {
-    let scratch = TempDir::new("promtool");
     let mut cmd = clean_command(tool);
     cmd.args(["check", what]).arg(file.file_name().unwrap());
     cmd.current_dir(file.parent().unwrap());
-    let out = match run(cmd, &scratch) {
-        Ok(o) => o,
-        Err(e) => return Outcome::Fail(e),
-    };
-    if out.code == Some(0) && !out.timed_out {
-        Outcome::Pass(Vec::new())
-    } else {
-        Outcome::Fail(format!(
-            "promtool check {what} ({}): {}",
-            exit_desc(&out),
-            one_line(&out.text)
-        ))
-    }
+    exit_check(cmd, &format!("promtool check {what}"), None)
 }
 
 /// Debian's blackbox exporter (package prometheus-blackbox-exporter).
 fn find_blackbox() -> Result<PathBuf, String> {
-    find_on_path("prometheus-blackbox-exporter").ok_or_else(|| {
-        "prometheus-blackbox-exporter not found (Debian package prometheus-blackbox-exporter)".to_owned()
-    })
+    find_debian("prometheus-blackbox-exporter", "prometheus-blackbox-exporter")
 }
 
 /// `prometheus-blackbox-exporter --config.check`: parses the file as the
 /// exporter does at start (unknown keys are errors) and exits.
 fn check_blackbox(tool: &Path, file: &Path) -> Outcome {
-    let scratch = TempDir::new("blackbox");
     let mut cmd = clean_command(tool);
     cmd.arg("--config.check")
         .arg(format!("--config.file={}", file.display()));
-    let out = match run(cmd, &scratch) {
-        Ok(o) => o,
-        Err(e) => return Outcome::Fail(e),
-    };
-    if out.code == Some(0) && !out.timed_out && out.text.contains("Config file is ok") {
-        Outcome::Pass(Vec::new())
-    } else {
-        Outcome::Fail(format!(
-            "blackbox_exporter --config.check ({}): {}",
-            exit_desc(&out),
-            one_line(&out.text)
-        ))
-    }
+    exit_check(cmd, "blackbox_exporter --config.check", Some("Config file is ok"))
 }
 
 /// Debian's amtool (package prometheus-alertmanager).
 fn find_amtool() -> Result<PathBuf, String> {
-    find_on_path("amtool").ok_or_else(|| "amtool not found (Debian package prometheus-alertmanager)".to_owned())
+    find_debian("amtool", "prometheus-alertmanager")
 }
 
 /// `amtool check-config F`: Alertmanager's own loader (unknown keys, routes
 /// without receivers, bad durations are errors).
 fn check_amtool(tool: &Path, file: &Path) -> Outcome {
-    let scratch = TempDir::new("amtool");
     let mut cmd = clean_command(tool);
     cmd.arg("check-config").arg(file);
+    exit_check(cmd, "amtool check-config", Some("SUCCESS"))
+}
+
+/// A Debian package's program on PATH.
+fn find_debian(program: &str, package: &str) -> Result<PathBuf, String> {
+    find_on_path(program).ok_or_else(|| format!("{program} not found (Debian package {package})"))
+}
+
+/// A validator judged by its exit alone: a pass when `cmd` exits 0 in time
+/// (and prints `says`, when given); else a failure named `what`, with the
+/// exit and the output on one line.
+fn exit_check(cmd: Command, what: &str, says: Option<&str>) -> Outcome {
+    let scratch = TempDir::new("exit-check");
     let out = match run(cmd, &scratch) {
         Ok(o) => o,
         Err(e) => return Outcome::Fail(e),
     };
-    if out.code == Some(0) && !out.timed_out && out.text.contains("SUCCESS") {
+    if out.code == Some(0) && !out.timed_out && says.is_none_or(|s| out.text.contains(s)) {
         Outcome::Pass(Vec::new())
     } else {
-        Outcome::Fail(format!(
-            "amtool check-config ({}): {}",
-            exit_desc(&out),
-            one_line(&out.text)
-        ))
+        Outcome::Fail(format!("{what} ({}): {}", exit_desc(&out), one_line(&out.text)))
     }
 }
 

@@ -182,28 +182,17 @@ fn monitoring_live() {
     let dl = deadline();
     let max_s = dl.max_s;
     let Some(t) = tools() else { return };
-    let mut missing = Vec::new();
     let prometheus = common::on_path("prometheus");
     let node_exporter = common::on_path("prometheus-node-exporter");
     let blackbox = common::on_path("prometheus-blackbox-exporter");
     let alertmanager = common::on_path("prometheus-alertmanager");
-    for (p, what) in [
+    let needed = [
         (&prometheus, "prometheus (Debian)"),
         (&node_exporter, "prometheus-node-exporter (Debian)"),
         (&blackbox, "prometheus-blackbox-exporter (Debian)"),
         (&alertmanager, "prometheus-alertmanager (Debian)"),
-    ] {
-        if !p.exists() {
-            missing.push(what);
-        }
-    }
-    if !missing.is_empty() {
-        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
-        let skip = std::env::var("STACKC_SKIP_MISSING_TOOLS").is_ok_and(|v| v == "1");
-        if ci || !skip {
-            panic!("the live monitoring test needs {missing:?}: run `sudo tests/tools/install.sh`");
-        }
-        eprintln!("NOT CHECKED (STACKC_SKIP_MISSING_TOOLS=1): monitoring_live; missing {missing:?}");
+    ];
+    if !have_tools("monitoring_live", &needed) {
         return;
     }
     let text = r#"# Written by tests/live.rs: Prometheus on `ops` watches `app` and `other`.
@@ -278,11 +267,7 @@ stackc.stack {
     for m in machines {
         let argv = exec_start(m, "prometheus-node-exporter.service");
         assert_eq!(Path::new(&argv[0]), node_exporter, "{m}: the node exporter's binary");
-        let listen = argv
-            .iter()
-            .find_map(|a| a.strip_prefix("--web.listen-address="))
-            .expect("a listen address")
-            .to_owned();
+        let listen = flag_value(&argv, "--web.listen-address=");
         let mut c = in_ns(&t, &ns[m], &node_exporter);
         c.args(&argv[1..]);
         let i = lab.spawn(&format!("node-exporter-{m}"), c, libc::SIGTERM, &logs);
@@ -321,20 +306,11 @@ stackc.stack {
     lab.etc_hosts(&ns["ops"], "127.0.0.1 localhost\n10.1.0.2 app.example.test\n");
     let mut argv = exec_start("ops", "prometheus-blackbox-exporter.service");
     assert_eq!(Path::new(&argv[0]), blackbox, "the blackbox exporter's binary");
-    let bb_conf = out.join("ops/prometheus/blackbox.yml");
-    let mut moved = 0;
-    for a in &mut argv {
-        if a.starts_with("--config.file=") {
-            *a = format!("--config.file={}", bb_conf.display());
-            moved += 1;
-        }
-    }
-    assert_eq!(moved, 1, "config flag in {argv:?}");
-    let bb_listen = argv
-        .iter()
-        .find_map(|a| a.strip_prefix("--web.listen-address="))
-        .expect("a listen address")
-        .to_owned();
+    move_flags(
+        &mut argv,
+        &[("--config.file=", &out.join("ops/prometheus/blackbox.yml"))],
+    );
+    let bb_listen = flag_value(&argv, "--web.listen-address=");
     let mut c = in_ns(&t, &ns["ops"], &blackbox);
     c.args(&argv[1..]).env("SSL_CERT_FILE", &root);
     let i = lab.spawn("blackbox-exporter", c, libc::SIGTERM, &logs);
@@ -350,21 +326,14 @@ stackc.stack {
     assert_eq!(Path::new(&argv[0]), alertmanager, "Alertmanager's binary");
     let am_storage = work.path().join("alertmanager");
     fs::create_dir_all(&am_storage).unwrap();
-    for a in &mut argv {
-        if a.starts_with("--config.file=") {
-            *a = format!(
-                "--config.file={}",
-                out.join("ops/prometheus/alertmanager.yml").display()
-            );
-        } else if a.starts_with("--storage.path=") {
-            *a = format!("--storage.path={}", am_storage.display());
-        }
-    }
-    let am_listen = argv
-        .iter()
-        .find_map(|a| a.strip_prefix("--web.listen-address="))
-        .expect("a listen address")
-        .to_owned();
+    move_flags(
+        &mut argv,
+        &[
+            ("--config.file=", &out.join("ops/prometheus/alertmanager.yml")),
+            ("--storage.path=", &am_storage),
+        ],
+    );
+    let am_listen = flag_value(&argv, "--web.listen-address=");
     let mut c = in_ns(&t, &ns["ops"], &alertmanager);
     c.args(&argv[1..]);
     let i = lab.spawn("alertmanager", c, libc::SIGTERM, &logs);
@@ -380,22 +349,11 @@ stackc.stack {
     fs::create_dir_all(&storage).unwrap();
     let mut argv = exec_start("ops", "prometheus.service");
     assert_eq!(Path::new(&argv[0]), prometheus, "the Prometheus binary");
-    let mut moved = 0;
-    for a in &mut argv {
-        if a.starts_with("--config.file=") {
-            *a = format!("--config.file={}", conf.display());
-            moved += 1;
-        } else if a.starts_with("--storage.tsdb.path=") {
-            *a = format!("--storage.tsdb.path={}", storage.display());
-            moved += 1;
-        }
-    }
-    assert_eq!(moved, 2, "config and storage flags in {argv:?}");
-    let listen = argv
-        .iter()
-        .find_map(|a| a.strip_prefix("--web.listen-address="))
-        .expect("a listen address")
-        .to_owned();
+    move_flags(
+        &mut argv,
+        &[("--config.file=", &conf), ("--storage.tsdb.path=", &storage)],
+    );
+    let listen = flag_value(&argv, "--web.listen-address=");
     let mut c = in_ns(&t, &ns["ops"], &prometheus);
     c.args(&argv[1..]);
     let i = lab.spawn("prometheus", c, libc::SIGTERM, &logs);
@@ -649,15 +607,10 @@ fn postgres_exporter_live() {
     let max_s = dl.max_s;
     let Some(t) = tools() else { return };
     let exporter = common::on_path("prometheus-postgres-exporter");
-    if !exporter.exists() {
-        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
-        let skip = std::env::var("STACKC_SKIP_MISSING_TOOLS").is_ok_and(|v| v == "1");
-        if ci || !skip {
-            panic!(
-                "postgres_exporter_live needs prometheus-postgres-exporter (Debian): run `sudo tests/tools/install.sh`"
-            );
-        }
-        eprintln!("NOT CHECKED (STACKC_SKIP_MISSING_TOOLS=1): postgres_exporter_live; no prometheus-postgres-exporter");
+    if !have_tools(
+        "postgres_exporter_live",
+        &[(&exporter, "prometheus-postgres-exporter (Debian)")],
+    ) {
         return;
     }
     let work = common::TempDir::new("live");
@@ -678,18 +631,7 @@ stackc.stack {
     let entry = work.path().join("prod.ncl");
     fs::write(&entry, text).unwrap();
     let out = work.path().join("bundle");
-    let o = run(
-        common::stackc()
-            .args(["build", "--no-cache", "-o"])
-            .arg(&out)
-            .arg("--secrets-key")
-            .arg(&key)
-            .arg(&entry),
-        "stackc build",
-        Duration::from_secs(120),
-        dl,
-    );
-    ok(&o, "stackc build");
+    build_bundle(&entry, &out, &key, dl);
     let machine = out.join("db");
     let compose = read_yaml(&machine.join("compose.yaml"));
     let svc = &compose["services"]["postgres-exporter"];
@@ -841,18 +783,7 @@ stackc.stack {{
     );
     let entry = dir.join("prod.ncl");
     fs::write(&entry, &stack).unwrap();
-    let o = run(
-        common::stackc()
-            .args(["build", "--no-cache", "-o"])
-            .arg(&out)
-            .arg("--secrets-key")
-            .arg(&key)
-            .arg(&entry),
-        "stackc build",
-        Duration::from_secs(120),
-        dl,
-    );
-    ok(&o, "stackc build");
+    build_bundle(&entry, &out, &key, dl);
     println!("live: built the stack with backups into {}:\n{stack}", out.display());
     let manifest: Json = serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     let units = manifest.to_string();
@@ -1025,18 +956,7 @@ stackc.stack {{
     let entry = dir.join("prod.ncl");
     fs::write(&entry, &text).unwrap();
     let out = work.join(format!("bundle-{generation}"));
-    let o = run(
-        common::stackc()
-            .args(["build", "--no-cache", "-o"])
-            .arg(&out)
-            .arg("--secrets-key")
-            .arg(key)
-            .arg(&entry),
-        "stackc build",
-        Duration::from_secs(120),
-        dl,
-    );
-    ok(&o, "stackc build");
+    build_bundle(&entry, &out, key, dl);
     println!("live: built generation {generation} into {}:\n{text}", out.display());
     out
 }
@@ -1088,6 +1008,64 @@ fn psql_query(t: &Tools, ns: &str, who: &Login, sql: &str, dl: Deadline) -> Resu
         Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
     } else {
         Err(text(&o))
+    }
+}
+
+/// `stackc build --no-cache -o OUT --secrets-key KEY ENTRY`, which must
+/// succeed.
+fn build_bundle(entry: &Path, out: &Path, key: &Path, dl: Deadline) {
+    let o = run(
+        common::stackc()
+            .args(["build", "--no-cache", "-o"])
+            .arg(out)
+            .arg("--secrets-key")
+            .arg(key)
+            .arg(entry),
+        "stackc build",
+        Duration::from_secs(120),
+        dl,
+    );
+    ok(&o, "stackc build");
+}
+
+/// Whether `test` may run: a tool it needs beyond `tools()` that is missing
+/// fails it under CI or without STACKC_SKIP_MISSING_TOOLS=1, and is
+/// reported as not checked otherwise.
+fn have_tools(test: &str, needed: &[(&PathBuf, &str)]) -> bool {
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(p, _)| !p.exists())
+        .map(|(_, what)| *what)
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    let skip = std::env::var("STACKC_SKIP_MISSING_TOOLS").is_ok_and(|v| v == "1");
+    if ci || !skip {
+        panic!("{test} needs {missing:?}: run `sudo tests/tools/install.sh`");
+    }
+    eprintln!("NOT CHECKED (STACKC_SKIP_MISSING_TOOLS=1): {test}; missing {missing:?}");
+    false
+}
+
+/// The value of `flag` (`--web.listen-address=`) in a unit's command line.
+fn flag_value(argv: &[String], flag: &str) -> String {
+    argv.iter()
+        .find_map(|a| a.strip_prefix(flag))
+        .unwrap_or_else(|| panic!("no {flag} in {argv:?}"))
+        .to_owned()
+}
+
+/// Points each `flag` (`--config.file=`) of a unit's command line at a path
+/// of the work dir; every flag must be there.
+fn move_flags(argv: &mut [String], flags: &[(&str, &Path)]) {
+    for (flag, to) in flags {
+        let i = argv
+            .iter()
+            .position(|a| a.starts_with(flag))
+            .unwrap_or_else(|| panic!("no {flag} in {argv:?}"));
+        argv[i] = format!("{flag}{}", to.display());
     }
 }
 
@@ -1189,18 +1167,7 @@ fn build(stack: &Stack, dl: Deadline) -> (common::TempDir, PathBuf) {
             entry
         }
     };
-    let o = run(
-        common::stackc()
-            .args(["build", "--no-cache", "-o"])
-            .arg(&out)
-            .arg("--secrets-key")
-            .arg(&key)
-            .arg(&entry),
-        "stackc build",
-        Duration::from_secs(120),
-        dl,
-    );
-    ok(&o, "stackc build");
+    build_bundle(&entry, &out, &key, dl);
     println!("live: built {} into {}", entry.display(), out.display());
     if let Stack::Written { text, .. } = stack {
         println!("live: the stack as written:\n{text}");
