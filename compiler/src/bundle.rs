@@ -448,7 +448,7 @@ pub fn write(
     let _ = fs::remove_dir_all(&tmp);
     let _ = fs::remove_dir_all(&old);
     let result = make_locked_dir(&tmp).and_then(|lock| {
-        fill(&tmp, files, manifest)?;
+        fill(&tmp, files, manifest, existing.then_some(out))?;
         swap(&tmp, out, &old, existing, hooks)?;
         drop(lock);
         Ok(())
@@ -497,7 +497,7 @@ fn make_locked_dir(dir: &Path) -> Result<fs::File, Diagnostic> {
     // the directory is in use.
     // SAFETY: the descriptor is valid for the lifetime of `handle`.
     unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    write_file(&dir.join(PARTIAL), b"", MODE_FILE)?;
+    write_file(&dir.join(PARTIAL), b"", MODE_FILE, current_umask())?;
     Ok(handle)
 }
 
@@ -610,23 +610,39 @@ fn recover(parent: &Path, name: &std::ffi::OsStr, out: &Path) {
     }
 }
 
-/// Fills the temporary directory `tmp` (made by `make_locked_dir`).
-fn fill(tmp: &Path, files: &Rendered, manifest: &[u8]) -> Result<(), Diagnostic> {
+/// Fills the temporary directory `tmp` (made by `make_locked_dir`). A
+/// file the `previous` bundle holds with the same bytes and mode is
+/// hard-linked from it instead of written (see `reusable`).
+fn fill(tmp: &Path, files: &Rendered, manifest: &[u8], previous: Option<&Path>) -> Result<(), Diagnostic> {
     let mkdir = |dir: &Path| -> Result<(), Diagnostic> {
         fs::create_dir(dir).map_err(|e| io_error(format!("cannot create `{}`", dir.display()), e))?;
         set_mode(dir, MODE_DIR)
     };
-    for (dir, mode) in dir_modes(files) {
+    let dirs = dir_modes(files);
+    for (dir, mode) in &dirs {
         let full = tmp.join(dir);
         mkdir(&full)?;
-        set_mode(&full, mode)?;
+        set_mode(&full, *mode)?;
     }
     // Creating a file costs a round trip to the file system (about 1 ms
     // on a virtual disk), not bandwidth: several threads overlap them.
     // The first failure in path order is the one reported.
     let all: Vec<(&String, &crate::render::RenderedFile)> = files.iter().collect();
-    in_parallel(&all, |(path, f)| write_file(&tmp.join(path), &f.bytes, f.mode))?;
-    write_file(&tmp.join(MANIFEST), manifest, MODE_FILE)?;
+    let umask = current_umask();
+    // Only through real directories of the previous bundle: a folder
+    // replaced by a symbolic link would link files from elsewhere.
+    let previous = previous.filter(|prev| {
+        dirs.keys()
+            .all(|d| fs::symlink_metadata(prev.join(d)).is_ok_and(|m| m.is_dir()))
+    });
+    in_parallel(&all, |(path, f)| {
+        let to = tmp.join(path);
+        match previous.map(|prev| prev.join(path)) {
+            Some(from) if reusable(&from, &f.bytes, f.mode) && fs::hard_link(&from, &to).is_ok() => Ok(()),
+            _ => write_file(&to, &f.bytes, f.mode, umask),
+        }
+    })?;
+    write_file(&tmp.join(MANIFEST), manifest, MODE_FILE, umask)?;
     // Complete: from here on, the manifest says it is stackc's.
     fs::remove_file(tmp.join(PARTIAL)).map_err(|e| io_error(format!("cannot remove `{}`", PARTIAL), e))?;
     // Everything must be on disk before the swap makes it the bundle. One
@@ -680,7 +696,7 @@ pub fn dir_modes(files: &Rendered) -> BTreeMap<&Path, u32> {
 /// Threads that create the bundle's files, and remove a previous bundle.
 const WRITERS: usize = 8;
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Diagnostic> {
+fn write_file(path: &Path, bytes: &[u8], mode: u32, umask: u32) -> Result<(), Diagnostic> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -689,9 +705,58 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Diagnostic> {
         .map_err(|e| io_error(format!("cannot create `{}`", path.display()), e))?;
     f.write_all(bytes)
         .map_err(|e| io_error(format!("cannot write `{}`", path.display()), e))?;
-    // Explicit mode, whatever the umask did at creation (on the open file).
+    // Explicit mode, whatever the umask did at creation (on the open file);
+    // a call saved when the umask took nothing away.
+    if mode & umask == 0 {
+        return Ok(());
+    }
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| io_error(format!("cannot set the mode of `{}`", path.display()), e))
+}
+
+/// The process's umask. Read by setting it, so only before the writer
+/// threads start (nothing else creates files meanwhile).
+fn current_umask() -> u32 {
+    // SAFETY: umask cannot fail; the value is restored at once.
+    unsafe {
+        let mask = libc::umask(0o077);
+        libc::umask(mask);
+        mask as u32
+    }
+}
+
+/// Whether the previous bundle's file at `from` can become the new one as
+/// it is (a hard link instead of a new file: on a warm build most files
+/// are unchanged, and creating a file, then removing the old one, are each
+/// a round trip to the file system): a regular file, not a link, of this
+/// process's user and group, with exactly `mode` and `bytes`, and no other
+/// name (a second name could change it from outside the bundle). A file
+/// that changed, or was edited, by hand or otherwise, is written anew.
+fn reusable(from: &Path, bytes: &[u8], mode: u32) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(mut f) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(from)
+    else {
+        return false;
+    };
+    let Ok(meta) = f.metadata() else { return false };
+    // SAFETY: plain getters without arguments.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if !meta.is_file()
+        || meta.nlink() != 1
+        || meta.uid() != uid
+        || meta.gid() != gid
+        || meta.mode() & 0o7777 != mode
+        || meta.len() != bytes.len() as u64
+    {
+        return false;
+    }
+    let mut held = Vec::with_capacity(bytes.len() + 1);
+    // One byte more than expected: a file that grew meanwhile differs.
+    (&mut f).take(bytes.len() as u64 + 1).read_to_end(&mut held).is_ok() && held == bytes
 }
 
 /// `work` on every item, by `WRITERS` threads each taking a contiguous
@@ -974,6 +1039,60 @@ mod tests {
         let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["out"], "no temporary sibling, no marker in the bundle");
         assert!(!out.join(PARTIAL).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_warm_build_keeps_unchanged_files_and_rewrites_the_rest() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = temp("reuse");
+        let out = dir.join("out");
+        let file = |s: &str, mode: u32| crate::render::RenderedFile {
+            bytes: s.as_bytes().to_vec(),
+            mode,
+            secret: mode == 0o600,
+            owner: (0, 0),
+        };
+        let mut files = Rendered::new();
+        for name in ["same", "changed", "edited", "chmodded", "linked", "secret"] {
+            files.insert(
+                format!("m/{name}"),
+                file(name, if name == "secret" { 0o600 } else { 0o644 }),
+            );
+        }
+        let manifest = b"{\"manifest_version\": 1, \"stackc_version\": \"0\", \"files\": []}\n";
+        let hooks = TestHooks::default();
+        write(&out, &files, manifest, &[], &hooks).unwrap();
+        let ino = |name: &str| fs::symlink_metadata(out.join("m").join(name)).unwrap().ino();
+        let before: BTreeMap<&str, u64> = ["same", "changed", "edited", "chmodded", "linked", "secret"]
+            .into_iter()
+            .map(|n| (n, ino(n)))
+            .collect();
+        // Hand edits the next build must undo: same length other bytes, a
+        // mode, a second name outside the bundle.
+        fs::write(out.join("m/edited"), "EDITED").unwrap();
+        fs::set_permissions(out.join("m/chmodded"), fs::Permissions::from_mode(0o666)).unwrap();
+        fs::hard_link(out.join("m/linked"), dir.join("outside")).unwrap();
+        files.insert("m/changed".into(), file("changed again", 0o644));
+        write(&out, &files, manifest, &[], &hooks).unwrap();
+
+        for (name, f) in &files {
+            let path = out.join(name);
+            let meta = fs::symlink_metadata(&path).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), f.bytes, "{name}: content");
+            assert_eq!(meta.mode() & 0o7777, f.mode, "{name}: mode");
+            assert_eq!(meta.nlink(), 1, "{name}: the previous bundle is gone");
+        }
+        assert_eq!(ino("same"), before["same"], "an unchanged file is kept");
+        assert_eq!(ino("secret"), before["secret"], "an unchanged secret file is kept");
+        for name in ["changed", "edited", "chmodded", "linked"] {
+            assert_ne!(ino(name), before[name], "{name}: written anew");
+        }
+        assert_eq!(
+            fs::read_to_string(dir.join("outside")).unwrap(),
+            "linked",
+            "the outside name is left alone"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }
