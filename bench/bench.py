@@ -48,7 +48,11 @@ def tools(path, label):
         "stackc build": ["sh", "-c", 'rm -rf "$1/eval" && shift && exec "$@"', "sh", cache] + build + ["--cache-dir", cache, path],
         # Cold: nothing cached, every key derived.
         "stackc build (cold)": build + ["--no-cache", path],
-    }
+        # Anchors, alternating with the rest so each ratio comes from one
+        # run: Nickel's fixed cost (a one-line file), and for the generated
+        # stacks the same records without the stdlib.
+        "trivial export": [nickel, "export", trivial_file],
+    } | ({"bare records": [nickel, "export", bare(path)]} if label.startswith("services-") else {})
 
 
 def bare(path):
@@ -63,31 +67,16 @@ def bare(path):
 
 
 results = {}
-# Anchors: `nickel export` of a one-line file (Nickel's fixed cost), and of
-# each generated stack's bare records.
 trivial_file = os.path.join(tmp, "trivial.ncl")
 with open(trivial_file, "w") as f:
     f.write("{ a = 1 }\n")
-anchors = {"trivial": [nickel, "export", trivial_file]}
-generated = [(l, p) for l, p in inputs if l.startswith("services-")]
-for label, path in generated:
-    anchors[label] = [nickel, "export", bare(path)]
-run(anchors["trivial"])
-anchor = {}
-big = [l for l, _ in generated if int(l.split("-")[1]) >= 10000]
-for label, c in anchors.items():
-    n = 1 if label in big else runs
-    if label not in big:
-        run(c)
-    s = [run(c) for _ in range(n)]
-    anchor[label] = (statistics.median(w for w, _ in s), max(m for _, m in s))
-print("anchors", {k: round(v[0] * 1000, 1) for k, v in anchor.items()}, file=sys.stderr)
+big = [l for l, _ in inputs if l.startswith("services-") and int(l.split("-")[1]) >= 10000]
 
 for label, path in inputs:
     cmds = tools(path, label)
     if label in big:
         # 10 000 services: that they complete, and how time grows; one run.
-        s = {t: run(cmds[t]) for t in ("nickel export", "stackc check")}
+        s = {t: run(cmds[t]) for t in ("nickel export", "stackc check", "bare records")}
         results[label] = {t: (w, m, w, w) for t, (w, m) in s.items()}
         print(label, {t: round(v[0] * 1000, 1) for t, v in results[label].items()}, file=sys.stderr)
         continue
@@ -116,6 +105,9 @@ except (OSError, StopIteration):
     pass
 nickel_version = subprocess.run([nickel, "--version"], capture_output=True, text=True).stdout.strip()
 stackc_version = subprocess.run([stackc, "--version"], capture_output=True, text=True).stdout.strip()
+# The anchors, each measured alternating with its input's other commands.
+anchor = {l: r["bare records"] for l, r in results.items() if "bare records" in r}
+trivials = {l: r["trivial export"][0] for l, r in results.items() if "trivial export" in r}
 
 md = [
     "# Benchmarks",
@@ -135,10 +127,11 @@ md = [
     "- Anchors: `nickel export` of the same entry file (it pays the stdlib too), of a one-line file",
     "  (`trivial`: Nickel's fixed cost), and of the generated stacks' records without the stdlib",
     "  (`bare`: the first line replaced by `let stackc = { stack = fun x => x, secret = { hex = fun r => r } } in`).",
+    "  Each is run in turn with the input's other commands, so each ratio below comes from one alternating run.",
     "- Inputs: the examples, and generated stacks of N native services (`bench/gen.py`: 10 per machine,",
     "  each with two ports, a proxy site and a secret).",
     "",
-    f"`nickel export` of the trivial file: {ms(anchor['trivial'][0])} ms.",
+    f"`nickel export` of the trivial file: {ms(statistics.median(trivials.values()))} ms (median over the inputs' runs).",
     "",
     "| input | nickel export (ms) | stackc check (ms) | check (cached) (ms) | stackc build (ms) | build / check | build cold (ms) | peak RSS export / check / build (MiB) |",
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -153,7 +146,7 @@ for label, r in results.items():
         f"| {label} | {ms(e[0])} | {ms(c[0])} | {ms(cached[0])} | {ms(b[0])} | {b[0] / c[0]:.2f} | {ms(cold[0])} | "
         f"{e[1]:.0f} / {c[1]:.0f} / {b[1]:.0f} |"
     )
-bare_rows = [l for l in anchor if l != "trivial"]
+bare_rows = list(anchor)
 if bare_rows:
     md += ["", "| generated stack | bare records export (ms) | stackc check (ms) | check / bare | peak RSS bare / check (MiB) | check / bare RSS |",
            "| --- | ---: | ---: | ---: | --- | ---: |"]
@@ -164,7 +157,6 @@ if bare_rows:
 sizes = [(int(l.split("-")[1]), r) for l, r in results.items() if l.startswith("services-")]
 sizes.sort()
 by = dict(sizes)
-trivial = anchor["trivial"][0]
 
 
 def verdict(value, limit):
@@ -181,9 +173,10 @@ if 1000 in by and 10000 in by:
     targets.append(f"- 10 000 services complete; check time / 1000 services: {verdict(by[10000]['stackc check'][0] / by[1000]['stackc check'][0], 11)}")
 if "example:lair-chat" in results:
     r = results["example:lair-chat"]
+    trivial = trivials["example:lair-chat"]
     targets.append(f"- lair-chat, check / trivial export: {verdict(r['stackc check'][0] / trivial, 2.5)}")
     targets.append(f"- lair-chat unchanged, cached check / trivial export: {verdict(r['stackc check (cached)'][0] / trivial, 1.5)}")
-worst = max((r["stackc check (cached)"][0] / trivial, l) for l, r in results.items() if "stackc check (cached)" in r)
+worst = max((r["stackc check (cached)"][0] / trivials[l], l) for l, r in results.items() if "stackc check (cached)" in r)
 targets.append(f"- every input unchanged, cached check / trivial export, worst ({worst[1]}): {worst[0]:.2f}")
 if 100 in by:
     targets.append(f"- 100 services, warm build / check: {verdict(by[100]['stackc build'][0] / by[100]['stackc check'][0], 1.2)}")
@@ -200,15 +193,11 @@ if sizes:
     W, H, P = 640, 360, 50
     xs = [math.log10(n) for n, _ in sizes]
     ys = [math.log10(r[t][0] * 1000) for _, r in sizes for t in r]
-    ys += [math.log10(anchor[f"services-{n}"][0] * 1000) for n, _ in sizes if f"services-{n}" in anchor]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     y0, y1 = math.floor(min(ys)), math.ceil(max(ys))
     X = lambda v: P + (v - x0) / (x1 - x0) * (W - 2 * P)
     Y = lambda v: H - P - (v - y0) / (y1 - y0) * (H - 2 * P)
     colours = {"nickel export": "#555", "bare records": "#2ca02c", "stackc check": "#1f77b4", "stackc check (cached)": "#9467bd", "stackc build": "#d62728", "stackc build (cold)": "#ff9896"}
-    for n, r in sizes:
-        if f"services-{n}" in anchor:
-            r["bare records"] = anchor[f"services-{n}"]
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
            f'<line x1="{P}" y1="{H - P}" x2="{W - P}" y2="{H - P}" stroke="black"/>',
