@@ -59,7 +59,10 @@ pub struct Evaluated {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct Stored {
     pub(crate) address: String,
-    files: Vec<(String, String)>,
+    /// Each file's name and text; no text for an embedded file (the
+    /// stackc stdlib, Nickel's own) whose text is this binary's: the
+    /// address covers the stdlib, and an entry only names it.
+    files: Vec<(String, Option<String>)>,
     value: serde_json::Value,
     locs: Vec<(String, Option<StoredSpan>, Option<StoredSpan>)>,
     inputs: BTreeMap<String, String>,
@@ -69,12 +72,14 @@ type StoredSpan = (usize, usize, usize);
 
 impl Stored {
     pub(crate) fn of(address: &str, e: &Evaluated) -> Stored {
-        let mut files: Vec<(String, String)> = Vec::new();
+        let mut files: Vec<(String, Option<String>)> = Vec::new();
         let mut index: BTreeMap<*const SourceFile, usize> = BTreeMap::new();
         let mut span = |s: &Option<Span>| {
             s.as_ref().map(|s| {
                 let i = *index.entry(Arc::as_ptr(&s.file)).or_insert_with(|| {
-                    files.push((s.file.name.clone(), s.file.text.to_string()));
+                    let text = &*s.file.text;
+                    let embedded = embedded_text(&s.file.name) == Some(text);
+                    files.push((s.file.name.clone(), (!embedded).then(|| text.to_owned())));
                     files.len() - 1
                 });
                 (i, s.range.start, s.range.end)
@@ -104,12 +109,13 @@ impl Stored {
             .files
             .into_iter()
             .map(|(name, text)| {
-                Arc::new(SourceFile {
-                    name,
-                    text: Arc::from(text),
-                })
+                let text = match text {
+                    Some(text) => Arc::from(text),
+                    None => Arc::from(embedded_text(&name)?),
+                };
+                Some(Arc::new(SourceFile { name, text }))
             })
-            .collect();
+            .collect::<Option<_>>()?;
         let span = |s: Option<StoredSpan>| -> Option<Option<Span>> {
             match s {
                 None => Some(None),
@@ -138,6 +144,21 @@ impl Stored {
             inputs: self.inputs.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
         })
     }
+}
+
+/// The text of an embedded source by its display name: a stackc stdlib
+/// module (`<stackc>/caddy.ncl`) or a module of Nickel's own stdlib.
+fn embedded_text(name: &str) -> Option<&'static str> {
+    if let Some(module) = name
+        .strip_prefix(load::STDLIB_DISPLAY)
+        .and_then(|n| n.strip_prefix('/'))
+    {
+        return load::STDLIB.iter().find(|(n, _)| *n == module).map(|(_, text)| *text);
+    }
+    nickel_lang_core::stdlib::modules()
+        .into_iter()
+        .find(|m| m.file_name() == name)
+        .map(|m| m.content())
 }
 
 /// What one evaluation may use. The defaults leave room for stacks far
@@ -741,6 +762,60 @@ mod tests {
         let result = program.typecheck(TypecheckMode::Walk);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(result.is_ok(), "the stdlib does not typecheck: {:?}", result.err());
+    }
+
+    /// A cache entry names the embedded sources instead of holding them,
+    /// and reads back the same spans; other texts (the user's, a stub)
+    /// are kept whole.
+    #[test]
+    fn a_cache_entry_names_embedded_sources() {
+        use std::sync::Arc;
+
+        use super::{Evaluated, Loc, Locs, Stored};
+        use crate::diag::{SourceFile, Span};
+        let (module, text) = load::STDLIB[0];
+        let file = |name: String, text: &str| {
+            Arc::new(SourceFile {
+                name,
+                text: Arc::from(text),
+            })
+        };
+        let stdlib = file(format!("{}/{module}", load::STDLIB_DISPLAY), text);
+        let stub = file(
+            format!("{}/{}", load::STDLIB_DISPLAY, load::STDLIB[1].0),
+            "std.fail_with \"x\"\n",
+        );
+        let user = file("prod.ncl".into(), "{ a = 1 }\n");
+        let mut locs = Locs::new();
+        for (pointer, f) in [("/a", &stdlib), ("/b", &stub), ("/c", &user)] {
+            let span = Span {
+                file: f.clone(),
+                range: 2..5,
+            };
+            locs.insert(
+                pointer.into(),
+                Loc {
+                    key: Some(span.clone()),
+                    value: Some(span),
+                },
+            );
+        }
+        let evaluated = Evaluated {
+            value: serde_json::json!({}),
+            locs,
+            inputs: Default::default(),
+        };
+        let stored = Stored::of("addr", &evaluated);
+        let texts: Vec<bool> = stored.files.iter().map(|(_, t)| t.is_some()).collect();
+        assert_eq!(texts, [false, true, true], "only the embedded text is left out");
+        let back = stored.into_evaluated().expect("reads back");
+        for (pointer, f) in [("/a", &stdlib), ("/b", &stub), ("/c", &user)] {
+            let span = back.locs[pointer].value.as_ref().unwrap();
+            assert_eq!(
+                (span.file.name.as_str(), &*span.file.text, span.range.clone()),
+                (f.name.as_str(), &*f.text, 2..5)
+            );
+        }
     }
 }
 
