@@ -497,7 +497,7 @@ fn make_locked_dir(dir: &Path) -> Result<fs::File, Diagnostic> {
     // the directory is in use.
     // SAFETY: the descriptor is valid for the lifetime of `handle`.
     unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    write_file(&dir.join(PARTIAL), b"", MODE_FILE, current_umask())?;
+    write_file(&dir.join(PARTIAL), b"", MODE_FILE)?;
     Ok(handle)
 }
 
@@ -614,35 +614,44 @@ fn recover(parent: &Path, name: &std::ffi::OsStr, out: &Path) {
 /// file the `previous` bundle holds with the same bytes and mode is
 /// hard-linked from it instead of written (see `reusable`).
 fn fill(tmp: &Path, files: &Rendered, manifest: &[u8], previous: Option<&Path>) -> Result<(), Diagnostic> {
-    let mkdir = |dir: &Path| -> Result<(), Diagnostic> {
-        fs::create_dir(dir).map_err(|e| io_error(format!("cannot create `{}`", dir.display()), e))?;
-        set_mode(dir, MODE_DIR)
-    };
     let dirs = dir_modes(files);
     for (dir, mode) in &dirs {
         let full = tmp.join(dir);
-        mkdir(&full)?;
+        fs::create_dir(&full).map_err(|e| io_error(format!("cannot create `{}`", full.display()), e))?;
         set_mode(&full, *mode)?;
+    }
+    // The previous bundle's folders files may be reused from: real
+    // directories, as are all their parents (a folder replaced by a
+    // symbolic link would link files from elsewhere). Sorted, so a
+    // parent is judged before its children.
+    let mut real: std::collections::BTreeSet<&Path> = std::collections::BTreeSet::new();
+    if let Some(prev) = previous {
+        real.insert(Path::new(""));
+        for dir in dirs.keys() {
+            let parent = dir.parent().unwrap_or(Path::new(""));
+            if real.contains(parent) && fs::symlink_metadata(prev.join(dir)).is_ok_and(|m| m.is_dir()) {
+                real.insert(dir);
+            }
+        }
     }
     // Creating a file costs a round trip to the file system (about 1 ms
     // on a virtual disk), not bandwidth: several threads overlap them.
     // The first failure in path order is the one reported.
     let all: Vec<(&String, &crate::render::RenderedFile)> = files.iter().collect();
-    let umask = current_umask();
-    // Only through real directories of the previous bundle: a folder
-    // replaced by a symbolic link would link files from elsewhere.
-    let previous = previous.filter(|prev| {
-        dirs.keys()
-            .all(|d| fs::symlink_metadata(prev.join(d)).is_ok_and(|m| m.is_dir()))
-    });
     in_parallel(&all, |(path, f)| {
         let to = tmp.join(path);
-        match previous.map(|prev| prev.join(path)) {
-            Some(from) if reusable(&from, &f.bytes, f.mode) && fs::hard_link(&from, &to).is_ok() => Ok(()),
-            _ => write_file(&to, &f.bytes, f.mode, umask),
+        let folder = Path::new(path.as_str()).parent().unwrap_or(Path::new(""));
+        let reused = match previous {
+            Some(prev) if real.contains(folder) => link_unchanged(&prev.join(path), &to, &f.bytes, f.mode),
+            _ => false,
+        };
+        if reused {
+            Ok(())
+        } else {
+            write_file(&to, &f.bytes, f.mode)
         }
     })?;
-    write_file(&tmp.join(MANIFEST), manifest, MODE_FILE, umask)?;
+    write_file(&tmp.join(MANIFEST), manifest, MODE_FILE)?;
     // Complete: from here on, the manifest says it is stackc's.
     fs::remove_file(tmp.join(PARTIAL)).map_err(|e| io_error(format!("cannot remove `{}`", PARTIAL), e))?;
     // Everything must be on disk before the swap makes it the bundle. One
@@ -696,7 +705,7 @@ pub fn dir_modes(files: &Rendered) -> BTreeMap<&Path, u32> {
 /// Threads that create the bundle's files, and remove a previous bundle.
 const WRITERS: usize = 8;
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32, umask: u32) -> Result<(), Diagnostic> {
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Diagnostic> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -705,44 +714,54 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, umask: u32) -> Result<(), Di
         .map_err(|e| io_error(format!("cannot create `{}`", path.display()), e))?;
     f.write_all(bytes)
         .map_err(|e| io_error(format!("cannot write `{}`", path.display()), e))?;
-    // Explicit mode, whatever the umask did at creation (on the open file);
-    // a call saved when the umask took nothing away.
-    if mode & umask == 0 {
+    // Explicit mode, whatever the umask or a default ACL did at creation
+    // (on the open file). Set only when it differs: reading the mode is
+    // cheaper than changing it.
+    use std::os::unix::fs::MetadataExt;
+    if f.metadata().is_ok_and(|m| m.mode() & 0o7777 == mode) {
         return Ok(());
     }
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| io_error(format!("cannot set the mode of `{}`", path.display()), e))
 }
 
-/// The process's umask. Read by setting it, so only before the writer
-/// threads start (nothing else creates files meanwhile).
-fn current_umask() -> u32 {
-    // SAFETY: umask cannot fail; the value is restored at once.
-    unsafe {
-        let mask = libc::umask(0o077);
-        libc::umask(mask);
-        mask as u32
-    }
-}
-
-/// Whether the previous bundle's file at `from` can become the new one as
-/// it is (a hard link instead of a new file: on a warm build most files
-/// are unchanged, and creating a file, then removing the old one, are each
-/// a round trip to the file system): a regular file, not a link, of this
-/// process's user and group, with exactly `mode` and `bytes`, and no other
-/// name (a second name could change it from outside the bundle). A file
-/// that changed, or was edited, by hand or otherwise, is written anew.
-fn reusable(from: &Path, bytes: &[u8], mode: u32) -> bool {
-    use std::io::Read;
+/// Links the previous bundle's file `from` to `to` if it is `reusable`,
+/// and only if the name made is that very file with no third name (it
+/// could have been replaced between the check and the link: another
+/// build swapping its bundle in). Otherwise nothing is left at `to`.
+fn link_unchanged(from: &Path, to: &Path, bytes: &[u8], mode: u32) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(mut f) = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(from)
-    else {
+    let Some(checked) = reusable(from, bytes, mode) else {
         return false;
     };
-    let Ok(meta) = f.metadata() else { return false };
+    if fs::hard_link(from, to).is_err() {
+        return false;
+    }
+    let same = fs::symlink_metadata(to).is_ok_and(|m| m.dev() == checked.dev && m.ino() == checked.ino);
+    if same && checked.file.metadata().is_ok_and(|m| m.nlink() == 2) {
+        return true;
+    }
+    let _ = fs::remove_file(to);
+    false
+}
+
+/// The previous bundle's file at `from`, still open, if it can become the
+/// new one as it is (a hard link instead of a new file: on a warm build
+/// most files are unchanged, and creating a file, then removing the old
+/// one, are each a round trip to the file system): a regular file, not a
+/// link, of this process's user and group, with exactly `mode` and
+/// `bytes`, and no other name (a second name could change it from outside
+/// the bundle). A file that changed, or was edited, is written anew.
+fn reusable(from: &Path, bytes: &[u8], mode: u32) -> Option<Checked> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    // Not blocking on a FIFO put there; not following a link.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(from)
+        .ok()?;
+    let meta = f.metadata().ok()?;
     // SAFETY: plain getters without arguments.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     if !meta.is_file()
@@ -752,11 +771,23 @@ fn reusable(from: &Path, bytes: &[u8], mode: u32) -> bool {
         || meta.mode() & 0o7777 != mode
         || meta.len() != bytes.len() as u64
     {
-        return false;
+        return None;
     }
     let mut held = Vec::with_capacity(bytes.len() + 1);
     // One byte more than expected: a file that grew meanwhile differs.
-    (&mut f).take(bytes.len() as u64 + 1).read_to_end(&mut held).is_ok() && held == bytes
+    let same = (&mut f).take(bytes.len() as u64 + 1).read_to_end(&mut held).is_ok() && held == bytes;
+    same.then_some(Checked {
+        file: f,
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// A previous bundle's file `reusable` judged, still open.
+struct Checked {
+    file: fs::File,
+    dev: u64,
+    ino: u64,
 }
 
 /// `work` on every item, by `WRITERS` threads each taking a contiguous
@@ -827,7 +858,7 @@ fn swap(tmp: &Path, out: &Path, old: &Path, existing: bool, hooks: &TestHooks) -
             // (and the next build removes them).
             if let Err(e) = remove_tree(tmp) {
                 eprintln!(
-                    "warning: cannot remove the previous bundle, now at `{}`: {e}",
+                    "warning: cannot remove the previous bundle, now at `{}`: {e} (it shares its unchanged files with the new bundle: remove it, do not edit it)",
                     shown(tmp)
                 );
             }
@@ -849,7 +880,7 @@ fn swap(tmp: &Path, out: &Path, old: &Path, existing: bool, hooks: &TestHooks) -
             }
             if let Err(e) = fs::remove_dir_all(old) {
                 eprintln!(
-                    "warning: cannot remove the previous bundle, now at `{}`: {e}",
+                    "warning: cannot remove the previous bundle, now at `{}`: {e} (it shares its unchanged files with the new bundle: remove it, do not edit it)",
                     shown(old)
                 );
             }
@@ -1044,8 +1075,17 @@ mod tests {
 
     #[test]
     fn a_warm_build_keeps_unchanged_files_and_rewrites_the_rest() {
+        for no_exchange in [false, true] {
+            warm_build(TestHooks {
+                no_exchange,
+                abort_mid_swap: false,
+            });
+        }
+    }
+
+    fn warm_build(hooks: TestHooks) {
         use std::os::unix::fs::MetadataExt;
-        let dir = temp("reuse");
+        let dir = temp(if hooks.no_exchange { "reuse-fallback" } else { "reuse" });
         let out = dir.join("out");
         let file = |s: &str, mode: u32| crate::render::RenderedFile {
             bytes: s.as_bytes().to_vec(),
@@ -1053,27 +1093,31 @@ mod tests {
             secret: mode == 0o600,
             owner: (0, 0),
         };
+        let names = ["same", "changed", "edited", "chmodded", "linked", "secret"];
         let mut files = Rendered::new();
-        for name in ["same", "changed", "edited", "chmodded", "linked", "secret"] {
+        for name in names {
             files.insert(
                 format!("m/{name}"),
                 file(name, if name == "secret" { 0o600 } else { 0o644 }),
             );
         }
+        files.insert("l/via-link".into(), file("via-link", 0o644));
         let manifest = b"{\"manifest_version\": 1, \"stackc_version\": \"0\", \"files\": []}\n";
-        let hooks = TestHooks::default();
         write(&out, &files, manifest, &[], &hooks).unwrap();
-        let ino = |name: &str| fs::symlink_metadata(out.join("m").join(name)).unwrap().ino();
-        let before: BTreeMap<&str, u64> = ["same", "changed", "edited", "chmodded", "linked", "secret"]
-            .into_iter()
-            .map(|n| (n, ino(n)))
-            .collect();
+        let ino = |path: &str| fs::symlink_metadata(out.join(path)).unwrap().ino();
+        let before: BTreeMap<&str, u64> = names.into_iter().map(|n| (n, ino(&format!("m/{n}")))).collect();
         // Hand edits the next build must undo: same length other bytes, a
-        // mode, a second name outside the bundle.
+        // mode, a second name outside the bundle, a folder replaced by a
+        // link to one outside holding a file with the same bytes and mode.
         fs::write(out.join("m/edited"), "EDITED").unwrap();
         fs::set_permissions(out.join("m/chmodded"), fs::Permissions::from_mode(0o666)).unwrap();
         fs::hard_link(out.join("m/linked"), dir.join("outside")).unwrap();
+        let elsewhere = dir.join("elsewhere");
+        fs::rename(out.join("l"), &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.join("l")).unwrap();
         files.insert("m/changed".into(), file("changed again", 0o644));
+        // A new folder: files elsewhere are still reused.
+        files.insert("n/new".into(), file("new", 0o644));
         write(&out, &files, manifest, &[], &hooks).unwrap();
 
         for (name, f) in &files {
@@ -1083,16 +1127,27 @@ mod tests {
             assert_eq!(meta.mode() & 0o7777, f.mode, "{name}: mode");
             assert_eq!(meta.nlink(), 1, "{name}: the previous bundle is gone");
         }
-        assert_eq!(ino("same"), before["same"], "an unchanged file is kept");
-        assert_eq!(ino("secret"), before["secret"], "an unchanged secret file is kept");
+        assert!(
+            fs::symlink_metadata(out.join("l")).unwrap().is_dir(),
+            "a real folder again"
+        );
+        assert_eq!(
+            fs::symlink_metadata(elsewhere.join("via-link")).unwrap().nlink(),
+            1,
+            "the file behind the link is not linked"
+        );
+        assert_eq!(ino("m/same"), before["same"], "an unchanged file is kept");
+        assert_eq!(ino("m/secret"), before["secret"], "an unchanged secret file is kept");
         for name in ["changed", "edited", "chmodded", "linked"] {
-            assert_ne!(ino(name), before[name], "{name}: written anew");
+            assert_ne!(ino(&format!("m/{name}")), before[name], "{name}: written anew");
         }
         assert_eq!(
             fs::read_to_string(dir.join("outside")).unwrap(),
             "linked",
             "the outside name is left alone"
         );
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 3, "out, outside and elsewhere only: {names:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
