@@ -12,15 +12,16 @@ use std::time::Duration;
 
 use codespan_reporting::diagnostic::Severity as CsSeverity;
 use nickel_lang_core::{
-    cache::{AstEntryState, SourcePath},
+    cache::{AstEntryState, CacheHub, SourcePath},
+    error::NullReporter,
     error::{Error as NickelError, EvalErrorKind, ImportErrorKind, IntoDiagnostics, LabelStyle, TypecheckErrorKind},
     eval::{
+        VirtualMachine, VmContext,
         cache::CacheImpl,
         value::{Container, NickelValue, ValueContentRef},
     },
     files::{FileId, Files},
     position::{PosTable, RawSpan},
-    program::{Program, ProgramBuilder},
 };
 
 use crate::budget;
@@ -161,6 +162,48 @@ fn embedded_text(name: &str) -> Option<&'static str> {
         .map(|m| m.content())
 }
 
+/// The original text of an embedded module (`name` is its display name:
+/// `<stackc>/caddy.ncl`, `<stdlib/std.ncl>`) if `text` is the one evaluation
+/// read, its documentation blanked; a stub, or any other text, is not the
+/// module's.
+fn original_stdlib_text(name: &str, text: &str) -> Option<&'static str> {
+    if let Some(module) = name
+        .strip_prefix(load::STDLIB_DISPLAY)
+        .and_then(|n| n.strip_prefix('/'))
+    {
+        let i = load::STDLIB_EVAL.iter().position(|(n, t)| *n == module && *t == text)?;
+        return Some(load::STDLIB[i].1);
+    }
+    nickel_std_blanked()
+        .iter()
+        .find(|m| m.name == name && *m.blanked == *text)
+        .map(|m| m.original)
+}
+
+/// A module of Nickel's own stdlib, as evaluation reads it.
+struct NickelStd {
+    name: String,
+    original: &'static str,
+    blanked: Arc<str>,
+}
+
+/// Nickel's stdlib modules with their documentation blanked (`blank`),
+/// like stackc's: three fifths of `std.ncl` is documentation, which Nickel
+/// would otherwise lex and unindent on every run. Computed once a process.
+fn nickel_std_blanked() -> &'static [NickelStd] {
+    static BLANKED: std::sync::OnceLock<Vec<NickelStd>> = std::sync::OnceLock::new();
+    BLANKED.get_or_init(|| {
+        nickel_lang_core::stdlib::modules()
+            .into_iter()
+            .map(|m| NickelStd {
+                name: m.file_name().to_owned(),
+                original: m.content(),
+                blanked: Arc::from(crate::blank::blank_docs(m.content())),
+            })
+            .collect()
+    })
+}
+
 /// What one evaluation may use. The defaults leave room for stacks far
 /// larger than any real deployment (10 000 services take about 2 GiB and a
 /// minute) while stopping a runaway recursion long before the machine's
@@ -299,20 +342,51 @@ fn evaluate_here(
     let (entry, _, text) = sources.next().expect("load gives the stack file first");
     let mut texts: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
     texts.insert(entry.clone(), text.as_bytes().to_vec());
-    let mut program: Program<CacheImpl> = ProgramBuilder::new()
-        .add_source_string(text, entry.clone())
-        .add_import_paths([PathBuf::from(load::STDLIB_ROOT)])
-        .build()
-        .map_err(|e| {
-            vec![Diagnostic::error(
-                Code::Internal,
-                format!("cannot hand the stack file to Nickel: {e}"),
-            )]
-        })?;
+    // Nickel's `Program` would parse its own stdlib before any hook could
+    // touch it; its parts, used directly, let every source be registered
+    // first. The stdlib and the project files `load` read are in-memory
+    // sources under two virtual roots (the stdlib's is also the import
+    // path): Nickel finds every import in memory and never opens a file.
+    let mut cache = CacheHub::new();
+    for (module, id) in cache.sources.stdlib_modules() {
+        if let Some(m) = nickel_std_blanked().iter().find(|m| m.name == module.file_name()) {
+            cache.sources.files.update(id, m.blanked.clone());
+        }
+    }
+    let main_id = cache
+        .sources
+        .add_string(SourcePath::Path(entry, InputFormat::Nickel), text);
+    cache
+        .sources
+        .add_import_paths([PathBuf::from(load::STDLIB_ROOT)].into_iter());
+    for (name, text) in load::STDLIB_EVAL {
+        let path = PathBuf::from(format!("{}/{name}", load::STDLIB_ROOT));
+        let text = if stubs.contains(name) {
+            format!("std.fail_with \"{NOT_LOADED}\"\n")
+        } else {
+            (*text).to_owned()
+        };
+        let id = cache
+            .sources
+            .add_string(SourcePath::Path(path, InputFormat::Nickel), text);
+        // The stdlib is fixed in the binary and typechecks (a test proves
+        // it): walking its 7000 lines again on every run cost most of a
+        // small stack's check. Parsed now and marked checked, Nickel skips
+        // it; the user's files are still typechecked, and every contract
+        // still applies at run time.
+        if cache.parse_to_ast(id).is_ok() {
+            let _ = cache.asts.update_state(id, AstEntryState::Typechecked);
+        }
+    }
+    for (path, format, text) in sources {
+        texts.insert(path.clone(), text.as_bytes().to_vec());
+        cache.sources.add_string(SourcePath::Path(path, format), text);
+    }
+    let mut vm: VmContext<CacheHub, CacheImpl> = VmContext::new(cache, std::io::sink(), NullReporter {});
 
     let mut spans = SpanMaker::new(root.clone());
-    let fail = |err: NickelError, program: &Program<CacheImpl>, spans: &mut SpanMaker| {
-        let mut files = program.files();
+    let fail = |err: NickelError, vm: &VmContext<CacheHub, CacheImpl>, spans: &mut SpanMaker| {
+        let mut files = vm.import_resolver.sources.files().clone();
         // Defence in depth: if Nickel ever read a file `load` did not hand
         // it, its error may quote that file; say so without any of it.
         if let Some(leak) = outside_read(&files) {
@@ -321,55 +395,20 @@ fn evaluate_here(
         vec![convert_error(err, &mut files, spans)]
     };
 
-    // The stdlib and the project files `load` read are registered as
-    // in-memory sources under two virtual roots (the stdlib's is also an
-    // import path): Nickel finds every import in memory and never opens a
-    // file. This needs the main file parsed first (Nickel's cache hook),
-    // which also surfaces syntax errors early.
-    if let Err(e) = program.compile() {
-        return Err(fail(e, &program, &mut spans));
-    }
-    program
-        .custom_transform(0, |cache, _pos, value| {
-            for (name, text) in load::STDLIB {
-                let path = PathBuf::from(format!("{}/{name}", load::STDLIB_ROOT));
-                let text = if stubs.contains(name) {
-                    format!("std.fail_with \"{NOT_LOADED}\"\n")
-                } else {
-                    (*text).to_owned()
-                };
-                let id = cache
-                    .sources
-                    .add_string(SourcePath::Path(path, InputFormat::Nickel), text);
-                // The stdlib is fixed in the binary and typechecks (a test
-                // proves it): walking its 7000 lines again on every run cost
-                // most of a small stack's check. Parsed now and marked
-                // checked, Nickel skips it; the user's files are still
-                // typechecked, and every contract still applies at run time.
-                if cache.parse_to_ast(id).is_ok() {
-                    let _ = cache.asts.update_state(id, AstEntryState::Typechecked);
-                }
-            }
-            for (path, format, text) in sources.by_ref() {
-                texts.insert(path.clone(), text.as_bytes().to_vec());
-                cache.sources.add_string(SourcePath::Path(path, format), text);
-            }
-            Ok::<_, std::convert::Infallible>(value)
-        })
-        .map_err(|_| {
-            vec![Diagnostic::error(
-                Code::Internal,
-                "could not register the stackc stdlib",
-            )]
-        })?;
-
-    let value = match program.eval_full_for_export() {
+    // What `Program::eval_full_for_export` does for a program without
+    // overrides, extra contracts or a field path.
+    let exported = vm.prepare_eval(main_id).and_then(|prepared| {
+        VirtualMachine::new(&mut vm)
+            .eval_full_for_export_closure(prepared.into())
+            .map_err(NickelError::from)
+    });
+    let value = match exported {
         Ok(v) => v,
-        Err(e) => return Err(fail(e, &program, &mut spans)),
+        Err(e) => return Err(fail(e, &vm, &mut spans)),
     };
     if let Err(e) = nickel_lang_core::serialize::validate(nickel_lang_core::serialize::ExportFormat::Json, &value) {
-        let err = NickelError::ExportError(Box::new(e.with_pos_table(program.pos_table().clone())));
-        return Err(fail(err, &program, &mut spans));
+        let err = NickelError::ExportError(Box::new(e.with_pos_table(vm.pos_table.clone())));
+        return Err(fail(err, &vm, &mut spans));
     }
     if let Some(depth) = too_deep_nickel(&value) {
         return Err(vec![too_deep_finding(depth)]);
@@ -381,9 +420,9 @@ fn evaluate_here(
         )]
     })?;
 
-    spans.files = program.files();
+    spans.files = vm.import_resolver.sources.files().clone();
     let mut locs = Locs::new();
-    collect_locs(&value, &mut String::new(), program.pos_table(), &mut spans, &mut locs);
+    collect_locs(&value, &mut String::new(), &vm.pos_table, &mut spans, &mut locs);
 
     // The project files Nickel used, for the manifest (the bytes `load`
     // read). Every other name is the stdlib or a snippet Nickel generates:
@@ -399,11 +438,25 @@ fn evaluate_here(
             inputs.insert(load::display_name(&root, &name.to_string_lossy()), bytes.clone());
         }
     }
+    drop_after_reply((value, vm));
     Ok(Evaluated {
         value: json,
         locs,
         inputs,
     })
+}
+
+thread_local! {
+    // Destroyed when the evaluation thread ends: after `bounded` has sent
+    // its result.
+    static LEFTOVER: std::cell::RefCell<Option<Box<dyn std::any::Any>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Frees `value` when this evaluation thread ends, after its result is
+/// sent: freeing Nickel's heap (a tenth of a small stack's evaluation)
+/// then runs beside the checks instead of before them.
+fn drop_after_reply(value: impl std::any::Any) {
+    LEFTOVER.with(|slot| *slot.borrow_mut() = Some(Box::new(value)));
 }
 
 /// An internal finding if Nickel's file table names a real file: only the
@@ -480,6 +533,11 @@ impl SpanMaker {
             .or_insert_with(|| {
                 let name = load::display_name(root, &files.name(id).to_string_lossy());
                 let mut text = files.clone_source(id);
+                // Nickel parsed the stdlib with its documentation blanked;
+                // a diagnostic quotes the original (the same positions).
+                if let Some(original) = original_stdlib_text(&name, &text) {
+                    text = Arc::from(original);
+                }
                 // Snippets Nickel generates print closures with their memory
                 // address: mask it (same length, so spans stay valid).
                 if name.starts_with('<') && text.contains("@0x") {
@@ -739,16 +797,18 @@ fn convert_error(err: NickelError, files: &mut Files, spans: &mut SpanMaker) -> 
 mod tests {
     use nickel_lang_core::{program::ProgramBuilder, typecheck::TypecheckMode};
 
+    use super::{nickel_std_blanked, original_stdlib_text};
     use crate::load;
 
     /// `evaluate` marks the embedded stdlib as typechecked instead of
-    /// walking it on every run: this is the check it skips, done once.
+    /// walking it on every run: this is the check it skips, done once, on
+    /// the texts it marks (the documentation blanked).
     #[test]
     fn the_embedded_stdlib_typechecks() {
         let dir = std::env::temp_dir().join(format!("stackc-stdlib-typecheck-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut all = String::from("[\n");
-        for (name, text) in load::STDLIB {
+        for (name, text) in load::STDLIB_EVAL {
             std::fs::write(dir.join(name), text).unwrap();
             all += &format!("  import \"{name}\",\n");
         }
@@ -762,6 +822,109 @@ mod tests {
         let result = program.typecheck(TypecheckMode::Walk);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(result.is_ok(), "the stdlib does not typecheck: {:?}", result.err());
+    }
+
+    /// `original` with exactly its documentation strings blanked, as
+    /// Nickel's own lexer finds them: a plain or multiline string right
+    /// after the `doc` keyword, without interpolation. Also how many.
+    fn blanked_by_nickel_lexer(name: &str, original: &str) -> (String, usize) {
+        use nickel_lang_parser::lexer::{Lexer, MultiStringToken, NormalToken, StringToken, Token};
+        let tokens: Vec<_> = Lexer::new(original)
+            .map(|t| t.unwrap_or_else(|e| panic!("{name}: {e:?}")))
+            .collect();
+        let mut expected = original.as_bytes().to_vec();
+        let (mut i, mut blanked) = (0, 0);
+        while i + 1 < tokens.len() {
+            let opens_string = matches!(
+                tokens[i + 1].1,
+                Token::Normal(NormalToken::DoubleQuote | NormalToken::MultiStringStart(_))
+            );
+            if !(matches!(tokens[i].1, Token::Normal(NormalToken::Doc)) && opens_string) {
+                i += 1;
+                continue;
+            }
+            let start = tokens[i + 1].0;
+            let (mut j, mut interpolations) = (i + 2, 0);
+            // The first closing token at interpolation depth 0 ends it.
+            let end = loop {
+                match &tokens[j].1 {
+                    Token::Str(StringToken::Interpolation) | Token::MultiStr(MultiStringToken::Interpolation) => {
+                        interpolations += 1;
+                    }
+                    Token::Normal(NormalToken::DoubleQuote) | Token::MultiStr(MultiStringToken::End)
+                        if interpolations == 0 =>
+                    {
+                        break tokens[j].2;
+                    }
+                    _ => {}
+                }
+                j += 1;
+            };
+            if interpolations == 0 {
+                expected[start] = b'"';
+                expected[start + 1] = b'"';
+                for b in &mut expected[start + 2..end] {
+                    if *b != b'\n' {
+                        *b = b' ';
+                    }
+                }
+                blanked += 1;
+            }
+            i = j + 1;
+        }
+        (String::from_utf8(expected).unwrap(), blanked)
+    }
+
+    /// The stdlib evaluation reads (stackc's, blanked by build.rs, and
+    /// Nickel's, blanked at run time) is the original with exactly its
+    /// documentation strings blanked: the scanner in `blank` agrees with
+    /// Nickel's lexer. A doc string that interpolates stops this check at
+    /// its end (`interpolations` never returns to 0), so any such string
+    /// fails the comparison rather than passing unseen.
+    #[test]
+    fn evaluation_reads_the_stdlib_with_only_its_documentation_blanked() {
+        let mut count = 0;
+        for ((name, original), (eval_name, eval_text)) in load::STDLIB.iter().zip(load::STDLIB_EVAL) {
+            assert_eq!(name, eval_name);
+            let (expected, n) = blanked_by_nickel_lexer(name, original);
+            assert!(
+                expected == *eval_text,
+                "{name}: not its original with the documentation blanked"
+            );
+            count += n;
+        }
+        assert!(
+            count > 100,
+            "only {count} documentation strings blanked in stackc's stdlib"
+        );
+        let mut count = 0;
+        for m in nickel_std_blanked() {
+            let (expected, n) = blanked_by_nickel_lexer(&m.name, m.original);
+            assert!(
+                expected == *m.blanked,
+                "{}: not its original with the documentation blanked",
+                m.name
+            );
+            count += n;
+        }
+        assert!(
+            count > 100,
+            "only {count} documentation strings blanked in Nickel's stdlib"
+        );
+    }
+
+    /// A diagnostic quotes the stdlib as written: `SpanMaker` swaps the
+    /// blanked text evaluation read for the original, and only that text.
+    #[test]
+    fn diagnostics_quote_the_original_stdlib() {
+        let (name, text) = load::STDLIB_EVAL[0];
+        let display = format!("{}/{name}", load::STDLIB_DISPLAY);
+        assert_eq!(original_stdlib_text(&display, text), Some(load::STDLIB[0].1));
+        assert_eq!(original_stdlib_text(&display, "std.fail_with \"stub\"\n"), None);
+        let std = &nickel_std_blanked()[0];
+        assert_eq!(original_stdlib_text(&std.name, &std.blanked), Some(std.original));
+        assert_eq!(original_stdlib_text(&std.name, std.original), None);
+        assert_ne!(*std.blanked, *std.original);
     }
 
     /// A cache entry names the embedded sources instead of holding them,

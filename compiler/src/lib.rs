@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod archive;
+mod blank;
 pub mod budget;
 pub mod bundle;
 pub mod cache;

@@ -1,0 +1,111 @@
+//! Documentation strings blanked out of Nickel source, positions kept.
+//!
+//! Evaluation parses the embedded stdlib and Nickel's own on every run, and
+//! their documentation (a fifth of stackc's text, three fifths of Nickel's
+//! `std.ncl`) is lexed for nothing: it never changes a value. This file is
+//! shared with `build.rs`, which blanks stackc's modules at build time; it
+//! uses nothing outside `core`/`std`.
+
+/// `text` with every documentation string (`doc "…"`, `doc m%"…"%`) that
+/// does not interpolate replaced by `""` and spaces, each newline kept: the
+/// same length and the same lines, so every position is the original's.
+/// Diagnostics quote the original text (`eval::SpanMaker`); a unit test
+/// checks this scanner against Nickel's own lexer.
+pub fn blank_docs(text: &str) -> String {
+    let mut out = text.as_bytes().to_vec();
+    let end = code(text.as_bytes(), 0, false, &mut out);
+    assert_eq!(end, text.len(), "unbalanced braces in a stdlib module");
+    String::from_utf8(out).expect("only whole strings are blanked")
+}
+
+/// Scans code from `i` to the end of the text, or, `in_interpolation`, to
+/// the `}` that closes it (returned index: just after it).
+fn code(b: &[u8], mut i: usize, in_interpolation: bool, out: &mut [u8]) -> usize {
+    let mut depth = 0usize;
+    let mut after_doc = false;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'#' {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'"' || (c == b'm' && b.get(i + 1) == Some(&b'%') && is_string_start(b, i + 1)) {
+            let start = i;
+            let percents = if c == b'"' {
+                0
+            } else {
+                b[i + 1..].iter().take_while(|&&x| x == b'%').count()
+            };
+            i += if c == b'"' { 1 } else { 1 + percents + 1 };
+            let (end, interpolated) = string(b, i, percents, out);
+            if after_doc && !interpolated {
+                out[start] = b'"';
+                out[start + 1] = b'"';
+                for x in &mut out[start + 2..end] {
+                    if *x != b'\n' {
+                        *x = b' ';
+                    }
+                }
+            }
+            i = end;
+            after_doc = false;
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'-' | b'\'')) {
+                i += 1;
+            }
+            after_doc = &b[start..i] == b"doc";
+        } else {
+            if !c.is_ascii_whitespace() {
+                after_doc = false;
+            }
+            if c == b'{' {
+                depth += 1;
+            } else if c == b'}' {
+                if depth == 0 && in_interpolation {
+                    return i + 1;
+                }
+                depth = depth.saturating_sub(1);
+            }
+            i += 1;
+        }
+    }
+    i
+}
+
+/// `m%…%"` at `i` (the first `%`).
+fn is_string_start(b: &[u8], i: usize) -> bool {
+    let n = b[i..].iter().take_while(|&&x| x == b'%').count();
+    b.get(i + n) == Some(&b'"')
+}
+
+/// Scans a string body from `i`: a plain string when `percents` is 0, else
+/// a multiline one closed by `"` and that many `%`. Returns the index just
+/// after its end and whether it interpolates.
+fn string(b: &[u8], mut i: usize, percents: usize, out: &mut [u8]) -> (usize, bool) {
+    let mut interpolated = false;
+    while i < b.len() {
+        if percents == 0 {
+            match b[i] {
+                b'\\' => i += 2,
+                b'"' => return (i + 1, interpolated),
+                b'%' if b.get(i + 1) == Some(&b'{') => {
+                    interpolated = true;
+                    i = code(b, i + 2, true, out);
+                }
+                _ => i += 1,
+            }
+        } else if b[i] == b'"' && b[i + 1..].iter().take(percents).filter(|&&x| x == b'%').count() == percents {
+            return (i + 1 + percents, interpolated);
+        } else if b[i..].iter().take(percents).all(|&x| x == b'%')
+            && b.len() >= i + percents
+            && b.get(i + percents) == Some(&b'{')
+        {
+            interpolated = true;
+            i = code(b, i + percents + 1, true, out);
+        } else {
+            i += 1;
+        }
+    }
+    panic!("unterminated string in a stdlib module");
+}
