@@ -54,6 +54,9 @@ thread_local! {
     static SLOT: Cell<Option<&'static Slot>> = const { Cell::new(None) };
     // Lowest usable address of this thread's stack, if it evaluates.
     static STACK_BOTTOM: Cell<usize> = const { Cell::new(0) };
+    // The slot of a finished evaluation whose thread is still freeing its
+    // heap (`Slot::free_after_finish`).
+    static FREEING: Cell<Option<&'static Slot>> = const { Cell::new(None) };
 }
 
 fn charge(bytes: isize) {
@@ -111,6 +114,17 @@ impl Slot {
     pub fn finish(&self) {
         SLOT.with(|s| s.set(None));
         self.set(Outcome::Done);
+    }
+
+    /// Runs `free` (dropping what the evaluation left) on the evaluation
+    /// thread after `finish`, when the waiting thread already has its
+    /// result. Nickel frees nested values recursively: a stack overflow
+    /// here stops this thread (and sets `overflowed`, read by no one) as it
+    /// would during the evaluation, instead of aborting the process.
+    pub fn free_after_finish(&'static self, free: impl FnOnce()) {
+        FREEING.with(|s| s.set(Some(self)));
+        free();
+        FREEING.with(|s| s.set(None));
     }
 
     /// Waits until the evaluation is done, over its memory or stack, or
@@ -205,7 +219,7 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     // SAFETY: the kernel passes a valid `siginfo_t` for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
     let bottom = STACK_BOTTOM.with(Cell::get);
-    if let Some(slot) = SLOT.with(Cell::get)
+    if let Some(slot) = SLOT.with(Cell::get).or_else(|| FREEING.with(Cell::get))
         && bottom != 0
         && addr < bottom + 4096
         && addr + (1 << 20) >= bottom
@@ -284,6 +298,32 @@ mod tests {
             })
             .unwrap();
         assert_eq!(slot.wait(Duration::from_secs(60)), Outcome::OverStack);
+    }
+
+    #[test]
+    fn a_thread_out_of_stack_while_freeing_after_finishing_is_stopped() {
+        fn down(n: u64) -> u64 {
+            let pad = std::hint::black_box([n; 64]);
+            if n == 0 { 0 } else { down(n - 1) + pad[3] }
+        }
+        let slot = Slot::new(usize::MAX);
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                slot.enter();
+                slot.finish();
+                slot.free_after_finish(|| {
+                    std::hint::black_box(down(u64::MAX));
+                });
+            })
+            .unwrap();
+        assert_eq!(slot.wait(Duration::from_secs(60)), Outcome::Done);
+        // The process is still here; the thread was stopped, not the process.
+        let start = std::time::Instant::now();
+        while !slot.overflowed.load(Ordering::Relaxed) {
+            assert!(start.elapsed() < Duration::from_secs(60), "the overflow was not caught");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
