@@ -6,8 +6,8 @@
 //! shared with `build.rs`, which blanks stackc's modules at build time; it
 //! uses nothing outside `core`/`std`.
 
-/// `text` with every documentation string (`doc "…"`, `doc m%"…"%`) that
-/// does not interpolate replaced by `""` and spaces, each newline kept: the
+/// `text` with every documentation string (`| doc "…"`, `| doc m%"…"%`)
+/// that does not interpolate replaced by `""` and spaces, each newline kept: the
 /// same length and the same lines, so every position is the original's.
 /// Diagnostics quote the original text (`eval::SpanMaker`); a unit test
 /// checks this scanner against Nickel's own lexer.
@@ -104,8 +104,8 @@ fn string(b: &[u8], mut i: usize, percents: usize, out: &mut [u8]) -> (usize, bo
             && b[i + 1..].iter().take_while(|&&x| x == b'%').count() == percents
             && b.get(i + 1 + percents) != Some(&b'{')
         {
-            // `"%` closes `m%"`; `"%%` does not, nor `"%{` (a quote, then
-            // an interpolation), as in Nickel's lexer.
+            // `"%` closes `m%"`; `"%{` is a quote, then an interpolation
+            // (Nickel's lexer; it rejects `"%%` there).
             return (i + 1 + percents, interpolated);
         } else if b[i..].iter().take(percents).all(|&x| x == b'%')
             && b.len() >= i + percents
