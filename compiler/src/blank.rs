@@ -17,6 +17,17 @@ pub fn blank_docs(text: &str) -> String {
     String::from_utf8(out).expect("only whole strings are blanked")
 }
 
+/// One whole string literal, in place: `""`, then spaces, newlines kept.
+pub fn blank(literal: &mut [u8]) {
+    literal[0] = b'"';
+    literal[1] = b'"';
+    for x in &mut literal[2..] {
+        if *x != b'\n' {
+            *x = b' ';
+        }
+    }
+}
+
 /// Scans code from `i` to the end of the text, or, `in_interpolation`, to
 /// the `}` that closes it (returned index: just after it).
 fn code(b: &[u8], mut i: usize, in_interpolation: bool, out: &mut [u8]) -> usize {
@@ -41,13 +52,7 @@ fn code(b: &[u8], mut i: usize, in_interpolation: bool, out: &mut [u8]) -> usize
             i += if c == b'"' { 1 } else { 1 + percents + 1 };
             let (end, interpolated) = string(b, i, percents, out);
             if after_doc && !interpolated {
-                out[start] = b'"';
-                out[start + 1] = b'"';
-                for x in &mut out[start + 2..end] {
-                    if *x != b'\n' {
-                        *x = b' ';
-                    }
-                }
+                blank(&mut out[start..end]);
             }
             i = end;
             after_doc = false;

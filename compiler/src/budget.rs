@@ -283,40 +283,41 @@ mod tests {
         assert_eq!(slot.wait(Duration::from_millis(50)), Outcome::OverTime);
     }
 
-    #[test]
-    fn a_thread_out_of_stack_is_stopped_and_reported() {
-        fn down(n: u64) -> u64 {
-            let pad = std::hint::black_box([n; 64]);
-            if n == 0 { 0 } else { down(n - 1) + pad[3] }
-        }
-        let slot = Slot::new(usize::MAX);
+    /// Recursion that runs out of any stack.
+    fn down(n: u64) -> u64 {
+        let pad = std::hint::black_box([n; 64]);
+        if n == 0 { 0 } else { down(n - 1) + pad[3] }
+    }
+
+    /// `work` on a thread with a small stack, as an evaluation of `slot`.
+    fn on_small_stack(slot: &'static Slot, work: impl FnOnce() + Send + 'static) {
         std::thread::Builder::new()
             .stack_size(256 << 10)
             .spawn(move || {
                 slot.enter();
-                std::hint::black_box(down(u64::MAX));
+                work();
             })
             .unwrap();
+    }
+
+    #[test]
+    fn a_thread_out_of_stack_is_stopped_and_reported() {
+        let slot = Slot::new(usize::MAX);
+        on_small_stack(slot, || {
+            std::hint::black_box(down(u64::MAX));
+        });
         assert_eq!(slot.wait(Duration::from_secs(60)), Outcome::OverStack);
     }
 
     #[test]
     fn a_thread_out_of_stack_while_freeing_after_finishing_is_stopped() {
-        fn down(n: u64) -> u64 {
-            let pad = std::hint::black_box([n; 64]);
-            if n == 0 { 0 } else { down(n - 1) + pad[3] }
-        }
         let slot = Slot::new(usize::MAX);
-        std::thread::Builder::new()
-            .stack_size(256 << 10)
-            .spawn(move || {
-                slot.enter();
-                slot.finish();
-                slot.free_after_finish(|| {
-                    std::hint::black_box(down(u64::MAX));
-                });
-            })
-            .unwrap();
+        on_small_stack(slot, move || {
+            slot.finish();
+            slot.free_after_finish(|| {
+                std::hint::black_box(down(u64::MAX));
+            });
+        });
         assert_eq!(slot.wait(Duration::from_secs(60)), Outcome::Done);
         // The process is still here; the thread was stopped, not the process.
         let start = std::time::Instant::now();
