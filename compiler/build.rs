@@ -1,7 +1,8 @@
 //! Embeds the Nickel standard library (`modules/`) and the diagnostic pages
 //! (`docs/diagnostics/`) into the binary, so `stackc` works from any
 //! directory with no install step; and the stdlib as evaluation reads it,
-//! its documentation strings blanked (see `blank_docs`).
+//! its documentation strings blanked (see `blank_docs`), with what each
+//! module names of Nickel's `std.ncl` (see `trim`).
 use std::{
     env, fs,
     path::{Path, PathBuf},
@@ -9,6 +10,9 @@ use std::{
 
 #[path = "src/blank.rs"]
 mod blank;
+#[path = "src/trim.rs"]
+#[allow(dead_code)] // only `accesses` runs at build time
+mod trim;
 use blank::blank_docs;
 
 /// The files of `dir` ending in `.ext`, sorted, so the generated tables
@@ -42,6 +46,7 @@ fn table(out: &mut String, konst: &str, files: impl IntoIterator<Item = (PathBuf
 #[allow(clippy::disallowed_methods)] // cargo passes OUT_DIR through the environment
 fn main() {
     println!("cargo:rerun-if-changed=src/blank.rs");
+    println!("cargo:rerun-if-changed=src/trim.rs");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let as_is = |files: Vec<PathBuf>| files.into_iter().map(|p| (p.clone(), p.canonicalize().unwrap()));
@@ -57,11 +62,25 @@ fn main() {
     // The stdlib as evaluation reads it, in `STDLIB`'s order.
     let blanked = out_dir.join("stdlib-eval");
     fs::create_dir_all(&blanked).unwrap();
-    let eval = modules.into_iter().map(|p| {
-        let dest = blanked.join(p.file_name().unwrap());
-        fs::write(&dest, blank_docs(&fs::read_to_string(&p).unwrap())).unwrap();
-        (p, dest)
-    });
+    let mut accesses = String::from("pub const STDLIB_ACCESSES: &[&[(&str, &str)]] = &[\n");
+    let eval: Vec<_> = modules
+        .into_iter()
+        .map(|p| {
+            let dest = blanked.join(p.file_name().unwrap());
+            let text = blank_docs(&fs::read_to_string(&p).unwrap());
+            accesses.push_str("    &[");
+            for (a, b) in trim::accesses(&text) {
+                accesses.push_str(&format!("({a:?}, {b:?}), "));
+            }
+            accesses.push_str("],\n");
+            fs::write(&dest, text).unwrap();
+            (p, dest)
+        })
+        .collect();
+    accesses.push_str("];\n");
     table(&mut out, "STDLIB_EVAL", eval);
+    // Each module's `a.b` pairs, in `STDLIB`'s order: what it may reach of
+    // Nickel's `std.ncl` (`trim`), read here instead of on every run.
+    out.push_str(&accesses);
     fs::write(out_dir.join("embedded.rs"), out).unwrap();
 }

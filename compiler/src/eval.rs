@@ -27,6 +27,7 @@ use nickel_lang_core::{
 use crate::budget;
 use crate::diag::{Code, Diagnostic, Label, Severity, SourceFile, Span};
 use crate::load::{self, InputFormat, Project};
+use crate::trim;
 
 /// Where a field of the evaluated value was written.
 #[derive(Debug, Clone, Default)]
@@ -185,6 +186,8 @@ struct NickelStd {
     name: String,
     original: &'static str,
     blanked: Arc<str>,
+    /// `std.ncl`'s functions (`trim`); `None` for a module kept whole.
+    fields: Option<trim::Std>,
 }
 
 /// Nickel's stdlib modules with their documentation blanked (`blank`),
@@ -195,10 +198,16 @@ fn nickel_std_blanked() -> &'static [NickelStd] {
     BLANKED.get_or_init(|| {
         nickel_lang_core::stdlib::modules()
             .into_iter()
-            .map(|m| NickelStd {
-                name: m.file_name().to_owned(),
-                original: m.content(),
-                blanked: Arc::from(crate::blank::blank_docs(m.content())),
+            .map(|m| {
+                let blanked: Arc<str> = Arc::from(crate::blank::blank_docs(m.content()));
+                let internals = nickel_lang_core::stdlib::StdlibModule::Internals.content();
+                NickelStd {
+                    name: m.file_name().to_owned(),
+                    original: m.content(),
+                    fields: (m == nickel_lang_core::stdlib::StdlibModule::Std)
+                        .then(|| trim::Std::new(blanked.clone(), internals)),
+                    blanked,
+                }
             })
             .collect()
     })
@@ -236,16 +245,20 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
         .collect();
     bounded("nickel-eval", limits, move || {
         // Parsing the whole stdlib is most of a small stack's check; a
-        // stack that never names a module's domain gets a stub for it. A
-        // stub forced anyway (a miss of the heuristic) fails with a marker,
-        // and the stack is evaluated again with every module: a result is
-        // always the full stdlib's.
+        // stack that never names a module's domain gets a stub for it, and
+        // Nickel's `std.ncl` keeps only the functions it names (`trim`). A
+        // stub or trimmed function forced anyway (a miss of the heuristic)
+        // fails with a marker, and the stack is evaluated again with every
+        // module and all of `std.ncl`: a result is always the full stdlib's.
         let skip = unneeded_modules(sources.iter().map(|(_, _, text)| text.as_str()));
-        if skip.is_empty() {
-            return evaluate_here(root, sources, &[]);
-        }
-        match evaluate_here(root.clone(), sources.clone(), &skip) {
-            Err(found) if found.iter().any(|d| d.message.contains(NOT_LOADED)) => evaluate_here(root, sources, &[]),
+        match evaluate_here(root.clone(), sources.clone(), Some(&skip)) {
+            Err(found)
+                if found
+                    .iter()
+                    .any(|d| d.message.contains(NOT_LOADED) || d.message.contains(trim::MARKER)) =>
+            {
+                evaluate_here(root, sources, None)
+            }
             result => result,
         }
     })
@@ -335,11 +348,14 @@ pub fn bounded<T: Send + 'static>(
     }
 }
 
+/// Evaluates the project; `trimmed`, with these stackc modules stubbed and
+/// `std.ncl` trimmed (see `evaluate`), else with the whole stdlib.
 fn evaluate_here(
     root: PathBuf,
     sources: Vec<(PathBuf, InputFormat, String)>,
-    stubs: &[&str],
+    trimmed: Option<&[&str]>,
 ) -> Result<Evaluated, Vec<Diagnostic>> {
+    let stubs = trimmed.unwrap_or_default();
     let mut sources = sources.into_iter();
     let (entry, _, text) = sources.next().expect("load gives the stack file first");
     let mut texts: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
@@ -350,9 +366,28 @@ fn evaluate_here(
     // sources under two virtual roots (the stdlib's is also the import
     // path): Nickel finds every import in memory and never opens a file.
     let mut cache = CacheHub::new();
+    let mut trimmed_std = None;
     for (module, id) in cache.sources.stdlib_modules() {
         if let Some(m) = nickel_std_blanked().iter().find(|m| m.name == module.file_name()) {
-            cache.sources.files.update(id, m.blanked.clone());
+            let text = match (&m.fields, trimmed) {
+                (Some(std), Some(_)) => {
+                    // What this evaluation reads: the project's files and
+                    // the modules not stubbed (their `a.b` pairs read at
+                    // build time).
+                    let texts =
+                        std::iter::once(text.as_str()).chain(sources.as_slice().iter().map(|(_, _, t)| t.as_str()));
+                    let accesses = load::STDLIB_EVAL
+                        .iter()
+                        .zip(load::STDLIB_ACCESSES)
+                        .filter(|((n, _), _)| !stubs.contains(n))
+                        .flat_map(|(_, a)| a.iter());
+                    let t: Arc<str> = Arc::from(std.trim(texts, accesses));
+                    trimmed_std = Some((m.name.clone(), t.clone(), m.original));
+                    t
+                }
+                _ => m.blanked.clone(),
+            };
+            cache.sources.files.update(id, text);
         }
     }
     let main_id = cache
@@ -387,6 +422,7 @@ fn evaluate_here(
     let mut vm: VmContext<CacheHub, CacheImpl> = VmContext::new(cache, std::io::sink(), NullReporter {});
 
     let mut spans = SpanMaker::new(root.clone());
+    spans.trimmed_std = trimmed_std;
     let fail = |err: NickelError, vm: &VmContext<CacheHub, CacheImpl>, spans: &mut SpanMaker| {
         let mut files = vm.import_resolver.sources.files().clone();
         // Defence in depth: if Nickel ever read a file `load` did not hand
@@ -516,6 +552,8 @@ fn too_deep_nickel(v: &NickelValue) -> Option<usize> {
 struct SpanMaker {
     root: PathBuf,
     files: Files,
+    /// `std.ncl` as this evaluation read it, trimmed: (name, text, original).
+    trimmed_std: Option<(String, Arc<str>, &'static str)>,
     cache: BTreeMap<FileId, Arc<SourceFile>>,
 }
 
@@ -524,12 +562,13 @@ impl SpanMaker {
         SpanMaker {
             root,
             files: Files::empty(),
+            trimmed_std: None,
             cache: BTreeMap::new(),
         }
     }
 
     fn file(&mut self, id: FileId) -> Arc<SourceFile> {
-        let (root, files) = (&self.root, &self.files);
+        let (root, files, trimmed) = (&self.root, &self.files, &self.trimmed_std);
         self.cache
             .entry(id)
             .or_insert_with(|| {
@@ -539,6 +578,8 @@ impl SpanMaker {
                 // a diagnostic quotes the original (the same positions).
                 if let Some(original) = original_stdlib_text(&name, &text) {
                     text = Arc::from(original);
+                } else if let Some((_, _, original)) = trimmed.as_ref().filter(|(n, t, _)| *n == name && **t == *text) {
+                    text = Arc::from(*original);
                 }
                 // Snippets Nickel generates print closures with their memory
                 // address: mask it (same length, so spans stay valid).
@@ -1006,7 +1047,46 @@ mod tests {
 
 #[cfg(test)]
 mod module_tests {
-    use super::unneeded_modules;
+    use super::{evaluate_here, unneeded_modules};
+
+    /// Every example evaluates with its unnamed modules stubbed and
+    /// `std.ncl` trimmed, without a miss (a miss costs a second
+    /// evaluation), to the value the whole stdlib gives.
+    #[test]
+    fn examples_evaluate_trimmed_without_a_miss() {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut stacks: Vec<_> = std::fs::read_dir(&examples)
+            .unwrap()
+            .map(|e| e.unwrap().path().join("prod.ncl"))
+            .filter(|p| p.exists())
+            .collect();
+        stacks.sort();
+        assert!(stacks.len() >= 5, "{stacks:?}");
+        // Nickel recurses deeply: on a stack as large as `bounded` gives.
+        let on_big_stack = |f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .stack_size(256 << 20)
+                .spawn(f)
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        on_big_stack(Box::new(move || {
+            for stack in stacks {
+                let project = crate::load::load(&stack, None, super::Limits::default()).unwrap();
+                let sources: Vec<_> = project
+                    .sources
+                    .iter()
+                    .map(|s| (s.nickel_path.clone(), s.format, s.text.clone()))
+                    .collect();
+                let skip = unneeded_modules(sources.iter().map(|(_, _, t)| t.as_str()));
+                let trimmed = evaluate_here(project.root.clone(), sources.clone(), Some(&skip))
+                    .unwrap_or_else(|e| panic!("{}: {e:?}", stack.display()));
+                let whole = evaluate_here(project.root.clone(), sources, None).unwrap();
+                assert!(trimmed.value == whole.value, "{}", stack.display());
+            }
+        }));
+    }
 
     #[test]
     fn a_stack_loads_the_modules_its_files_name() {

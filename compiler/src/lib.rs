@@ -25,6 +25,7 @@ pub mod options;
 pub mod plan;
 pub mod render;
 pub mod secrets;
+mod trim;
 pub mod verify;
 pub mod xref;
 
