@@ -248,18 +248,22 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
         // stack that never names a module's domain gets a stub for it, and
         // Nickel's `std.ncl` keeps only the functions it names (`trim`). A
         // stub or trimmed function forced anyway (a miss of the heuristic)
-        // fails with a marker, and the stack is evaluated again with every
-        // module and all of `std.ncl`: a result is always the full stdlib's.
-        let skip = unneeded_modules(sources.iter().map(|(_, _, text)| text.as_str()));
-        match evaluate_here(root.clone(), sources.clone(), Some(&skip)) {
-            Err(found)
-                if found
-                    .iter()
-                    .any(|d| d.message.contains(NOT_LOADED) || d.message.contains(trim::MARKER)) =>
-            {
-                evaluate_here(root, sources, None)
+        // fails with a marker, and the stack is evaluated again without
+        // that shortcut: a result is always the full stdlib's.
+        // A miss undoes only its own shortcut: a stub reached loads every
+        // module, a trimmed function reached loads all of `std.ncl`.
+        let missed = |r: &Result<Evaluated, Vec<Diagnostic>>, marker: &str| matches!(r, Err(found) if found.iter().any(|d| d.message.contains(marker)));
+        let mut stubs = unneeded_modules(sources.iter().map(|(_, _, text)| text.as_str()));
+        let mut trimmed = true;
+        loop {
+            let result = evaluate_here(root.clone(), sources.clone(), &stubs, trimmed);
+            if !stubs.is_empty() && missed(&result, NOT_LOADED) {
+                stubs.clear();
+            } else if trimmed && missed(&result, trim::MARKER) {
+                trimmed = false;
+            } else {
+                return result;
             }
-            result => result,
         }
     })
 }
@@ -348,14 +352,14 @@ pub fn bounded<T: Send + 'static>(
     }
 }
 
-/// Evaluates the project; `trimmed`, with these stackc modules stubbed and
-/// `std.ncl` trimmed (see `evaluate`), else with the whole stdlib.
+/// Evaluates the project with these stackc modules stubbed and, if
+/// `trimmed`, `std.ncl` trimmed (see `evaluate`).
 fn evaluate_here(
     root: PathBuf,
     sources: Vec<(PathBuf, InputFormat, String)>,
-    trimmed: Option<&[&str]>,
+    stubs: &[&str],
+    trimmed: bool,
 ) -> Result<Evaluated, Vec<Diagnostic>> {
-    let stubs = trimmed.unwrap_or_default();
     let mut sources = sources.into_iter();
     let (entry, _, text) = sources.next().expect("load gives the stack file first");
     let mut texts: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
@@ -369,8 +373,8 @@ fn evaluate_here(
     let mut trimmed_std = None;
     for (module, id) in cache.sources.stdlib_modules() {
         if let Some(m) = nickel_std_blanked().iter().find(|m| m.name == module.file_name()) {
-            let text = match (&m.fields, trimmed) {
-                (Some(std), Some(_)) => {
+            let text = match &m.fields {
+                Some(std) if trimmed => {
                     // What this evaluation reads: the project's files and
                     // the modules not stubbed (their `a.b` pairs read at
                     // build time).
@@ -1049,6 +1053,36 @@ mod tests {
 mod module_tests {
     use super::{evaluate_here, unneeded_modules};
 
+    /// A function reached where trimming cannot see it (through an alias)
+    /// is a miss, and the stack is evaluated again with all of `std.ncl`.
+    #[test]
+    fn a_trimmed_function_reached_anyway_is_evaluated_whole() {
+        let dir = std::env::temp_dir().join(format!("stackc-trim-miss-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stack = dir.join("prod.ncl");
+        std::fs::write(&stack, "let arr = std.array in { x = arr.reverse [1, 2] }\n").unwrap();
+        let project = crate::load::load(&stack, None, super::Limits::default()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let sources: Vec<_> = project
+            .sources
+            .iter()
+            .map(|s| (s.nickel_path.clone(), s.format, s.text.clone()))
+            .collect();
+        let root = project.root.clone();
+        let missed = std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(move || match evaluate_here(root, sources, &[], true) {
+                Err(found) => found.iter().any(|d| d.message.contains(crate::trim::MARKER)),
+                Ok(_) => false,
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(missed, "`arr.reverse` was not trimmed: the test proves nothing");
+        let evaluated = super::evaluate(&project, super::Limits::default()).unwrap();
+        assert_eq!(evaluated.value, serde_json::json!({ "x": [2, 1] }));
+    }
+
     /// Every example evaluates with its unnamed modules stubbed and
     /// `std.ncl` trimmed, without a miss (a miss costs a second
     /// evaluation), to the value the whole stdlib gives.
@@ -1080,9 +1114,9 @@ mod module_tests {
                     .map(|s| (s.nickel_path.clone(), s.format, s.text.clone()))
                     .collect();
                 let skip = unneeded_modules(sources.iter().map(|(_, _, t)| t.as_str()));
-                let trimmed = evaluate_here(project.root.clone(), sources.clone(), Some(&skip))
+                let trimmed = evaluate_here(project.root.clone(), sources.clone(), &skip, true)
                     .unwrap_or_else(|e| panic!("{}: {e:?}", stack.display()));
-                let whole = evaluate_here(project.root.clone(), sources, None).unwrap();
+                let whole = evaluate_here(project.root.clone(), sources, &[], false).unwrap();
                 assert!(trimmed.value == whole.value, "{}", stack.display());
             }
         }));
