@@ -91,7 +91,6 @@ fn string_start(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// If a string literal starts at `i`: the index just after its end.
-#[allow(dead_code)] // `build.rs` shares this file and does not use it
 pub fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let percents = string_start(b, i)?;
     let body = if percents == 0 { i + 1 } else { i + percents + 2 };

@@ -271,6 +271,12 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
 /// What a stub module says when forced (see `evaluate`).
 const NOT_LOADED: &str = "stackc-internal: stdlib module left unloaded";
 
+/// The text of a stub module: it names `std.fail_with`, so trimming keeps
+/// that, and a stub reached is a stub's miss, not a trimmed function's.
+fn stub() -> String {
+    format!("std.fail_with \"{NOT_LOADED}\"\n")
+}
+
 /// The optional stdlib modules none of `texts` (the project's files)
 /// names. A module is optional when it says so, beside its options, in a
 /// `# load-when: WORD…` line: the option or library field that reaches it
@@ -375,11 +381,13 @@ fn evaluate_here(
         if let Some(m) = nickel_std_blanked().iter().find(|m| m.name == module.file_name()) {
             let text = match &m.fields {
                 Some(std) if trimmed => {
-                    // What this evaluation reads: the project's files and
-                    // the modules not stubbed (their `a.b` pairs read at
-                    // build time).
-                    let texts =
-                        std::iter::once(text.as_str()).chain(sources.as_slice().iter().map(|(_, _, t)| t.as_str()));
+                    // What this evaluation reads: the project's files, the
+                    // stub's text and the modules not stubbed (their `a.b`
+                    // pairs read at build time).
+                    let stubbed = (!stubs.is_empty()).then(stub);
+                    let texts = std::iter::once(text.as_str())
+                        .chain(sources.as_slice().iter().map(|(_, _, t)| t.as_str()))
+                        .chain(stubbed.as_deref());
                     let accesses = load::STDLIB_EVAL
                         .iter()
                         .zip(load::STDLIB_ACCESSES)
@@ -403,7 +411,7 @@ fn evaluate_here(
     for (name, text) in load::STDLIB_EVAL {
         let path = PathBuf::from(format!("{}/{name}", load::STDLIB_ROOT));
         let text = if stubs.contains(name) {
-            format!("std.fail_with \"{NOT_LOADED}\"\n")
+            stub()
         } else {
             (*text).to_owned()
         };
@@ -1053,34 +1061,73 @@ mod tests {
 mod module_tests {
     use super::{evaluate_here, unneeded_modules};
 
-    /// A function reached where trimming cannot see it (through an alias)
-    /// is a miss, and the stack is evaluated again with all of `std.ncl`.
-    #[test]
-    fn a_trimmed_function_reached_anyway_is_evaluated_whole() {
-        let dir = std::env::temp_dir().join(format!("stackc-trim-miss-{}", std::process::id()));
+    /// A project of one file, `text`, and its sources as `evaluate_here`
+    /// takes them.
+    fn project_of(
+        text: &str,
+    ) -> (
+        crate::load::Project,
+        Vec<(std::path::PathBuf, super::InputFormat, String)>,
+    ) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("stackc-miss-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let stack = dir.join("prod.ncl");
-        std::fs::write(&stack, "let arr = std.array in { x = arr.reverse [1, 2] }\n").unwrap();
+        std::fs::write(&stack, text).unwrap();
         let project = crate::load::load(&stack, None, super::Limits::default()).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
-        let sources: Vec<_> = project
+        let sources = project
             .sources
             .iter()
             .map(|s| (s.nickel_path.clone(), s.format, s.text.clone()))
             .collect();
-        let root = project.root.clone();
-        let missed = std::thread::Builder::new()
+        (project, sources)
+    }
+
+    /// The first diagnostic message of evaluating `sources` with the
+    /// project's stubs and `std.ncl` trimmed, on a stack as large as
+    /// `bounded` gives.
+    fn first_message(
+        root: std::path::PathBuf,
+        sources: Vec<(std::path::PathBuf, super::InputFormat, String)>,
+    ) -> String {
+        std::thread::Builder::new()
             .stack_size(256 << 20)
-            .spawn(move || match evaluate_here(root, sources, &[], true) {
-                Err(found) => found.iter().any(|d| d.message.contains(crate::trim::MARKER)),
-                Ok(_) => false,
+            .spawn(move || {
+                let stubs = unneeded_modules(sources.iter().map(|(_, _, t)| t.as_str()));
+                match evaluate_here(root, sources, &stubs, true) {
+                    Err(found) => found[0].message.clone(),
+                    Ok(_) => String::new(),
+                }
             })
             .unwrap()
             .join()
-            .unwrap();
-        assert!(missed, "`arr.reverse` was not trimmed: the test proves nothing");
+            .unwrap()
+    }
+
+    /// A function reached where trimming cannot see it (through an alias)
+    /// is a miss, and the stack is evaluated again with all of `std.ncl`.
+    #[test]
+    fn a_trimmed_function_reached_anyway_is_evaluated_whole() {
+        let (project, sources) = project_of("let arr = std.array in { x = arr.reverse [1, 2] }\n");
+        let message = first_message(project.root.clone(), sources);
+        assert!(message.contains(crate::trim::MARKER), "not a trimming miss: {message}");
         let evaluated = super::evaluate(&project, super::Limits::default()).unwrap();
         assert_eq!(evaluated.value, serde_json::json!({ "x": [2, 1] }));
+    }
+
+    /// A stub reached is a stub's miss (the stub's `std.fail_with` is
+    /// kept), and every module is loaded again.
+    #[test]
+    fn a_stub_reached_anyway_is_a_stubs_miss() {
+        let text =
+            "let s = import \"stackc.ncl\" in { x = std.typeof (std.record.get \"mod%{\"ules\"}\" s).wellknown }\n";
+        let (project, sources) = project_of(text);
+        let message = first_message(project.root.clone(), sources);
+        assert!(message.contains(super::NOT_LOADED), "not a stub's miss: {message}");
+        let evaluated = super::evaluate(&project, super::Limits::default()).unwrap();
+        assert_eq!(evaluated.value, serde_json::json!({ "x": "Record" }));
     }
 
     /// Every example evaluates with its unnamed modules stubbed and
