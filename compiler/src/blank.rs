@@ -79,7 +79,7 @@ fn code(b: &[u8], mut i: usize, in_interpolation: bool, out: &mut Option<&mut [u
 }
 
 /// If a string starts at `i`: 0 for `"`, the number of `%` for `m%…%"`.
-fn string_start(b: &[u8], i: usize) -> Option<usize> {
+pub fn string_start(b: &[u8], i: usize) -> Option<usize> {
     match b[i] {
         b'"' => Some(0),
         b'm' => {

@@ -196,11 +196,11 @@ struct NickelStd {
 fn nickel_std_blanked() -> &'static [NickelStd] {
     static BLANKED: std::sync::OnceLock<Vec<NickelStd>> = std::sync::OnceLock::new();
     BLANKED.get_or_init(|| {
+        let internals = nickel_lang_core::stdlib::StdlibModule::Internals.content();
         nickel_lang_core::stdlib::modules()
             .into_iter()
             .map(|m| {
                 let blanked: Arc<str> = Arc::from(crate::blank::blank_docs(m.content()));
-                let internals = nickel_lang_core::stdlib::StdlibModule::Internals.content();
                 NickelStd {
                     name: m.file_name().to_owned(),
                     original: m.content(),
@@ -238,20 +238,15 @@ impl Default for Limits {
 /// over its budget is stopped (see `budget`) and the budget is the finding.
 pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diagnostic>> {
     let root = project.root.clone();
-    let sources: Vec<(PathBuf, InputFormat, String)> = project
-        .sources
-        .iter()
-        .map(|s| (s.nickel_path.clone(), s.format, s.text.clone()))
-        .collect();
+    let sources = sources_of(project);
     bounded("nickel-eval", limits, move || {
         // Parsing the whole stdlib is most of a small stack's check; a
         // stack that never names a module's domain gets a stub for it, and
         // Nickel's `std.ncl` keeps only the functions it names (`trim`). A
         // stub or trimmed function forced anyway (a miss of the heuristic)
         // fails with a marker, and the stack is evaluated again without
-        // that shortcut: a result is always the full stdlib's.
-        // A miss undoes only its own shortcut: a stub reached loads every
-        // module, a trimmed function reached loads all of `std.ncl`.
+        // that shortcut only (a stub reached loads every module, a trimmed
+        // function all of `std.ncl`): a result is always the full stdlib's.
         let missed = |r: &Result<Evaluated, Vec<Diagnostic>>, marker: &str| matches!(r, Err(found) if found.iter().any(|d| d.message.contains(marker)));
         let mut stubs = unneeded_modules(sources.iter().map(|(_, _, text)| text.as_str()));
         let mut trimmed = true;
@@ -266,6 +261,17 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
             }
         }
     })
+}
+
+/// A project's files as evaluation takes them: Nickel path, format, text.
+type Sources = Vec<(PathBuf, InputFormat, String)>;
+
+fn sources_of(project: &Project) -> Sources {
+    project
+        .sources
+        .iter()
+        .map(|s| (s.nickel_path.clone(), s.format, s.text.clone()))
+        .collect()
 }
 
 /// What a stub module says when forced (see `evaluate`).
@@ -360,12 +366,7 @@ pub fn bounded<T: Send + 'static>(
 
 /// Evaluates the project with these stackc modules stubbed and, if
 /// `trimmed`, `std.ncl` trimmed (see `evaluate`).
-fn evaluate_here(
-    root: PathBuf,
-    sources: Vec<(PathBuf, InputFormat, String)>,
-    stubs: &[&str],
-    trimmed: bool,
-) -> Result<Evaluated, Vec<Diagnostic>> {
+fn evaluate_here(root: PathBuf, sources: Sources, stubs: &[&str], trimmed: bool) -> Result<Evaluated, Vec<Diagnostic>> {
     let mut sources = sources.into_iter();
     let (entry, _, text) = sources.next().expect("load gives the stack file first");
     let mut texts: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
@@ -1063,12 +1064,7 @@ mod module_tests {
 
     /// A project of one file, `text`, and its sources as `evaluate_here`
     /// takes them.
-    fn project_of(
-        text: &str,
-    ) -> (
-        crate::load::Project,
-        Vec<(std::path::PathBuf, super::InputFormat, String)>,
-    ) {
+    fn project_of(text: &str) -> (crate::load::Project, super::Sources) {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("stackc-miss-{}-{n}", std::process::id()));
@@ -1077,33 +1073,31 @@ mod module_tests {
         std::fs::write(&stack, text).unwrap();
         let project = crate::load::load(&stack, None, super::Limits::default()).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
-        let sources = project
-            .sources
-            .iter()
-            .map(|s| (s.nickel_path.clone(), s.format, s.text.clone()))
-            .collect();
+        let sources = super::sources_of(&project);
         (project, sources)
     }
 
-    /// The first diagnostic message of evaluating `sources` with the
-    /// project's stubs and `std.ncl` trimmed, on a stack as large as
-    /// `bounded` gives.
-    fn first_message(
-        root: std::path::PathBuf,
-        sources: Vec<(std::path::PathBuf, super::InputFormat, String)>,
-    ) -> String {
+    /// Runs `f` on a stack as large as `bounded` gives: Nickel recurses
+    /// deeply.
+    fn on_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         std::thread::Builder::new()
             .stack_size(256 << 20)
-            .spawn(move || {
-                let stubs = unneeded_modules(sources.iter().map(|(_, _, t)| t.as_str()));
-                match evaluate_here(root, sources, &stubs, true) {
-                    Err(found) => found[0].message.clone(),
-                    Ok(_) => String::new(),
-                }
-            })
+            .spawn(f)
             .unwrap()
             .join()
             .unwrap()
+    }
+
+    /// The first diagnostic message of evaluating `sources` with the
+    /// project's stubs and `std.ncl` trimmed.
+    fn first_message(root: std::path::PathBuf, sources: super::Sources) -> String {
+        on_big_stack(move || {
+            let stubs = unneeded_modules(sources.iter().map(|(_, _, t)| t.as_str()));
+            match evaluate_here(root, sources, &stubs, true) {
+                Err(found) => found[0].message.clone(),
+                Ok(_) => String::new(),
+            }
+        })
     }
 
     /// A function reached where trimming cannot see it (through an alias)
@@ -1143,30 +1137,17 @@ mod module_tests {
             .collect();
         stacks.sort();
         assert!(stacks.len() >= 5, "{stacks:?}");
-        // Nickel recurses deeply: on a stack as large as `bounded` gives.
-        let on_big_stack = |f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .stack_size(256 << 20)
-                .spawn(f)
-                .unwrap()
-                .join()
-                .unwrap()
-        };
-        on_big_stack(Box::new(move || {
+        on_big_stack(move || {
             for stack in stacks {
                 let project = crate::load::load(&stack, None, super::Limits::default()).unwrap();
-                let sources: Vec<_> = project
-                    .sources
-                    .iter()
-                    .map(|s| (s.nickel_path.clone(), s.format, s.text.clone()))
-                    .collect();
+                let sources = super::sources_of(&project);
                 let skip = unneeded_modules(sources.iter().map(|(_, _, t)| t.as_str()));
                 let trimmed = evaluate_here(project.root.clone(), sources.clone(), &skip, true)
                     .unwrap_or_else(|e| panic!("{}: {e:?}", stack.display()));
                 let whole = evaluate_here(project.root.clone(), sources, &[], false).unwrap();
                 assert!(trimmed.value == whole.value, "{}", stack.display());
             }
-        }));
+        });
     }
 
     #[test]

@@ -193,16 +193,11 @@ fn each_access<'t>(b: &'t [u8], f: &mut impl FnMut(&'t [u8], &'t [u8])) {
     let (mut before, mut last) = (None::<Token>, None::<Token>);
     for t in (Lexer { b, i: 0 }) {
         if t.kind == Kind::Str && b[t.range.clone()].windows(2).any(|w| w == b"%{") {
-            let percents = b[t.range.start + 1..].iter().take_while(|&&x| x == b'%').count();
-            let open = if b[t.range.start] == b'm' { 2 + percents } else { 1 };
+            // Between the delimiters: `"` or `m%…%"`, and `"` or `"%…%` if closed.
+            let percents = crate::blank::string_start(b, t.range.start).unwrap_or(0);
+            let open = if percents == 0 { 1 } else { 2 + percents };
             let closed = b[..t.range.end].ends_with(b"\"") || b[..t.range.end].ends_with(b"%");
-            let close = if !closed {
-                0
-            } else if b[t.range.start] == b'm' {
-                1 + percents
-            } else {
-                1
-            };
+            let close = if closed { 1 + percents } else { 0 };
             if let Some(inner) = b.get(t.range.start + open..t.range.end.saturating_sub(close)) {
                 each_access(inner, f);
             }
