@@ -11,7 +11,7 @@ use std::{
 #[path = "src/blank.rs"]
 mod blank;
 #[path = "src/trim.rs"]
-#[allow(dead_code)] // only `accesses` runs at build time
+#[allow(dead_code)] // only `accesses` and `bodies_loaded_when` run at build time
 mod trim;
 use blank::blank_docs;
 
@@ -63,6 +63,8 @@ fn main() {
     let blanked = out_dir.join("stdlib-eval");
     fs::create_dir_all(&blanked).unwrap();
     let mut accesses = String::from("pub const STDLIB_ACCESSES: &[&[(&str, &str)]] = &[\n");
+    let mut load_when = String::from("pub const STDLIB_LOAD_WHEN: &[Option<&str>] = &[\n");
+    let mut bodies = String::from("pub const STDLIB_BODIES: &[&[(&str, usize, usize)]] = &[\n");
     let eval: Vec<_> = modules
         .into_iter()
         .map(|p| {
@@ -73,14 +75,29 @@ fn main() {
                 accesses.push_str(&format!("({a:?}, {b:?}), "));
             }
             accesses.push_str("],\n");
+            let words = text.lines().find_map(|l| l.strip_prefix("# load-when:")).map(str::trim);
+            load_when.push_str(&format!("    {words:?},\n"));
+            bodies.push_str("    &[");
+            let found = trim::bodies_loaded_when(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            for (words, body) in found {
+                bodies.push_str(&format!("({words:?}, {}, {}), ", body.start, body.end));
+            }
+            bodies.push_str("],\n");
             fs::write(&dest, text).unwrap();
             (p, dest)
         })
         .collect();
     accesses.push_str("];\n");
+    load_when.push_str("];\n");
+    bodies.push_str("];\n");
     table(&mut out, "STDLIB_EVAL", eval);
     // Each module's `a.b` pairs, in `STDLIB`'s order: what it may reach of
     // Nickel's `std.ncl` (`trim`), read here instead of on every run.
     out.push_str(&accesses);
+    // Each module's `# load-when:` words, and the values it loads only
+    // for some stacks (`# load-body-when:`, see `trim::bodies_loaded_when`):
+    // byte ranges in the text evaluation reads.
+    out.push_str(&load_when);
+    out.push_str(&bodies);
     fs::write(out_dir.join("embedded.rs"), out).unwrap();
 }

@@ -213,6 +213,21 @@ fn nickel_std_blanked() -> &'static [NickelStd] {
     })
 }
 
+/// Starts `nickel_std_blanked` on a thread of its own: it reads none of
+/// the stack, and the evaluation thread needs it only after parsing
+/// stackc's modules, so on a second core it costs no wall time (~2 ms of a
+/// small stack's check before). The evaluation thread waits for it if it
+/// is not done.
+fn prepare_nickel_std_beside() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        // A thread that cannot be spawned only loses the head start.
+        let _ = std::thread::Builder::new().name("stackc-std".into()).spawn(|| {
+            nickel_std_blanked();
+        });
+    });
+}
+
 /// What one evaluation may use. The defaults leave room for stacks far
 /// larger than any real deployment (10 000 services take about 2 GiB and a
 /// minute) while stopping a runaway recursion long before the machine's
@@ -237,6 +252,7 @@ impl Default for Limits {
 /// that thread and only plain data comes back), within `limits`: a thread
 /// over its budget is stopped (see `budget`) and the budget is the finding.
 pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diagnostic>> {
+    prepare_nickel_std_beside();
     let root = project.root.clone();
     let sources = sources_of(project);
     bounded("nickel-eval", limits, move || {
@@ -291,12 +307,31 @@ fn stub() -> String {
 fn unneeded_modules<'t>(texts: impl Iterator<Item = &'t str> + Clone) -> Vec<&'static str> {
     load::STDLIB
         .iter()
-        .filter_map(|(name, text)| {
-            let words = text.lines().find_map(|l| l.strip_prefix("# load-when:"))?;
-            let named = texts.clone().any(|t| words.split_whitespace().any(|w| t.contains(w)));
-            (!named).then_some(*name)
-        })
+        .zip(load::STDLIB_LOAD_WHEN)
+        .filter_map(|((name, _), words)| (!named(words.as_ref()?, texts.clone())).then_some(*name))
         .collect()
+}
+
+/// Whether one of `words` (a `# load-when:` line's) is in one of `texts`.
+fn named<'t>(words: &str, texts: impl Iterator<Item = &'t str> + Clone) -> bool {
+    words.split_whitespace().any(|w| texts.clone().any(|t| t.contains(w)))
+}
+
+/// A loaded module's text as evaluation reads it: when `trimmed`, each
+/// value its `# load-body-when:` words keep for other stacks (none of them
+/// in `texts`, the project's files) is unloaded (`trim::unload`); a stack
+/// that reaches one anyway is a trimming miss (see `evaluate`). `None`:
+/// the text is the module's own.
+fn module_text<'t>(i: usize, texts: impl Iterator<Item = &'t str> + Clone) -> Option<String> {
+    let text = load::STDLIB_EVAL[i].1;
+    let mut out: Option<Vec<u8>> = None;
+    for (words, start, end) in load::STDLIB_BODIES[i] {
+        if !named(words, texts.clone()) {
+            let bytes = out.get_or_insert_with(|| text.as_bytes().to_vec());
+            trim::unload(&mut bytes[*start..*end]);
+        }
+    }
+    out.map(|b| String::from_utf8(b).expect("only whole ASCII tokens replaced"))
 }
 
 /// Runs `work` on a thread of its own with a 256 MiB stack, within
@@ -368,51 +403,34 @@ pub fn bounded<T: Send + 'static>(
 /// `trimmed`, `std.ncl` trimmed (see `evaluate`).
 fn evaluate_here(root: PathBuf, sources: Sources, stubs: &[&str], trimmed: bool) -> Result<Evaluated, Vec<Diagnostic>> {
     let mut sources = sources.into_iter();
-    let (entry, _, text) = sources.next().expect("load gives the stack file first");
+    let (entry, _, main_text) = sources.next().expect("load gives the stack file first");
     let mut texts: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
-    texts.insert(entry.clone(), text.as_bytes().to_vec());
+    texts.insert(entry.clone(), main_text.as_bytes().to_vec());
     // Nickel's `Program` would parse its own stdlib before any hook could
     // touch it; its parts, used directly, let every source be registered
     // first. The stdlib and the project files `load` read are in-memory
     // sources under two virtual roots (the stdlib's is also the import
     // path): Nickel finds every import in memory and never opens a file.
     let mut cache = CacheHub::new();
-    let mut trimmed_std = None;
-    for (module, id) in cache.sources.stdlib_modules() {
-        if let Some(m) = nickel_std_blanked().iter().find(|m| m.name == module.file_name()) {
-            let text = match &m.fields {
-                Some(std) if trimmed => {
-                    // What this evaluation reads: the project's files, the
-                    // stub's text and the modules not stubbed (their `a.b`
-                    // pairs read at build time).
-                    let stubbed = (!stubs.is_empty()).then(stub);
-                    let texts = std::iter::once(text.as_str())
-                        .chain(sources.as_slice().iter().map(|(_, _, t)| t.as_str()))
-                        .chain(stubbed.as_deref());
-                    let accesses = load::STDLIB_EVAL
-                        .iter()
-                        .zip(load::STDLIB_ACCESSES)
-                        .filter(|((n, _), _)| !stubs.contains(n))
-                        .flat_map(|(_, a)| a.iter());
-                    let t: Arc<str> = Arc::from(std.trim(texts, accesses));
-                    trimmed_std = Some((m.name.clone(), t.clone(), m.original));
-                    t
-                }
-                _ => m.blanked.clone(),
-            };
-            cache.sources.files.update(id, text);
-        }
-    }
     let main_id = cache
         .sources
-        .add_string(SourcePath::Path(entry, InputFormat::Nickel), text);
+        .add_string(SourcePath::Path(entry, InputFormat::Nickel), main_text.clone());
     cache
         .sources
         .add_import_paths([PathBuf::from(load::STDLIB_ROOT)].into_iter());
-    for (name, text) in load::STDLIB_EVAL {
+    let mut unloaded = Vec::new();
+    for (i, (name, text)) in load::STDLIB_EVAL.iter().enumerate() {
         let path = PathBuf::from(format!("{}/{name}", load::STDLIB_ROOT));
+        let project = std::iter::once(main_text.as_str()).chain(sources.as_slice().iter().map(|(_, _, t)| t.as_str()));
         let text = if stubs.contains(name) {
             stub()
+        } else if let Some(t) = module_text(i, project).filter(|_| trimmed) {
+            unloaded.push((
+                format!("{}/{name}", load::STDLIB_DISPLAY),
+                Arc::from(t.as_str()),
+                load::STDLIB[i].1,
+            ));
+            t
         } else {
             (*text).to_owned()
         };
@@ -428,6 +446,33 @@ fn evaluate_here(root: PathBuf, sources: Sources, stubs: &[&str], trimmed: bool)
             let _ = cache.asts.update_state(id, AstEntryState::Typechecked);
         }
     }
+    // Nickel's own stdlib last: it is prepared beside (see
+    // `prepare_nickel_std_beside`) while the stackc modules above are parsed.
+    for (module, id) in cache.sources.stdlib_modules() {
+        if let Some(m) = nickel_std_blanked().iter().find(|m| m.name == module.file_name()) {
+            let text = match &m.fields {
+                Some(std) if trimmed => {
+                    // What this evaluation reads: the project's files, the
+                    // stub's text and the modules not stubbed (their `a.b`
+                    // pairs read at build time).
+                    let stubbed = (!stubs.is_empty()).then(stub);
+                    let texts = std::iter::once(main_text.as_str())
+                        .chain(sources.as_slice().iter().map(|(_, _, t)| t.as_str()))
+                        .chain(stubbed.as_deref());
+                    let accesses = load::STDLIB_EVAL
+                        .iter()
+                        .zip(load::STDLIB_ACCESSES)
+                        .filter(|((n, _), _)| !stubs.contains(n))
+                        .flat_map(|(_, a)| a.iter());
+                    let t: Arc<str> = Arc::from(std.trim(texts, accesses));
+                    unloaded.push((m.name.clone(), t.clone(), m.original));
+                    t
+                }
+                _ => m.blanked.clone(),
+            };
+            cache.sources.files.update(id, text);
+        }
+    }
     for (path, format, text) in sources {
         texts.insert(path.clone(), text.as_bytes().to_vec());
         cache.sources.add_string(SourcePath::Path(path, format), text);
@@ -435,7 +480,7 @@ fn evaluate_here(root: PathBuf, sources: Sources, stubs: &[&str], trimmed: bool)
     let mut vm: VmContext<CacheHub, CacheImpl> = VmContext::new(cache, std::io::sink(), NullReporter {});
 
     let mut spans = SpanMaker::new(root.clone());
-    spans.trimmed_std = trimmed_std;
+    spans.unloaded = unloaded;
     let fail = |err: NickelError, vm: &VmContext<CacheHub, CacheImpl>, spans: &mut SpanMaker| {
         let mut files = vm.import_resolver.sources.files().clone();
         // Defence in depth: if Nickel ever read a file `load` did not hand
@@ -565,8 +610,9 @@ fn too_deep_nickel(v: &NickelValue) -> Option<usize> {
 struct SpanMaker {
     root: PathBuf,
     files: Files,
-    /// `std.ncl` as this evaluation read it, trimmed: (name, text, original).
-    trimmed_std: Option<(String, Arc<str>, &'static str)>,
+    /// The stdlib texts this evaluation read with values unloaded (`trim`):
+    /// (display name, text, original).
+    unloaded: Vec<(String, Arc<str>, &'static str)>,
     cache: BTreeMap<FileId, Arc<SourceFile>>,
 }
 
@@ -575,13 +621,13 @@ impl SpanMaker {
         SpanMaker {
             root,
             files: Files::empty(),
-            trimmed_std: None,
+            unloaded: Vec::new(),
             cache: BTreeMap::new(),
         }
     }
 
     fn file(&mut self, id: FileId) -> Arc<SourceFile> {
-        let (root, files, trimmed) = (&self.root, &self.files, &self.trimmed_std);
+        let (root, files, unloaded) = (&self.root, &self.files, &self.unloaded);
         self.cache
             .entry(id)
             .or_insert_with(|| {
@@ -591,7 +637,7 @@ impl SpanMaker {
                 // a diagnostic quotes the original (the same positions).
                 if let Some(original) = original_stdlib_text(&name, &text) {
                     text = Arc::from(original);
-                } else if let Some((_, _, original)) = trimmed.as_ref().filter(|(n, t, _)| *n == name && **t == *text) {
+                } else if let Some((_, _, original)) = unloaded.iter().find(|(n, t, _)| *n == name && **t == *text) {
                     text = Arc::from(*original);
                 }
                 // Snippets Nickel generates print closures with their memory
@@ -1060,7 +1106,10 @@ mod tests {
 
 #[cfg(test)]
 mod module_tests {
+    use nickel_lang_core::cache::{CacheHub, SourcePath};
+
     use super::{evaluate_here, unneeded_modules};
+    use crate::load::{self, InputFormat};
 
     /// A project of one file, `text`, and its sources as `evaluate_here`
     /// takes them.
@@ -1109,6 +1158,90 @@ mod module_tests {
         assert!(message.contains(crate::trim::MARKER), "not a trimming miss: {message}");
         let evaluated = super::evaluate(&project, super::Limits::default()).unwrap();
         assert_eq!(evaluated.value, serde_json::json!({ "x": [2, 1] }));
+    }
+
+    /// A value a module loads only for stacks naming its words
+    /// (`# load-body-when: kubernetes`) reached anyway is a trimming miss,
+    /// and the stack is evaluated again with every value loaded.
+    #[test]
+    fn a_body_unloaded_reached_anyway_is_evaluated_whole() {
+        let backup = load::STDLIB.iter().position(|(n, _)| *n == "backup.ncl").unwrap();
+        assert!(
+            load::STDLIB_BODIES[backup].iter().any(|(w, _, _)| *w == "kubernetes"),
+            "backup.ncl no longer unloads its Kubernetes lowering: pick another body"
+        );
+        let (project, sources) = project_of("let b = import \"backup.ncl\" in { x = std.typeof b.lower_k8s }\n");
+        let message = first_message(project.root.clone(), sources);
+        assert!(message.contains(crate::trim::MARKER), "not a trimming miss: {message}");
+        let evaluated = super::evaluate(&project, super::Limits::default()).unwrap();
+        assert_eq!(evaluated.value, serde_json::json!({ "x": "Function" }));
+    }
+
+    /// A diagnostic quoting a module read with a value unloaded quotes the
+    /// module as written.
+    #[test]
+    fn diagnostics_quote_a_module_with_values_unloaded_as_written() {
+        let stackc = load::STDLIB.iter().position(|(n, _)| *n == "stackc.ncl").unwrap();
+        assert!(!load::STDLIB_BODIES[stackc].is_empty());
+        let (project, sources) =
+            project_of("let stackc = import \"stackc.ncl\" in\nstackc.stack { name = 5, machines = {} }\n");
+        let found = on_big_stack(move || {
+            let stubs = unneeded_modules(sources.iter().map(|(_, _, t)| t.as_str()));
+            match evaluate_here(project.root.clone(), sources, &stubs, true) {
+                Err(found) => found,
+                Ok(_) => panic!("a stack without machines evaluated"),
+            }
+        });
+        let quoted: Vec<_> = found
+            .iter()
+            .flat_map(|d| &d.labels)
+            .filter(|l| l.span.file.name == "<stackc>/stackc.ncl")
+            .collect();
+        assert!(!quoted.is_empty(), "{found:?}");
+        for label in quoted {
+            assert_eq!(*label.span.file.text, *load::STDLIB[stackc].1);
+        }
+    }
+
+    /// Each `# load-body-when:` value is a whole expression: Nickel parses
+    /// it alone, an `=` is just before it, and a `,`, `}` or `in` after.
+    #[test]
+    fn bodies_unloaded_are_whole_values() {
+        let mut seen = 0;
+        for (i, bodies) in load::STDLIB_BODIES.iter().enumerate() {
+            let text = load::STDLIB_EVAL[i].1;
+            for (_, start, end) in *bodies {
+                seen += 1;
+                let body = &text[*start..*end];
+                let mut cache = CacheHub::new();
+                let id = cache.sources.add_string(
+                    SourcePath::Path("body.ncl".into(), InputFormat::Nickel),
+                    body.to_owned(),
+                );
+                assert!(
+                    cache.parse_to_ast(id).is_ok(),
+                    "{}: not an expression:\n{body}",
+                    load::STDLIB[i].0
+                );
+                assert!(
+                    text[..*start].trim_end().ends_with('='),
+                    "{}: {body}",
+                    load::STDLIB[i].0
+                );
+                let after: String = text[*end..]
+                    .lines()
+                    .map(|l| l.split('#').next().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let after = after.trim_start();
+                assert!(
+                    after.starts_with(',') || after.starts_with('}') || after.starts_with("in"),
+                    "{}: {body}",
+                    load::STDLIB[i].0
+                );
+            }
+        }
+        assert!(seen >= 3, "only {seen} values are loaded on demand");
     }
 
     /// A stub reached is a stub's miss (the stub's `std.fail_with` is

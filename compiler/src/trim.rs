@@ -147,24 +147,7 @@ impl Std {
         }
         let mut out = self.text.as_bytes().to_vec();
         for (f, _) in self.fields.iter().zip(&kept).filter(|(_, k)| !**k) {
-            let body = &mut out[f.body.clone()];
-            // The marker goes on one line of the body, else the body stays.
-            let Some(at) = body
-                .split(|&x| x == b'\n')
-                .scan(0, |start, line| {
-                    let here = *start;
-                    *start += line.len() + 1;
-                    Some((here, line.len()))
-                })
-                .find(|(_, len)| *len >= MARKER.len())
-                .map(|(at, _)| at)
-            else {
-                continue;
-            };
-            for x in body.iter_mut().filter(|x| **x != b'\n') {
-                *x = b' ';
-            }
-            body[at..at + MARKER.len()].copy_from_slice(MARKER.as_bytes());
+            unload(&mut out[f.body.clone()]);
         }
         String::from_utf8(out).expect("only ASCII replaced whole tokens")
     }
@@ -173,6 +156,92 @@ impl Std {
     pub fn fields(&self) -> &[Field] {
         &self.fields
     }
+}
+
+/// Replaces a definition's `body` (its value, whole tokens) by [`MARKER`]
+/// and spaces, newlines kept; the marker goes on one line of the body
+/// long enough to hold it, else the body stays.
+pub fn unload(body: &mut [u8]) {
+    let Some(at) = body
+        .split(|&x| x == b'\n')
+        .scan(0, |start, line| {
+            let here = *start;
+            *start += line.len() + 1;
+            Some((here, line.len()))
+        })
+        .find(|(_, len)| *len >= MARKER.len())
+        .map(|(at, _)| at)
+    else {
+        return;
+    };
+    for x in body.iter_mut().filter(|x| **x != b'\n') {
+        *x = b' ';
+    }
+    body[at..at + MARKER.len()].copy_from_slice(MARKER.as_bytes());
+}
+
+/// What a stackc module says of the bodies it loads only for some stacks:
+/// a `# load-body-when: WORD…` line just above a definition (a record
+/// field, `name = …`, or a `let name = … in`) names the words one of which
+/// a project file must contain for that definition's value to be read.
+/// Returns each such definition's words and value (byte range); an
+/// annotation above anything else is an error, for `build.rs` to report.
+#[allow(dead_code)] // used by `build.rs`, which shares this file
+pub fn bodies_loaded_when(text: &str) -> Result<Vec<(String, Range<usize>)>, String> {
+    const TAG: &str = "# load-body-when:";
+    let b = text.as_bytes();
+    let tokens = lex(b);
+    let mut out = Vec::new();
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let here = line_start;
+        line_start += line.len();
+        let Some(words) = line.trim_start().strip_prefix(TAG) else {
+            continue;
+        };
+        let line_no = text[..here].lines().count() + 1;
+        let fail = |what: &str| Err(format!("line {line_no}: `{TAG}` {what}"));
+        if words.split_whitespace().next().is_none() {
+            return fail("names no word");
+        }
+        let mut i = tokens.partition_point(|t| t.range.start < line_start);
+        for keyword in [&b"let"[..], b"rec"] {
+            if tokens
+                .get(i)
+                .is_some_and(|t| t.kind == Kind::Ident && &b[t.range.clone()] == keyword)
+            {
+                i += 1;
+            }
+        }
+        if tokens.get(i).is_none_or(|t| t.kind != Kind::Ident) {
+            return fail("is not followed by a definition");
+        }
+        // The annotations, up to the lone `=` at depth 0.
+        let mut depth = 0i32;
+        while let Some(t) = tokens.get(i) {
+            match t.kind {
+                Kind::Punct(b'{' | b'[' | b'(') => depth += 1,
+                Kind::Punct(b'}' | b']' | b')') if depth == 0 => break,
+                Kind::Punct(b'}' | b']' | b')') => depth -= 1,
+                Kind::Punct(b',') if depth == 0 => break,
+                Kind::Equals if depth == 0 => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        if tokens.get(i).is_none_or(|t| t.kind != Kind::Equals) {
+            return fail("is followed by a definition without a value");
+        }
+        let end = body_end(b, &tokens, i + 1);
+        if end <= i + 1 {
+            return fail("is followed by a definition without a value");
+        }
+        out.push((
+            words.split_whitespace().collect::<Vec<_>>().join(" "),
+            tokens[i + 1].range.start..tokens[end - 1].range.end,
+        ));
+    }
+    Ok(out)
 }
 
 /// Every distinct `a.b` of a text, for `Std::trim`'s `accesses`.
@@ -333,8 +402,8 @@ fn record(b: &[u8], tokens: &[Token], open: usize, section: Option<Range<usize>>
 }
 
 /// The index just after a field's value starting at `first`: its `,` or
-/// the record's `}`. A `let` block's own commas (`let a = 1, b = 2 in`)
-/// are inside the value.
+/// the record's `}` (a `let`'s value: its `in`). A `let` block's own
+/// commas (`let a = 1, b = 2 in`) are inside the value.
 fn body_end(b: &[u8], tokens: &[Token], first: usize) -> usize {
     let (mut depth, mut lets) = (0i32, 0i32);
     let mut i = first;
@@ -346,7 +415,12 @@ fn body_end(b: &[u8], tokens: &[Token], first: usize) -> usize {
             Kind::Punct(b'}' | b']' | b')') => depth -= 1,
             Kind::Punct(b',') if depth == 0 && lets == 0 => return i,
             Kind::Ident if depth == 0 && &b[t.range.clone()] == b"let" => lets += 1,
-            Kind::Ident if depth == 0 && lets > 0 && &b[t.range.clone()] == b"in" => lets -= 1,
+            Kind::Ident if depth == 0 && &b[t.range.clone()] == b"in" => {
+                if lets == 0 {
+                    return i;
+                }
+                lets -= 1;
+            }
             _ => {}
         }
         i += 1;
@@ -442,6 +516,30 @@ mod tests {
         ];
         for case in cases {
             assert_eq!(scanned(case), fields_by_nickel_parser(case), "{case}");
+        }
+    }
+
+    /// `# load-body-when:` names the value of the definition below it: a
+    /// record field's or a `let`'s, nested `let`s, records and commas
+    /// inside; an annotation above anything else is an error.
+    #[test]
+    fn bodies_loaded_when_are_the_values_below() {
+        let text = "let a =\n  # load-body-when: x y\n  let rec f | Dyn = fun v => let w = v, u = 1 in { p = w, q = u } in\n{\n  # load-body-when: z\n  g : Number -> Number = fun n => n + 1,\n  h = 2,\n}\n";
+        let found = super::bodies_loaded_when(text).unwrap();
+        let values: Vec<_> = found.iter().map(|(w, r)| (w.as_str(), &text[r.clone()])).collect();
+        assert_eq!(
+            values,
+            [
+                ("x y", "fun v => let w = v, u = 1 in { p = w, q = u }"),
+                ("z", "fun n => n + 1")
+            ]
+        );
+        for bad in [
+            "{\n  # load-body-when: z\n}\n",
+            "{\n  # load-body-when:\n  a = 1,\n}\n",
+            "{\n  # load-body-when: z\n  a,\n}\n",
+        ] {
+            assert!(super::bodies_loaded_when(bad).is_err(), "{bad}");
         }
     }
 
