@@ -213,21 +213,6 @@ fn nickel_std_blanked() -> &'static [NickelStd] {
     })
 }
 
-/// Starts `nickel_std_blanked` on a thread of its own: it reads none of
-/// the stack, and the evaluation thread needs it only after parsing
-/// stackc's modules, so on a second core it costs no wall time (~2 ms of a
-/// small stack's check before). The evaluation thread waits for it if it
-/// is not done.
-fn prepare_nickel_std_beside() {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    STARTED.call_once(|| {
-        // A thread that cannot be spawned only loses the head start.
-        let _ = std::thread::Builder::new().name("stackc-std".into()).spawn(|| {
-            nickel_std_blanked();
-        });
-    });
-}
-
 /// What one evaluation may use. The defaults leave room for stacks far
 /// larger than any real deployment (10 000 services take about 2 GiB and a
 /// minute) while stopping a runaway recursion long before the machine's
@@ -252,22 +237,41 @@ impl Default for Limits {
 /// that thread and only plain data comes back), within `limits`: a thread
 /// over its budget is stopped (see `budget`) and the budget is the finding.
 pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diagnostic>> {
-    prepare_nickel_std_beside();
     let root = project.root.clone();
     let sources = sources_of(project);
+    // Parsing the whole stdlib is most of a small stack's check; a stack
+    // that never names a module's domain gets a stub for it, a module's
+    // values for other stacks are unloaded (`# load-body-when:`), and
+    // Nickel's `std.ncl` keeps only the functions the rest names (`trim`).
+    // A stub or unloaded value forced anyway (a miss of the heuristic)
+    // fails with a marker, and the stack is evaluated again without that
+    // shortcut only (a stub reached loads every module, an unloaded value
+    // every value and all of `std.ncl`): a result is always the full
+    // stdlib's.
+    let mut stubs = unneeded_modules(sources.iter().map(|(_, _, text)| text.as_str()));
+    // Trimming `std.ncl` (and, once a process, blanking it and finding its
+    // functions: ~2.5 ms) reads none of Nickel's state: a thread of its own
+    // does it while the evaluation thread parses stackc's modules.
+    let beside = {
+        let (sources, stubs) = (sources.clone(), stubs.clone());
+        std::thread::Builder::new()
+            .name("stackc-std".into())
+            .spawn(move || trimmed_std(&sources, &stubs))
+            .ok()
+    };
     bounded("nickel-eval", limits, move || {
-        // Parsing the whole stdlib is most of a small stack's check; a
-        // stack that never names a module's domain gets a stub for it, and
-        // Nickel's `std.ncl` keeps only the functions it names (`trim`). A
-        // stub or trimmed function forced anyway (a miss of the heuristic)
-        // fails with a marker, and the stack is evaluated again without
-        // that shortcut only (a stub reached loads every module, a trimmed
-        // function all of `std.ncl`): a result is always the full stdlib's.
         let missed = |r: &Result<Evaluated, Vec<Diagnostic>>, marker: &str| matches!(r, Err(found) if found.iter().any(|d| d.message.contains(marker)));
-        let mut stubs = unneeded_modules(sources.iter().map(|(_, _, text)| text.as_str()));
+        let mut beside = beside;
         let mut trimmed = true;
         loop {
-            let result = evaluate_here(root.clone(), sources.clone(), &stubs, trimmed);
+            let std: Option<StdText> = trimmed.then(|| match beside.take() {
+                Some(thread) => {
+                    let (sources, stubs) = (sources.clone(), stubs.clone());
+                    Box::new(move || thread.join().unwrap_or_else(|_| trimmed_std(&sources, &stubs))) as StdText
+                }
+                None => trimmed_now(&sources, &stubs),
+            });
+            let result = evaluate_here(root.clone(), sources.clone(), &stubs, std);
             if !stubs.is_empty() && missed(&result, NOT_LOADED) {
                 stubs.clear();
             } else if trimmed && missed(&result, trim::MARKER) {
@@ -277,6 +281,33 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
             }
         }
     })
+}
+
+/// Gives the trimmed `std.ncl` an evaluation reads, when it needs it.
+type StdText = Box<dyn FnOnce() -> Arc<str> + Send>;
+
+/// `trimmed_std`, on the thread that asks for it.
+fn trimmed_now(sources: &Sources, stubs: &[&'static str]) -> StdText {
+    let (sources, stubs) = (sources.clone(), stubs.to_vec());
+    Box::new(move || trimmed_std(&sources, &stubs))
+}
+
+/// `std.ncl` trimmed to what evaluation reads names (`trim`): the
+/// project's files, the stub's text and the modules not in `stubs` (their
+/// `a.b` pairs read at build time).
+fn trimmed_std(sources: &Sources, stubs: &[&str]) -> Arc<str> {
+    let std = nickel_std_blanked()
+        .iter()
+        .find_map(|m| m.fields.as_ref())
+        .expect("Nickel's stdlib has a std.ncl");
+    let stubbed = (!stubs.is_empty()).then(stub);
+    let texts = sources.iter().map(|(_, _, t)| t.as_str()).chain(stubbed.as_deref());
+    let accesses = load::STDLIB_EVAL
+        .iter()
+        .zip(load::STDLIB_ACCESSES)
+        .filter(|((n, _), _)| !stubs.contains(n))
+        .flat_map(|(_, a)| a.iter());
+    Arc::from(std.trim(texts, accesses))
 }
 
 /// A project's files as evaluation takes them: Nickel path, format, text.
@@ -400,8 +431,14 @@ pub fn bounded<T: Send + 'static>(
 }
 
 /// Evaluates the project with these stackc modules stubbed and, if
-/// `trimmed`, `std.ncl` trimmed (see `evaluate`).
-fn evaluate_here(root: PathBuf, sources: Sources, stubs: &[&str], trimmed: bool) -> Result<Evaluated, Vec<Diagnostic>> {
+/// `trimmed` (giving the `std.ncl` to read), the modules' values for other
+/// stacks unloaded (see `evaluate`).
+fn evaluate_here(
+    root: PathBuf,
+    sources: Sources,
+    stubs: &[&str],
+    trimmed: Option<StdText>,
+) -> Result<Evaluated, Vec<Diagnostic>> {
     let mut sources = sources.into_iter();
     let (entry, _, main_text) = sources.next().expect("load gives the stack file first");
     let mut texts: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
@@ -424,7 +461,7 @@ fn evaluate_here(root: PathBuf, sources: Sources, stubs: &[&str], trimmed: bool)
         let project = std::iter::once(main_text.as_str()).chain(sources.as_slice().iter().map(|(_, _, t)| t.as_str()));
         let text = if stubs.contains(name) {
             stub()
-        } else if let Some(t) = module_text(i, project).filter(|_| trimmed) {
+        } else if let Some(t) = module_text(i, project).filter(|_| trimmed.is_some()) {
             unloaded.push((
                 format!("{}/{name}", load::STDLIB_DISPLAY),
                 Arc::from(t.as_str()),
@@ -446,29 +483,21 @@ fn evaluate_here(root: PathBuf, sources: Sources, stubs: &[&str], trimmed: bool)
             let _ = cache.asts.update_state(id, AstEntryState::Typechecked);
         }
     }
-    // Nickel's own stdlib last: it is prepared beside (see
-    // `prepare_nickel_std_beside`) while the stackc modules above are parsed.
+    // Nickel's own stdlib last: it is trimmed beside (see `evaluate`)
+    // while the stackc modules above are parsed.
+    let mut trimmed = trimmed;
     for (module, id) in cache.sources.stdlib_modules() {
         if let Some(m) = nickel_std_blanked().iter().find(|m| m.name == module.file_name()) {
-            let text = match &m.fields {
-                Some(std) if trimmed => {
-                    // What this evaluation reads: the project's files, the
-                    // stub's text and the modules not stubbed (their `a.b`
-                    // pairs read at build time).
-                    let stubbed = (!stubs.is_empty()).then(stub);
-                    let texts = std::iter::once(main_text.as_str())
-                        .chain(sources.as_slice().iter().map(|(_, _, t)| t.as_str()))
-                        .chain(stubbed.as_deref());
-                    let accesses = load::STDLIB_EVAL
-                        .iter()
-                        .zip(load::STDLIB_ACCESSES)
-                        .filter(|((n, _), _)| !stubs.contains(n))
-                        .flat_map(|(_, a)| a.iter());
-                    let t: Arc<str> = Arc::from(std.trim(texts, accesses));
+            let text = match trimmed.take() {
+                Some(std) if m.fields.is_some() => {
+                    let t = std();
                     unloaded.push((m.name.clone(), t.clone(), m.original));
                     t
                 }
-                _ => m.blanked.clone(),
+                other => {
+                    trimmed = other;
+                    m.blanked.clone()
+                }
             };
             cache.sources.files.update(id, text);
         }
@@ -1142,7 +1171,8 @@ mod module_tests {
     fn first_message(root: std::path::PathBuf, sources: super::Sources) -> String {
         on_big_stack(move || {
             let stubs = unneeded_modules(sources.iter().map(|(_, _, t)| t.as_str()));
-            match evaluate_here(root, sources, &stubs, true) {
+            let std = super::trimmed_now(&sources, &stubs);
+            match evaluate_here(root, sources, &stubs, Some(std)) {
                 Err(found) => found[0].message.clone(),
                 Ok(_) => String::new(),
             }
@@ -1187,7 +1217,8 @@ mod module_tests {
             project_of("let stackc = import \"stackc.ncl\" in\nstackc.stack { name = 5, machines = {} }\n");
         let found = on_big_stack(move || {
             let stubs = unneeded_modules(sources.iter().map(|(_, _, t)| t.as_str()));
-            match evaluate_here(project.root.clone(), sources, &stubs, true) {
+            let std = super::trimmed_now(&sources, &stubs);
+            match evaluate_here(project.root.clone(), sources, &stubs, Some(std)) {
                 Err(found) => found,
                 Ok(_) => panic!("a stack without machines evaluated"),
             }
@@ -1275,9 +1306,10 @@ mod module_tests {
                 let project = crate::load::load(&stack, None, super::Limits::default()).unwrap();
                 let sources = super::sources_of(&project);
                 let skip = unneeded_modules(sources.iter().map(|(_, _, t)| t.as_str()));
-                let trimmed = evaluate_here(project.root.clone(), sources.clone(), &skip, true)
+                let std = super::trimmed_now(&sources, &skip);
+                let trimmed = evaluate_here(project.root.clone(), sources.clone(), &skip, Some(std))
                     .unwrap_or_else(|e| panic!("{}: {e:?}", stack.display()));
-                let whole = evaluate_here(project.root.clone(), sources, &[], false).unwrap();
+                let whole = evaluate_here(project.root.clone(), sources, &[], None).unwrap();
                 assert!(trimmed.value == whole.value, "{}", stack.display());
             }
         });
