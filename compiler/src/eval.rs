@@ -461,7 +461,7 @@ fn evaluate_here(
         let project = std::iter::once(main_text.as_str()).chain(sources.as_slice().iter().map(|(_, _, t)| t.as_str()));
         let text = if stubs.contains(name) {
             stub()
-        } else if let Some(t) = module_text(i, project).filter(|_| trimmed.is_some()) {
+        } else if let Some(t) = trimmed.as_ref().and_then(|_| module_text(i, project)) {
             unloaded.push((
                 format!("{}/{name}", load::STDLIB_DISPLAY),
                 Arc::from(t.as_str()),
@@ -1266,7 +1266,11 @@ mod module_tests {
                     .join(" ");
                 let after = after.trim_start();
                 assert!(
-                    after.starts_with(',') || after.starts_with('}') || after.starts_with("in"),
+                    after.starts_with(',')
+                        || after.starts_with('}')
+                        || after
+                            .strip_prefix("in")
+                            .is_some_and(|r| r.starts_with(|c: char| !c.is_alphanumeric() && c != '_')),
                     "{}: {body}",
                     load::STDLIB[i].0
                 );

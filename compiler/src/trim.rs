@@ -204,6 +204,14 @@ pub fn bodies_loaded_when(text: &str) -> Result<Vec<(String, Range<usize>)>, Str
         if words.split_whitespace().next().is_none() {
             return fail("names no word");
         }
+        // A word is matched as a substring of the project's files: `#` or
+        // `,` would match nearly every file, and the value never unload.
+        if let Some(w) = words
+            .split_whitespace()
+            .find(|w| !w.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
+        {
+            return fail(&format!("names `{w}`, which is not a word (letters, digits, `_`, `-`)"));
+        }
         let mut i = tokens.partition_point(|t| t.range.start < line_start);
         for keyword in [&b"let"[..], b"rec"] {
             if tokens
@@ -236,10 +244,11 @@ pub fn bodies_loaded_when(text: &str) -> Result<Vec<(String, Range<usize>)>, Str
         if end <= i + 1 {
             return fail("is followed by a definition without a value");
         }
-        out.push((
-            words.split_whitespace().collect::<Vec<_>>().join(" "),
-            tokens[i + 1].range.start..tokens[end - 1].range.end,
-        ));
+        let body = tokens[i + 1].range.start..tokens[end - 1].range.end;
+        if !text[body.clone()].lines().any(|l| l.len() >= MARKER.len()) {
+            return fail("is above a value too short to unload (no line holds the marker)");
+        }
+        out.push((words.split_whitespace().collect::<Vec<_>>().join(" "), body));
     }
     Ok(out)
 }
@@ -524,20 +533,23 @@ mod tests {
     /// inside; an annotation above anything else is an error.
     #[test]
     fn bodies_loaded_when_are_the_values_below() {
-        let text = "let a =\n  # load-body-when: x y\n  let rec f | Dyn = fun v => let w = v, u = 1 in { p = w, q = u } in\n{\n  # load-body-when: z\n  g : Number -> Number = fun n => n + 1,\n  h = 2,\n}\n";
+        let text = "let a =\n  # load-body-when: x y\n  let rec f | Dyn = fun v => let w = v, u = 1 in { p = w, q = u } in\n{\n  # load-body-when: z\n  g : Number -> Number = fun n => n + 1 + 2,\n  h = 2,\n}\n";
         let found = super::bodies_loaded_when(text).unwrap();
         let values: Vec<_> = found.iter().map(|(w, r)| (w.as_str(), &text[r.clone()])).collect();
         assert_eq!(
             values,
             [
                 ("x y", "fun v => let w = v, u = 1 in { p = w, q = u }"),
-                ("z", "fun n => n + 1")
+                ("z", "fun n => n + 1 + 2")
             ]
         );
         for bad in [
             "{\n  # load-body-when: z\n}\n",
-            "{\n  # load-body-when:\n  a = 1,\n}\n",
+            "{\n  # load-body-when:\n  a = fun x => x + 1 + 2 + 3,\n}\n",
             "{\n  # load-body-when: z\n  a,\n}\n",
+            // Too short to hold the marker; a comment in the words.
+            "{\n  # load-body-when: z\n  a = 1,\n}\n",
+            "{\n  # load-body-when: z # why\n  a = fun x => x + 1 + 2 + 3,\n}\n",
         ] {
             assert!(super::bodies_loaded_when(bad).is_err(), "{bad}");
         }
