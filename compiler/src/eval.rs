@@ -1319,6 +1319,49 @@ mod module_tests {
         });
     }
 
+    /// No stack of the test suite or the examples (written for other
+    /// purposes, many of them broken on purpose) reaches a stub or an
+    /// unloaded value: the words are wide enough for them. A miss is never
+    /// wrong, but costs a second evaluation.
+    #[test]
+    fn no_stack_of_the_tests_misses() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|x| x == "ncl") {
+                    out.push(path);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut stacks = Vec::new();
+        walk(&root.join("tests"), &mut stacks);
+        walk(&root.join("examples"), &mut stacks);
+        stacks.sort();
+        assert!(stacks.len() > 100, "{}", stacks.len());
+        on_big_stack(move || {
+            let mut evaluated = 0;
+            for stack in stacks {
+                let Ok(project) = crate::load::load(&stack, None, super::Limits::default()) else {
+                    continue;
+                };
+                let sources = super::sources_of(&project);
+                let stubs = unneeded_modules(sources.iter().map(|(_, _, t)| t.as_str()));
+                let std = super::trimmed_now(&sources, &stubs);
+                evaluated += 1;
+                if let Err(found) = evaluate_here(project.root.clone(), sources, &stubs, Some(std)) {
+                    let missed = found
+                        .iter()
+                        .find(|d| d.message.contains(crate::trim::MARKER) || d.message.contains(super::NOT_LOADED));
+                    assert!(missed.is_none(), "{} misses: {missed:?}", stack.display());
+                }
+            }
+            assert!(evaluated > 100, "only {evaluated} stacks load");
+        });
+    }
+
     #[test]
     fn a_stack_loads_the_modules_its_files_name() {
         let lair = include_str!("../../examples/lair-chat/prod.ncl");
