@@ -249,19 +249,23 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
     // every value and all of `std.ncl`): a result is always the full
     // stdlib's.
     let mut stubs = unneeded_modules(sources.iter().map(|(_, _, text)| text.as_str()));
-    // Trimming `std.ncl` (and, once a process, blanking it and finding its
-    // functions: ~2.5 ms) reads none of Nickel's state: a thread of its own
-    // does it while the evaluation thread parses stackc's modules.
-    let beside = {
-        let (sources, stubs) = (sources.clone(), stubs.clone());
-        std::thread::Builder::new()
-            .name("stackc-std".into())
-            .spawn(move || trimmed_std(&sources, &stubs))
-            .ok()
-    };
+    // Copied here, outside the evaluation's budget, for the thread below.
+    let for_beside = (sources.clone(), stubs.clone());
     bounded("nickel-eval", limits, move || {
         let missed = |r: &Result<Evaluated, Vec<Diagnostic>>, marker: &str| matches!(r, Err(found) if found.iter().any(|d| d.message.contains(marker)));
-        let mut beside = beside;
+        // Trimming `std.ncl` (and, once a process, blanking it and finding
+        // its functions: ~2.5 ms) reads none of Nickel's state: a thread of
+        // its own does it while this one parses stackc's modules. Spawned
+        // from here, not before this thread: a new thread takes a free
+        // malloc arena, and this one must take the arena `load`'s thread
+        // left, or a check of 1000 services holds 10 MiB more.
+        let mut beside = {
+            let (sources, stubs) = for_beside;
+            std::thread::Builder::new()
+                .name("stackc-std".into())
+                .spawn(move || trimmed_std(&sources, &stubs))
+                .ok()
+        };
         let mut trimmed = true;
         loop {
             let std: Option<StdText> = trimmed.then(|| match beside.take() {
