@@ -9,6 +9,13 @@
 //! A stack that reaches one anyway (`std.record.get "x" std.array`) fails
 //! on the marker, and `eval` evaluates it again with the whole `std.ncl`:
 //! a result is always the full stdlib's.
+//!
+//! stackc's own modules are unloaded the same way ([`unload`]), value by
+//! value, where a `# load-body-when:` line says which words a stack names
+//! when it may need that value ([`bodies_loaded_when`], run by `build.rs`):
+//! their reachability over names would keep almost everything, since the
+//! lowering names every module's functions behind conditions only
+//! evaluation decides.
 
 use std::ops::Range;
 use std::sync::Arc;
