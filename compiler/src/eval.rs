@@ -268,12 +268,12 @@ pub fn evaluate(project: &Project, limits: Limits) -> Result<Evaluated, Vec<Diag
         };
         let mut trimmed = true;
         loop {
-            let std: Option<StdText> = trimmed.then(|| match beside.take() {
-                Some(thread) => {
-                    let (sources, stubs) = (sources.clone(), stubs.clone());
-                    Box::new(move || thread.join().unwrap_or_else(|_| trimmed_std(&sources, &stubs))) as StdText
+            let std: Option<StdText> = trimmed.then(|| {
+                let here = trimmed_now(&sources, &stubs);
+                match beside.take() {
+                    Some(thread) => Box::new(move || thread.join().unwrap_or_else(|_| here())),
+                    None => here,
                 }
-                None => trimmed_now(&sources, &stubs),
             });
             let result = evaluate_here(root.clone(), sources.clone(), &stubs, std);
             if !stubs.is_empty() && missed(&result, NOT_LOADED) {
@@ -492,16 +492,14 @@ fn evaluate_here(
     let mut trimmed = trimmed;
     for (module, id) in cache.sources.stdlib_modules() {
         if let Some(m) = nickel_std_blanked().iter().find(|m| m.name == module.file_name()) {
-            let text = match trimmed.take() {
-                Some(std) if m.fields.is_some() => {
-                    let t = std();
-                    unloaded.push((m.name.clone(), t.clone(), m.original));
-                    t
-                }
-                other => {
-                    trimmed = other;
-                    m.blanked.clone()
-                }
+            let text = if m.fields.is_some()
+                && let Some(std) = trimmed.take()
+            {
+                let t = std();
+                unloaded.push((m.name.clone(), t.clone(), m.original));
+                t
+            } else {
+                m.blanked.clone()
             };
             cache.sources.files.update(id, text);
         }

@@ -169,8 +169,19 @@ impl Std {
 /// and spaces, newlines kept; the marker goes on one line of the body
 /// long enough to hold it, else the body stays.
 pub fn unload(body: &mut [u8]) {
-    let Some(at) = body
-        .split(|&x| x == b'\n')
+    let Some(at) = marker_at(body) else {
+        return;
+    };
+    for x in body.iter_mut().filter(|x| **x != b'\n') {
+        *x = b' ';
+    }
+    body[at..at + MARKER.len()].copy_from_slice(MARKER.as_bytes());
+}
+
+/// Where [`unload`] puts the marker in `body`: the start of its first line
+/// long enough to hold it.
+fn marker_at(body: &[u8]) -> Option<usize> {
+    body.split(|&x| x == b'\n')
         .scan(0, |start, line| {
             let here = *start;
             *start += line.len() + 1;
@@ -178,13 +189,6 @@ pub fn unload(body: &mut [u8]) {
         })
         .find(|(_, len)| *len >= MARKER.len())
         .map(|(at, _)| at)
-    else {
-        return;
-    };
-    for x in body.iter_mut().filter(|x| **x != b'\n') {
-        *x = b' ';
-    }
-    body[at..at + MARKER.len()].copy_from_slice(MARKER.as_bytes());
 }
 
 /// What a stackc module says of the bodies it loads only for some stacks:
@@ -231,19 +235,7 @@ pub fn bodies_loaded_when(text: &str) -> Result<Vec<(String, Range<usize>)>, Str
         if tokens.get(i).is_none_or(|t| t.kind != Kind::Ident) {
             return fail("is not followed by a definition");
         }
-        // The annotations, up to the lone `=` at depth 0.
-        let mut depth = 0i32;
-        while let Some(t) = tokens.get(i) {
-            match t.kind {
-                Kind::Punct(b'{' | b'[' | b'(') => depth += 1,
-                Kind::Punct(b'}' | b']' | b')') if depth == 0 => break,
-                Kind::Punct(b'}' | b']' | b')') => depth -= 1,
-                Kind::Punct(b',') if depth == 0 => break,
-                Kind::Equals if depth == 0 => break,
-                _ => {}
-            }
-            i += 1;
-        }
+        i = past_annotations(&tokens, i);
         if tokens.get(i).is_none_or(|t| t.kind != Kind::Equals) {
             return fail("is followed by a definition without a value");
         }
@@ -252,7 +244,7 @@ pub fn bodies_loaded_when(text: &str) -> Result<Vec<(String, Range<usize>)>, Str
             return fail("is followed by a definition without a value");
         }
         let body = tokens[i + 1].range.start..tokens[end - 1].range.end;
-        if !text[body.clone()].lines().any(|l| l.len() >= MARKER.len()) {
+        if marker_at(&b[body.clone()]).is_none() {
             return fail("is above a value too short to unload (no line holds the marker)");
         }
         out.push((words.split_whitespace().collect::<Vec<_>>().join(" "), body));
@@ -381,19 +373,7 @@ fn record(b: &[u8], tokens: &[Token], open: usize, section: Option<Range<usize>>
     let mut i = open + 1;
     while i < tokens.len() && tokens[i].kind != Kind::Punct(b'}') {
         let start = i;
-        // The name, then annotations up to a lone `=` (or `,`/`}` for a
-        // field without a value).
-        let mut depth = 0i32;
-        while i < tokens.len() {
-            match tokens[i].kind {
-                Kind::Punct(b'{' | b'[' | b'(') => depth += 1,
-                Kind::Punct(b'}' | b']' | b')') if depth == 0 => break,
-                Kind::Punct(b'}' | b']' | b')') => depth -= 1,
-                Kind::Punct(b',') | Kind::Equals if depth == 0 => break,
-                _ => {}
-            }
-            i += 1;
-        }
+        i = past_annotations(tokens, i);
         if i >= tokens.len() || tokens[i].kind != Kind::Equals {
             // Past a `,` (or a stray `)`/`]`: never stuck); a `}` ends the record.
             i += usize::from(i < tokens.len() && tokens[i].kind != Kind::Punct(b'}'));
@@ -413,6 +393,24 @@ fn record(b: &[u8], tokens: &[Token], open: usize, section: Option<Range<usize>>
             });
         }
         i = end + usize::from(end < tokens.len() && tokens[end].kind == Kind::Punct(b','));
+    }
+    i
+}
+
+/// From a definition's name at `i`, past its annotations: the index of its
+/// lone `=`, or of the `,`, `}` (or stray `)`, `]`) ending a field without
+/// a value, or the end.
+fn past_annotations(tokens: &[Token], mut i: usize) -> usize {
+    let mut depth = 0i32;
+    while let Some(t) = tokens.get(i) {
+        match t.kind {
+            Kind::Punct(b'{' | b'[' | b'(') => depth += 1,
+            Kind::Punct(b'}' | b']' | b')') if depth == 0 => break,
+            Kind::Punct(b'}' | b']' | b')') => depth -= 1,
+            Kind::Punct(b',') | Kind::Equals if depth == 0 => break,
+            _ => {}
+        }
+        i += 1;
     }
     i
 }
