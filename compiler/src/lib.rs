@@ -2,7 +2,7 @@
 //! stacks. One module per stage, a typed value crossing each boundary
 //! (docs/ARCHITECTURE.md):
 //!
-//! load → eval → model → check → secrets → render → verify + xref → bundle
+//! load → eval → model → lower → check → secrets → render → verify + xref → bundle
 
 // Diagnostics are the error type everywhere; they are built once per
 // finding, so their size on the error path does not matter.
@@ -20,6 +20,7 @@ pub mod diff;
 pub mod eval;
 pub mod graph;
 pub mod load;
+pub mod lower;
 pub mod model;
 pub mod options;
 pub mod plan;
@@ -84,8 +85,9 @@ pub fn compile(entry: &Path, opts: &Options) -> Result<Compiled, Vec<Diagnostic>
         d
     };
     let project = load::load(entry, opts.project_root, opts.limits).map_err(sorted)?;
-    let evaluated = evaluate(&project, opts).map_err(sorted)?;
+    let mut evaluated = evaluate(&project, opts).map_err(sorted)?;
     let mut stack = model::from_value(&evaluated.value).map_err(sorted)?;
+    lower::lower(&mut stack, &mut evaluated.locs).map_err(sorted)?;
     let pos = check::Positions(&evaluated.locs);
     let findings = check::check(&stack, &evaluated.locs);
     if !findings.is_empty() {
@@ -164,8 +166,9 @@ pub fn evaluate_stack(entry: &Path, opts: &Options) -> Result<(model::Stack, loa
         d
     };
     let project = load::load(entry, opts.project_root, opts.limits).map_err(sorted)?;
-    let evaluated = evaluate(&project, opts).map_err(sorted)?;
-    let stack = model::from_value(&evaluated.value).map_err(sorted)?;
+    let mut evaluated = evaluate(&project, opts).map_err(sorted)?;
+    let mut stack = model::from_value(&evaluated.value).map_err(sorted)?;
+    lower::lower(&mut stack, &mut evaluated.locs).map_err(sorted)?;
     let findings = check::check(&stack, &evaluated.locs);
     if !findings.is_empty() {
         return Err(sorted(findings));

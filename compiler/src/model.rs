@@ -145,6 +145,62 @@ pub struct Machine {
     #[serde(default)]
     pub assertions: Vec<Assertion>,
     pub files: BTreeMap<String, FileSpec>,
+    /// The user's native services, as their contract checked them: `lower`
+    /// writes their files into `files`, then empties this.
+    #[serde(default)]
+    pub native: BTreeMap<String, NativeService>,
+    /// Native services a module runs for the machine (a proxy without a
+    /// container): lowered the same way.
+    #[serde(default)]
+    pub module_native: BTreeMap<String, NativeService>,
+}
+
+/// A native service's options (`NativeService` in `modules/native.ncl`),
+/// defaults filled in. Free-form values stay JSON: they are copied into the
+/// unit as they are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeService {
+    pub description: Option<String>,
+    pub documentation: Vec<serde_json::Value>,
+    pub command: serde_json::Value,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub working_directory: Option<serde_json::Value>,
+    pub state_directory: Option<String>,
+    pub environment: serde_json::Map<String, serde_json::Value>,
+    pub secret_environment: serde_json::Map<String, serde_json::Value>,
+    pub ports: BTreeMap<String, NativePort>,
+    pub schedule: Option<serde_json::Value>,
+    /// `always`, `on_failure` or `no`.
+    pub restart: String,
+    pub restart_sec: serde_json::Value,
+    /// `strict` or `none`.
+    pub hardening: String,
+    pub read_write_paths: Vec<serde_json::Value>,
+    pub capabilities: Vec<String>,
+    /// Raw unit settings by section, applied last.
+    pub unit: serde_json::Map<String, serde_json::Value>,
+    // Read by the stdlib (monitoring, roles, assertions), not by `lower`.
+    #[serde(default)]
+    pub metrics: serde::de::IgnoredAny,
+    #[serde(default)]
+    pub roles: serde::de::IgnoredAny,
+    #[serde(default)]
+    pub assertions: serde::de::IgnoredAny,
+}
+
+/// A native service's port: `lower` needs only its number (a port below
+/// 1024 needs `CAP_NET_BIND_SERVICE`); the listen facts carry the rest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativePort {
+    pub port: u16,
+    #[serde(default)]
+    pub to: Option<u16>,
+    pub protocol: Protocol,
+    pub bind: String,
+    pub public: bool,
 }
 
 /// One value as a service reads it, named by a module (`modules/roles.ncl`):
@@ -542,7 +598,39 @@ pub struct SiteRoutes {
     pub trusted_tls: bool,
     /// The compose service the proxy runs in (`None`: on the host).
     pub container: Option<String>,
+    /// Empty for a Caddy site until `lower` reads them from its block.
+    #[serde(default)]
     pub handlers: Vec<Handler>,
+    /// A Caddy site: where its block is, for `lower::caddy_sites`.
+    #[serde(default)]
+    pub caddyfile: Option<CaddySite>,
+}
+
+/// Where a Caddy site's handlers come from: its block in the machine's
+/// Caddyfile (`content.sites.<site>`), and the service behind each upstream
+/// address the module wrote there.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaddySite {
+    pub file: String,
+    pub targets: Vec<UpstreamTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTarget {
+    /// `host:port`, as the block writes it.
+    pub address: String,
+    pub target: Upstream,
+}
+
+/// A service's port by name, on a machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub machine: String,
+    pub service: String,
+    pub port: String,
 }
 
 /// How a proxy picks a handler among those that match a path.

@@ -115,26 +115,14 @@ mod tests {
         json!({ "match": { "kind": kind, "paths": [path] }, "then": { "proxy": { "upstream": upstream } } })
     }
 
-    /// The route facts `caddy.ncl` lowers a site block to, evaluated by Nickel.
+    /// The route facts the compiler reads from a Caddy site block.
     fn caddy_facts(block: &serde_json::Value) -> SiteRoutes {
-        use crate::load::{InputFormat, PROJECT_ROOT, Project, Source};
-        let text = format!(
-            "{{ site = \"x\", select = 'first, container = null, handlers = (import \"caddy.ncl\").handlers_of [] (std.deserialize 'Json m%\"{block}\"%) }}"
-        );
-        let entry = std::path::PathBuf::from(format!("{PROJECT_ROOT}/t.ncl"));
-        let project = Project {
-            root: PROJECT_ROOT.into(),
-            entry: entry.clone(),
-            sources: vec![Source {
-                nickel_path: entry,
-                format: InputFormat::Nickel,
-                text,
-            }],
-        };
-        let value = crate::eval::evaluate(&project, crate::eval::Limits::default())
-            .unwrap_or_else(|e| panic!("{e:?}"))
-            .value;
-        site(value)
+        let mut s = site(json!({ "site": "x", "select": "first", "container": null }));
+        s.handlers = crate::lower::caddy_handlers(block, &[])
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect();
+        s
     }
 
     #[test]
