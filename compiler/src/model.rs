@@ -598,20 +598,21 @@ pub struct SiteRoutes {
     pub trusted_tls: bool,
     /// The compose service the proxy runs in (`None`: on the host).
     pub container: Option<String>,
-    /// Empty for a Caddy site until `lower` reads them from its block.
+    /// Empty until `lower` reads them from the site's `block`, if it has one.
     #[serde(default)]
     pub handlers: Vec<Handler>,
-    /// A Caddy site: where its block is, for `lower::caddy_sites`.
+    /// Where `lower::site_handlers` reads the handlers from, when the
+    /// module leaves them to the compiler (Caddy).
     #[serde(default)]
-    pub caddyfile: Option<CaddySite>,
+    pub block: Option<SiteBlock>,
 }
 
-/// Where a Caddy site's handlers come from: its block in the machine's
-/// Caddyfile (`content.sites.<site>`), and the service behind each upstream
+/// Where a site's handlers come from: its block in a config file of the
+/// machine (`content.sites.<site>`), and the service behind each upstream
 /// address the module wrote there.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CaddySite {
+pub struct SiteBlock {
     pub file: String,
     pub targets: Vec<UpstreamTarget>,
 }

@@ -5,7 +5,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ContentError, HEADER};
+use super::{ContentError, HEADER, HandlerAt};
+use crate::model::{Handler, MatchKind, Matcher, ProxyTo, Then, UpstreamTarget};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,4 +142,188 @@ mod tests {
         assert_eq!(quote("a b"), "\"a b\"");
         assert_eq!(quote(""), "\"\"");
     }
+}
+
+/// A directive of a block: its place, name and string arguments (with
+/// their places).
+struct Written<'a> {
+    at: String,
+    name: &'a str,
+    args: Vec<(usize, &'a str)>,
+    value: &'a Value,
+}
+
+fn directives<'a>(list: &'a Value, at: &str) -> Vec<Written<'a>> {
+    let Some(list) = list.as_array() else { return Vec::new() };
+    list.iter()
+        .enumerate()
+        .filter(|(_, d)| d.is_object())
+        .map(|(j, d)| Written {
+            at: format!("{at}/{j}"),
+            name: d.get("name").and_then(Value::as_str).unwrap_or(""),
+            args: match d.get("args").and_then(Value::as_array) {
+                Some(a) => a
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| Some((i, v.as_str()?)))
+                    .collect(),
+                None => Vec::new(),
+            },
+            value: d,
+        })
+        .collect()
+}
+
+/// `@name`, `/path…` and `*…` are matcher tokens in a directive's first argument.
+fn is_matcher(arg: &str) -> bool {
+    arg.starts_with(['@', '/', '*'])
+}
+
+/// The handlers of a Caddy site block (a list of `{ name, args, body }`
+/// directives, as written), in the order Caddy tries them: `handle` blocks
+/// with a matcher in written order, those without one last (Caddy sorts
+/// them last), then a top-level `respond` (before `reverse_proxy` in
+/// Caddy's directive order), then a top-level `reverse_proxy`. The router
+/// takes the first that matches (`select = 'first`). A named matcher that
+/// is not a `path` matcher matches nothing here. `targets` names the
+/// service behind an upstream address the module wrote.
+pub fn handlers(block: &Value, targets: &[UpstreamTarget]) -> Vec<(Handler, HandlerAt)> {
+    let all = directives(block, "");
+    // Named path matchers (`@api path /api/*`): a later one of a name wins.
+    let mut named: std::collections::BTreeMap<&str, &Written> = std::collections::BTreeMap::new();
+    for d in &all {
+        if d.name.starts_with('@') && d.args.first().is_some_and(|(_, a)| *a == "path") {
+            named.insert(d.name, d);
+        }
+    }
+    let match_of = |d: &Written| -> (Matcher, Vec<String>) {
+        let any = (
+            Matcher {
+                kind: MatchKind::Any,
+                paths: Vec::new(),
+            },
+            Vec::new(),
+        );
+        let Some((i, first)) = d.args.first() else { return any };
+        if !is_matcher(first) {
+            any
+        } else if first.starts_with('@') {
+            let (paths, at) = named.get(first).map_or((Vec::new(), Vec::new()), |m| {
+                let args = &m.args[1..];
+                let paths = args.iter().map(|(_, a)| (*a).to_owned()).collect();
+                (paths, args.iter().map(|(j, _)| format!("{}/args/{j}", m.at)).collect())
+            });
+            (
+                Matcher {
+                    kind: MatchKind::Glob,
+                    paths,
+                },
+                at,
+            )
+        } else {
+            let at = vec![format!("{}/args/{i}", d.at)];
+            (
+                Matcher {
+                    kind: MatchKind::Glob,
+                    paths: vec![(*first).to_owned()],
+                },
+                at,
+            )
+        }
+    };
+    let then_of = |d: &Written| -> (Then, Option<String>) {
+        let rest = match d.args.first() {
+            Some((_, a)) if is_matcher(a) => &d.args[1..],
+            _ => &d.args[..],
+        };
+        let status = |a: &str| {
+            let b = a.as_bytes();
+            (b.len() == 3 && (b'1'..=b'5').contains(&b[0]) && b[1..].iter().all(u8::is_ascii_digit))
+                .then(|| a.parse::<u16>().ok())
+                .flatten()
+        };
+        let arg_at = |i: usize| format!("{}/args/{i}", d.at);
+        if d.name == "respond" {
+            return match rest {
+                [] => (
+                    Then::Respond {
+                        status: 200,
+                        body: String::new(),
+                    },
+                    None,
+                ),
+                [(_, only)] if status(only).is_some() => (
+                    Then::Respond {
+                        status: status(only).unwrap_or(200),
+                        body: String::new(),
+                    },
+                    None,
+                ),
+                [(i, body), more @ ..] => {
+                    let code = more.first().and_then(|(_, s)| status(s)).unwrap_or(200);
+                    (
+                        Then::Respond {
+                            status: code,
+                            body: (*body).to_owned(),
+                        },
+                        Some(arg_at(*i)),
+                    )
+                }
+            };
+        }
+        let Some((i, written)) = rest.first() else {
+            return (Then::Other("`reverse_proxy` without an upstream".into()), None);
+        };
+        // The first upstream, without its scheme: `host:port` as written.
+        let addr = written.rsplit("://").next().unwrap_or(written).trim_end_matches('/');
+        let known = targets.iter().find(|t| t.address == addr).map(|t| &t.target);
+        let proxy = ProxyTo {
+            machine: known.map(|t| t.machine.clone()),
+            service: known.map(|t| t.service.clone()),
+            port: known.map(|t| t.port.clone()),
+            upstream: Some(addr.to_owned()),
+        };
+        (Then::Proxy(proxy), Some(arg_at(*i)))
+    };
+    let mut out = Vec::new();
+    let mut push = |d: &Written, answer: Option<&Written>, other: Option<String>| {
+        let (matcher, paths) = match_of(d);
+        let (then, arg) = match (answer, other) {
+            (Some(a), _) => then_of(a),
+            (None, Some(what)) => (Then::Other(what), None),
+            (None, None) => then_of(d),
+        };
+        let at = HandlerAt {
+            directive: d.at.clone(),
+            then: answer.map_or_else(|| d.at.clone(), |a| a.at.clone()),
+            arg,
+            paths,
+        };
+        out.push((Handler { matcher, then }, at));
+    };
+    let handles: Vec<&Written> = all
+        .iter()
+        .filter(|d| d.name == "handle" || d.name == "handle_path")
+        .collect();
+    let (with_args, bare): (Vec<&Written>, Vec<&Written>) = handles.into_iter().partition(|d| !d.args.is_empty());
+    for d in with_args.into_iter().chain(bare) {
+        let body = d
+            .value
+            .get("body")
+            .map_or(Vec::new(), |b| directives(b, &format!("{}/body", d.at)));
+        match body.iter().find(|b| b.name == "reverse_proxy" || b.name == "respond") {
+            Some(inner) => push(d, Some(inner), None),
+            None => push(
+                d,
+                None,
+                Some(format!("`{}` without `reverse_proxy` or `respond`", d.name)),
+            ),
+        }
+    }
+    for name in ["respond", "reverse_proxy"] {
+        for d in all.iter().filter(|d| d.name == name) {
+            push(d, None, None);
+        }
+    }
+    out
 }

@@ -96,6 +96,31 @@ impl ContentError {
     }
 }
 
+/// Where a handler comes from in its block, as pointers below it: the
+/// directive (`handle`, or a top-level one), the one that answers (`then`),
+/// its upstream or body argument, and the paths it matches.
+#[derive(Debug, Default)]
+pub struct HandlerAt {
+    pub directive: String,
+    pub then: String,
+    pub arg: Option<String>,
+    pub paths: Vec<String>,
+}
+
+/// The handlers of a proxy site read back from its block in a config the
+/// stdlib wrote, in the order the proxy tries them, with where each comes
+/// from; `None` for a format whose blocks this cannot read.
+pub fn site_handlers(
+    format: Format,
+    block: &serde_json::Value,
+    targets: &[crate::model::UpstreamTarget],
+) -> Option<Vec<(crate::model::Handler, HandlerAt)>> {
+    match format {
+        Format::Caddyfile => Some(caddyfile::handlers(block, targets)),
+        _ => None,
+    }
+}
+
 pub fn render(stack: &Stack, pos: &Positions, keying: &Keying) -> Result<Rendered, Vec<Diagnostic>> {
     let mut out = Rendered::new();
     let mut diags = Vec::new();

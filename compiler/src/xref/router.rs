@@ -118,7 +118,8 @@ mod tests {
     /// The route facts the compiler reads from a Caddy site block.
     fn caddy_facts(block: &serde_json::Value) -> SiteRoutes {
         let mut s = site(json!({ "site": "x", "select": "first", "container": null }));
-        s.handlers = crate::lower::caddy_handlers(block, &[])
+        s.handlers = crate::render::site_handlers(crate::model::Format::Caddyfile, block, &[])
+            .unwrap()
             .into_iter()
             .map(|(h, _)| h)
             .collect();
