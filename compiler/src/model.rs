@@ -153,6 +153,56 @@ pub struct Machine {
     /// container): lowered the same way.
     #[serde(default)]
     pub module_native: BTreeMap<String, NativeService>,
+    /// What `lower` writes the machine's nftables ruleset from (none on
+    /// Kubernetes).
+    #[serde(default)]
+    pub firewall: Option<Firewall>,
+}
+
+/// A machine's `firewall` options and what the stdlib derived for them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firewall {
+    pub options: FirewallOptions,
+    /// The stack's `admin_sources`: SSH's sources unless it names its own.
+    pub admin_sources: Vec<String>,
+    /// `{ source, protocol, port }`: ports other machines reach (proxy
+    /// routes, declared connections), opened to their address only.
+    pub incoming: Vec<serde_json::Value>,
+    /// `{ protocol, port }`: host ports the machine's containers reach.
+    pub container_access: Vec<serde_json::Value>,
+    /// Whether the stack declares `networks` (else one implicit network,
+    /// `default`, spans everything).
+    pub networks_declared: bool,
+}
+
+/// `Firewall` in `modules/firewall.ncl`, defaults filled in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallOptions {
+    pub enable: bool,
+    pub extra_tcp_ports: Vec<u16>,
+    pub extra_udp_ports: Vec<u16>,
+    pub allow_ping: bool,
+    pub ssh: SshOptions,
+    pub allow: Vec<AllowOption>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshOptions {
+    pub enable: bool,
+    pub port: u16,
+    #[serde(default)]
+    pub from: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowOption {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub from: Vec<String>,
 }
 
 /// A native service's options (`NativeService` in `modules/native.ncl`),

@@ -1,124 +1,16 @@
-//! `lower`: the compiler's half of lowering, for what is the same function
-//! of the checked options for every stack. The stdlib checks the options
-//! against their contracts and gives the facts the checks read; here:
-//!
-//! - the files of every native service (its unit, timer, environment file,
-//!   sysusers.d and tmpfiles.d entries), from its options (`native`);
-//! - the handlers of every proxy site whose module leaves them to the
-//!   compiler, read from the site's block in the config the stdlib wrote,
-//!   for the router (`site_handlers`).
-//!
-//! Nickel's interpreter spends microseconds on every operation; building
-//! these for each service of a large stack was a share of its evaluation
-//! (bench/NOTES.md). Whatever is written here gets the source positions of
-//! what it comes from (`Locs` aliases): a diagnostic about a unit points at
-//! the option in the user's file, one about a route at its directive.
+//! The files of a native service — its unit, timer, environment file,
+//! sysusers.d and tmpfiles.d entries — from the options its contract
+//! checked (`NativeService` in `modules/native.ncl`).
 
 use serde_json::{Map, Value, json};
 
-use crate::diag::{Code, Diagnostic};
-use crate::eval::{Locs, pointer_escape};
-use crate::model::{FileSpec, Format, NativeService, Stack, Then};
-
-/// Both halves, in order.
-pub fn lower(stack: &mut Stack, locs: &mut Locs) -> Result<(), Vec<Diagnostic>> {
-    native(stack, locs)?;
-    site_handlers(stack, locs);
-    Ok(())
-}
-
-/// Writes every machine's native services into its `files`. A file that
-/// another part of the machine writes too is SC0215, once per service,
-/// naming both.
-pub fn native(stack: &mut Stack, locs: &mut Locs) -> Result<(), Vec<Diagnostic>> {
-    let mut out = Vec::new();
-    for (mname, m) in &mut stack.machines {
-        let mp = format!("/machines/{}", pointer_escape(mname));
-        let user = std::mem::take(&mut m.native);
-        let modules = std::mem::take(&mut m.module_native);
-        // Who wrote each file lowered here: (path, service, its pointer).
-        let mut written: Vec<(String, String, String)> = Vec::new();
-        for (field, services) in [("native", user), ("module_native", modules)] {
-            for (sname, svc) in services {
-                let src = format!("{mp}/{field}/{}", pointer_escape(&sname));
-                let files = files_of(&sname, &svc, &m.deploy_root);
-                if let Some((path, ..)) = files.iter().find(|(p, ..)| m.files.contains_key(p)) {
-                    let first = written.iter().find(|(p, ..)| p == path);
-                    out.push(clash(mname, path, (&sname, &src), first, locs));
-                    continue;
-                }
-                for (path, file, aliases) in files {
-                    let dst = format!("{mp}/files/{}", pointer_escape(&path));
-                    // The file itself points at the service, not at the options below it.
-                    if let Some(loc) = locs.get(&src).cloned() {
-                        locs.insert(format!("{dst}/content"), loc.clone());
-                        locs.insert(dst.clone(), loc);
-                    }
-                    for (from, to) in aliases {
-                        alias(locs, &format!("{src}{from}"), &format!("{dst}/content{to}"));
-                    }
-                    m.files.insert(path.clone(), file);
-                    written.push((path, sname.clone(), src.clone()));
-                }
-            }
-        }
-    }
-    if out.is_empty() { Ok(()) } else { Err(out) }
-}
-
-/// SC0215: native service `sname` would write `path`, which `first` (a
-/// native service lowered before it: the user's, when `sname` is one a
-/// module runs) or the stdlib's lowering (the machine's `files`, a
-/// module's units) already wrote.
-fn clash(
-    mname: &str,
-    path: &str,
-    (sname, src): (&str, &str),
-    first: Option<&(String, String, String)>,
-    locs: &Locs,
-) -> Diagnostic {
-    let pos = crate::check::Positions(locs);
-    match first {
-        Some((_, other, other_src)) => Diagnostic::error(
-            Code::FileClash,
-            format!("machine `{mname}` runs two native services named `{sname}`: yours and one a module runs for it (`{path}`)"),
-        )
-        .with_label(pos.at(other_src), "your service")
-        // Inside the stdlib the module's service is noise: the path names it.
-        .with_label(pos.at(src).filter(crate::diag::Span::in_user), "the module's service")
-        .with_help(format!("rename your native service `{other}`: its files are named after it")),
-        None => Diagnostic::error(
-            Code::FileClash,
-            format!("machine `{mname}` gets `{path}` twice: from native service `{sname}` and from another part of the machine"),
-        )
-        .with_label(pos.at(src), "this service")
-        .with_label(
-            pos.at(&format!("/machines/{}/files/{}", pointer_escape(mname), pointer_escape(path))),
-            "also written here",
-        )
-        .with_help("rename the service or the other file: a native service's files are named after it"),
-    }
-}
-
-/// Copies the positions of the value at `from` and everything below it to
-/// `to`: the file written from an option points where the option was written.
-fn alias(locs: &mut Locs, from: &str, to: &str) {
-    let copies: Vec<(String, crate::eval::Loc)> = locs
-        .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
-        .take_while(|(k, _)| k.starts_with(from))
-        .filter(|(k, _)| k.len() == from.len() || k.as_bytes()[from.len()] == b'/')
-        .map(|(k, l)| (format!("{to}{}", &k[from.len()..]), l.clone()))
-        .collect();
-    locs.extend(copies);
-}
-
-/// One file and where its values come from: (option pointer below the
-/// service, content pointer) pairs.
-type Lowered = (String, FileSpec, Vec<(String, String)>);
+use super::Lowered;
+use crate::eval::pointer_escape;
+use crate::model::{FileSpec, Format, NativeService};
 
 /// The files of native service `sname` (see `modules/native.ncl` for the
 /// options).
-fn files_of(sname: &str, svc: &NativeService, deploy_root: &str) -> Vec<Lowered> {
+pub(super) fn files_of(sname: &str, svc: &NativeService, deploy_root: &str) -> Vec<Lowered> {
     let user = svc.user.as_deref().unwrap_or(sname);
     let group = svc.group.as_deref().unwrap_or(user);
     let description = svc.description.as_deref().unwrap_or(sname);
@@ -284,62 +176,13 @@ fn update(base: &mut Map<String, Value>, overrides: &Map<String, Value>) {
     }
 }
 
-/// Reads the handlers of every proxy site whose module left them to the
-/// compiler (`block`): from the site's block in the config it wrote, as the
-/// format's writer understands it (`render::site_handlers`), each pointing
-/// where its directive was written.
-pub fn site_handlers(stack: &mut Stack, locs: &mut Locs) {
-    for (mname, m) in &mut stack.machines {
-        let mp = format!("/machines/{}", pointer_escape(mname));
-        for (k, routes) in m.site_routes.iter_mut().enumerate() {
-            let Some(from) = routes.block.take() else { continue };
-            let Some(file) = m.files.get(&from.file) else { continue };
-            let block = file
-                .content
-                .get("sites")
-                .and_then(|s| s.get(&routes.site))
-                .unwrap_or(&Value::Null);
-            let Some(handlers) = crate::render::site_handlers(file.format, block, &from.targets) else {
-                continue;
-            };
-            let block_ptr = format!(
-                "{mp}/files/{}/content/sites/{}",
-                pointer_escape(&from.file),
-                pointer_escape(&routes.site)
-            );
-            let here = format!("{mp}/site_routes/{k}/handlers");
-            for (i, (handler, at)) in handlers.into_iter().enumerate() {
-                let h = format!("{here}/{i}");
-                copy_loc(locs, &format!("{block_ptr}{}", at.directive), &h);
-                copy_loc(locs, &format!("{block_ptr}{}", at.then), &format!("{h}/then"));
-                for (p, path) in at.paths.iter().enumerate() {
-                    copy_loc(locs, &format!("{block_ptr}{path}"), &format!("{h}/match/paths/{p}"));
-                }
-                if let Some(arg) = &at.arg {
-                    let leaf = match handler.then {
-                        Then::Respond { .. } => "respond/body",
-                        _ => "proxy/upstream",
-                    };
-                    copy_loc(locs, &format!("{block_ptr}{arg}"), &format!("{h}/then/{leaf}"));
-                }
-                routes.handlers.push(handler);
-            }
-        }
-    }
-}
-
-fn copy_loc(locs: &mut Locs, from: &str, to: &str) {
-    if let Some(loc) = locs.get(from).cloned() {
-        locs.insert(to.to_owned(), loc);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::eval::Loc;
+    use crate::eval::{Loc, Locs};
+    use crate::model::Stack;
 
     fn options(given: Value) -> Value {
         let mut full = json!({
@@ -470,7 +313,7 @@ mod tests {
                 "native": { "app": options(json!({ "environment": { "A": "1" } })) } } },
         }))
         .unwrap();
-        native(&mut stack, &mut locs).unwrap();
+        super::super::lower(&mut stack, &mut locs).unwrap();
         let at = |p: &str| locs.get(p).and_then(|l| l.value.clone()).map(|s| s.range.start);
         assert_eq!(
             at("/machines/m/files/systemd~1app.service/content/Service/ExecStart"),

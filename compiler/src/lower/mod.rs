@@ -1,0 +1,233 @@
+//! `lower`: the compiler's half of lowering, for output that is the same
+//! function of the checked options in every stack. The stdlib checks the
+//! options against their contracts and derives the facts the checks read;
+//! here, from those:
+//!
+//! - every native service's files (`native.rs`);
+//! - every machine's nftables ruleset, its fallback and their unit
+//!   (`firewall.rs`, with `network.rs`);
+//! - the handlers of every proxy site whose module leaves them to the
+//!   compiler, read from the site's block (`site_handlers`).
+//!
+//! Nickel's interpreter spends microseconds on every operation; building
+//! this for each service of a large stack was most of its evaluation
+//! (bench/NOTES.md). Whatever is written here gets the source positions of
+//! what it comes from (`Locs` aliases): a diagnostic about a unit points at
+//! the option in the user's file, one about a route at its directive.
+
+mod firewall;
+mod native;
+mod network;
+
+use serde_json::Value;
+
+use crate::diag::{Code, Diagnostic, Span};
+use crate::eval::{Loc, Locs, pointer_escape};
+use crate::model::{FileSpec, Machine, Stack, Then};
+
+/// One file written here, and where its values come from: (pointer below
+/// what it is written from, pointer below the file's content) pairs.
+type Lowered = (String, FileSpec, Vec<(String, String)>);
+
+/// What writes a file: for messages, and where it was written.
+struct Writer {
+    /// `native service `x`` or `the firewall`.
+    what: String,
+    /// A native service's name, to tell two services of one name apart.
+    service: Option<String>,
+    ptr: String,
+}
+
+/// Every part, in order. A file that two parts of a machine write is
+/// SC0215, once per part, naming both.
+pub fn lower(stack: &mut Stack, locs: &mut Locs) -> Result<(), Vec<Diagnostic>> {
+    let mut out = Vec::new();
+    // The rulesets read every machine's addresses: computed before any is written.
+    let rulesets: Vec<Vec<(String, FileSpec)>> = stack
+        .machines
+        .iter()
+        .map(|(mname, m)| match &m.firewall {
+            Some(fw) => firewall::files(stack, mname, &m.deploy_root, &m.listens, fw),
+            None => Vec::new(),
+        })
+        .collect();
+    for ((mname, m), ruleset) in stack.machines.iter_mut().zip(rulesets) {
+        let mp = format!("/machines/{}", pointer_escape(mname));
+        let mut written: Vec<(String, Writer)> = Vec::new();
+        let user = std::mem::take(&mut m.native);
+        let modules = std::mem::take(&mut m.module_native);
+        for (field, services) in [("native", user), ("module_native", modules)] {
+            for (sname, svc) in services {
+                let writer = Writer {
+                    what: format!("native service `{sname}`"),
+                    ptr: format!("{mp}/{field}/{}", pointer_escape(&sname)),
+                    service: Some(sname.clone()),
+                };
+                let files = native::files_of(&sname, &svc, &m.deploy_root);
+                place(m, &mp, mname, writer, files, &mut written, locs, &mut out);
+            }
+        }
+        if m.firewall.take().is_some() {
+            let writer = Writer {
+                what: "its firewall".into(),
+                service: None,
+                ptr: format!("{mp}/firewall/options"),
+            };
+            let files = ruleset.into_iter().map(|(p, f)| (p, f, Vec::new())).collect();
+            place(m, &mp, mname, writer, files, &mut written, locs, &mut out);
+        }
+    }
+    if !out.is_empty() {
+        return Err(out);
+    }
+    site_handlers(stack, locs);
+    Ok(())
+}
+
+/// Puts `files` into machine `m`'s, each pointing where `writer` was
+/// written and its values where theirs were; none of them if one is
+/// already there (SC0215).
+#[allow(clippy::too_many_arguments)]
+fn place(
+    m: &mut Machine,
+    mp: &str,
+    mname: &str,
+    writer: Writer,
+    files: Vec<Lowered>,
+    written: &mut Vec<(String, Writer)>,
+    locs: &mut Locs,
+    out: &mut Vec<Diagnostic>,
+) {
+    if let Some((path, ..)) = files.iter().find(|(p, ..)| m.files.contains_key(p)) {
+        let first = written.iter().find(|(p, _)| p == path).map(|(_, w)| w);
+        out.push(clash(mname, path, &writer, first, locs));
+        return;
+    }
+    for (path, file, aliases) in files {
+        let dst = format!("{mp}/files/{}", pointer_escape(&path));
+        // The file itself points at its writer, not at the options below it.
+        if let Some(loc) = locs.get(&writer.ptr).cloned() {
+            locs.insert(format!("{dst}/content"), loc.clone());
+            locs.insert(dst.clone(), loc);
+        }
+        for (from, to) in aliases {
+            alias(locs, &format!("{}{from}", writer.ptr), &format!("{dst}/content{to}"));
+        }
+        m.files.insert(path.clone(), file);
+        written.push((
+            path,
+            Writer {
+                what: writer.what.clone(),
+                service: writer.service.clone(),
+                ptr: writer.ptr.clone(),
+            },
+        ));
+    }
+}
+
+/// SC0215: `writer` would write `path`, which `first` (written here
+/// before: the user's native service, when `writer` is one a module runs)
+/// or the stdlib's lowering (the machine's `files`, a module's units)
+/// already wrote.
+fn clash(mname: &str, path: &str, writer: &Writer, first: Option<&Writer>, locs: &Locs) -> Diagnostic {
+    let pos = crate::check::Positions(locs);
+    match first {
+        Some(other) if other.service.is_some() && other.service == writer.service => {
+            let name = writer.service.as_deref().unwrap_or_default();
+            Diagnostic::error(
+                Code::FileClash,
+                format!("machine `{mname}` runs two native services named `{name}`: yours and one a module runs for it (`{path}`)"),
+            )
+            .with_label(pos.at(&other.ptr), "your service")
+            // Inside the stdlib the module's service is noise: the path names it.
+            .with_label(pos.at(&writer.ptr).filter(Span::in_user), "the module's service")
+            .with_help(format!("rename your native service `{name}`: its files are named after it"))
+        }
+        _ => {
+            let (other, at) = match first {
+                Some(other) => (other.what.clone(), pos.at(&other.ptr)),
+                None => (
+                    "another part of the machine".to_owned(),
+                    pos.at(&format!(
+                        "/machines/{}/files/{}",
+                        pointer_escape(mname),
+                        pointer_escape(path)
+                    )),
+                ),
+            };
+            Diagnostic::error(
+                Code::FileClash,
+                format!("machine `{mname}` gets `{path}` twice: from {} and from {other}", writer.what),
+            )
+            .with_label(pos.at(&writer.ptr), if writer.service.is_some() { "this service" } else { "this firewall" })
+            .with_label(at, "also written here")
+            .with_help(if writer.service.is_some() {
+                "rename the service or the other file: a native service's files are named after it"
+            } else {
+                "move the other file: the firewall writes `firewall/rules.nft`, `firewall/fallback.nft` and `systemd/stackc-firewall.service`"
+            })
+        }
+    }
+}
+
+/// Copies the positions of the value at `from` and everything below it to
+/// `to`: the file written from an option points where the option was written.
+fn alias(locs: &mut Locs, from: &str, to: &str) {
+    let copies: Vec<(String, Loc)> = locs
+        .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(from))
+        .filter(|(k, _)| k.len() == from.len() || k.as_bytes()[from.len()] == b'/')
+        .map(|(k, l)| (format!("{to}{}", &k[from.len()..]), l.clone()))
+        .collect();
+    locs.extend(copies);
+}
+
+fn copy_loc(locs: &mut Locs, from: &str, to: &str) {
+    if let Some(loc) = locs.get(from).cloned() {
+        locs.insert(to.to_owned(), loc);
+    }
+}
+
+/// Reads the handlers of every proxy site whose module left them to the
+/// compiler (`block`): from the site's block in the config it wrote, as the
+/// format's writer understands it (`render::site_handlers`), each pointing
+/// where its directive was written.
+pub fn site_handlers(stack: &mut Stack, locs: &mut Locs) {
+    for (mname, m) in &mut stack.machines {
+        let mp = format!("/machines/{}", pointer_escape(mname));
+        for (k, routes) in m.site_routes.iter_mut().enumerate() {
+            let Some(from) = routes.block.take() else { continue };
+            let Some(file) = m.files.get(&from.file) else { continue };
+            let block = file
+                .content
+                .get("sites")
+                .and_then(|s| s.get(&routes.site))
+                .unwrap_or(&Value::Null);
+            let Some(handlers) = crate::render::site_handlers(file.format, block, &from.targets) else {
+                continue;
+            };
+            let block_ptr = format!(
+                "{mp}/files/{}/content/sites/{}",
+                pointer_escape(&from.file),
+                pointer_escape(&routes.site)
+            );
+            let here = format!("{mp}/site_routes/{k}/handlers");
+            for (i, (handler, at)) in handlers.into_iter().enumerate() {
+                let h = format!("{here}/{i}");
+                copy_loc(locs, &format!("{block_ptr}{}", at.directive), &h);
+                copy_loc(locs, &format!("{block_ptr}{}", at.then), &format!("{h}/then"));
+                for (p, path) in at.paths.iter().enumerate() {
+                    copy_loc(locs, &format!("{block_ptr}{path}"), &format!("{h}/match/paths/{p}"));
+                }
+                if let Some(arg) = &at.arg {
+                    let leaf = match handler.then {
+                        Then::Respond { .. } => "respond/body",
+                        _ => "proxy/upstream",
+                    };
+                    copy_loc(locs, &format!("{block_ptr}{arg}"), &format!("{h}/then/{leaf}"));
+                }
+                routes.handlers.push(handler);
+            }
+        }
+    }
+}
