@@ -851,3 +851,63 @@ stackc.stack {
     let reached = std::fs::read_to_string(out.join("a/reached.txt")).unwrap();
     assert!(reached.contains("true"), "the Matrix module, evaluated: {reached}");
 }
+
+/// docs/modules.md, "merging on the result of `stackc.stack`": fields merged
+/// onto a file the compiler writes (a native service's unit, the firewall's
+/// ruleset) win over the computed ones; a new file needs its `format`.
+#[test]
+fn values_merged_on_the_result_change_the_files_the_compiler_writes() {
+    let tmp = TempDir::new("result-merge");
+    let stack = |extra: &str| {
+        format!(
+            r#"let stackc = import "stackc.ncl" in
+stackc.stack {{
+  name = "merge",
+  machines.web = {{ address = "10.0.0.1", native.app = {{ command = "/usr/bin/app", ports.http = {{ port = 8080, public = true }} }} }},
+}}
+& {{
+  machines.web.files."systemd/app.service".content.Service.ExecStart | force = "/usr/bin/app --verbose",
+  machines.web.files."firewall/rules.nft".content.allow_ping | force = false,
+  {extra}
+}}
+"#
+        )
+    };
+    let prod = tmp.path().join("prod.ncl");
+    std::fs::write(
+        &prod,
+        stack(r#"machines.web.files."motd/motd" = { format = 'lines, content = ["managed by stackc"] },"#),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = stackc()
+        .args(["build", "--placeholder-secrets", "-o"])
+        .arg(&out)
+        .arg(&prod)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let unit = std::fs::read_to_string(out.join("web/systemd/app.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/app --verbose\n"), "{unit}");
+    assert!(
+        unit.contains("ProtectSystem=strict"),
+        "the rest of the unit stays: {unit}"
+    );
+    let rules = std::fs::read_to_string(out.join("web/firewall/rules.nft")).unwrap();
+    assert!(!rules.contains("echo-request"), "ping no longer accepted: {rules}");
+    assert!(rules.contains("8080"), "the public port stays open: {rules}");
+    assert!(out.join("web/motd/motd").exists());
+    // A file without `format` that nothing writes is not a file.
+    std::fs::write(
+        &prod,
+        stack(r#"machines.web.files."motd/motd".content = ["managed by stackc"],"#),
+    )
+    .unwrap();
+    let o = stackc().args(["check"]).arg(&prod).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(
+        err.contains("SC0109") && err.contains("`motd/motd`") && err.contains("no `format`"),
+        "{err}"
+    );
+}

@@ -157,6 +157,11 @@ pub struct Machine {
     /// Kubernetes).
     #[serde(default)]
     pub firewall: Option<Firewall>,
+    /// Fields merged on the result of `stackc.stack` for a file the
+    /// compiler writes (an entry of `files` without `format`): `lower`
+    /// applies them over the file it writes, leaf by leaf.
+    #[serde(default)]
+    pub file_overrides: BTreeMap<String, serde_json::Value>,
 }
 
 /// A machine's `firewall` options and what the stdlib derived for them.
@@ -222,11 +227,9 @@ pub struct NativeService {
     pub secret_environment: serde_json::Map<String, serde_json::Value>,
     pub ports: BTreeMap<String, NativePort>,
     pub schedule: Option<serde_json::Value>,
-    /// `always`, `on_failure` or `no`.
-    pub restart: String,
+    pub restart: Restart,
     pub restart_sec: serde_json::Value,
-    /// `strict` or `none`.
-    pub hardening: String,
+    pub hardening: Hardening,
     pub read_write_paths: Vec<serde_json::Value>,
     pub capabilities: Vec<String>,
     /// Raw unit settings by section, applied last.
@@ -238,6 +241,23 @@ pub struct NativeService {
     pub roles: serde::de::IgnoredAny,
     #[serde(default)]
     pub assertions: serde::de::IgnoredAny,
+}
+
+/// `Restart=` of a native service. Enums, not strings: a value forced
+/// past the contract on the result of `stackc.stack` is refused here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restart {
+    Always,
+    OnFailure,
+    No,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hardening {
+    Strict,
+    None,
 }
 
 /// A native service's port: `lower` needs only its number (a port below
@@ -822,7 +842,38 @@ pub fn from_value(value: &serde_json::Value) -> Result<Stack, Vec<Diagnostic>> {
         }
         Some(_) => {}
     }
-    Stack::deserialize(value).map_err(|e| not_a_stack(e.to_string()))
+    // A file without `format` is an override of one the compiler writes
+    // (docs/modules.md, merging on the result): set apart for `lower`.
+    let partial = |f: &serde_json::Value| f.is_object() && f.get("format").is_none();
+    let has_partial = value.get("machines").and_then(|m| m.as_object()).is_some_and(|ms| {
+        ms.values()
+            .filter_map(|m| m.get("files")?.as_object())
+            .any(|files| files.values().any(partial))
+    });
+    if !has_partial {
+        return Stack::deserialize(value).map_err(|e| not_a_stack(e.to_string()));
+    }
+    let mut value = value.clone();
+    for m in value["machines"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|ms| ms.values_mut())
+    {
+        let Some(files) = m.get_mut("files").and_then(|f| f.as_object_mut()) else {
+            continue;
+        };
+        let paths: Vec<String> = files
+            .iter()
+            .filter(|(_, f)| partial(f))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let overrides: serde_json::Map<String, serde_json::Value> = paths
+            .into_iter()
+            .filter_map(|p| files.remove(&p).map(|f| (p, f)))
+            .collect();
+        m["file_overrides"] = serde_json::Value::Object(overrides);
+    }
+    Stack::deserialize(&value).map_err(|e| not_a_stack(e.to_string()))
 }
 
 #[cfg(test)]

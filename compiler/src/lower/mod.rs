@@ -38,8 +38,9 @@ struct Writer {
     ptr: String,
 }
 
-/// Every part, in order. A file that two parts of a machine write is
-/// SC0215, once per part, naming both.
+/// Every part, in order, then the overrides merged on the result. A file
+/// that two parts of a machine write is SC0215, once for each later
+/// writer, naming both.
 pub fn lower(stack: &mut Stack, locs: &mut Locs) -> Result<(), Vec<Diagnostic>> {
     let mut out = Vec::new();
     // The rulesets read every machine's addresses: computed before any is written.
@@ -77,10 +78,60 @@ pub fn lower(stack: &mut Stack, locs: &mut Locs) -> Result<(), Vec<Diagnostic>> 
             place(m, &mp, mname, writer, files, &mut written, locs, &mut out);
         }
     }
+    for (mname, m) in &mut stack.machines {
+        for (path, over) in std::mem::take(&mut m.file_overrides) {
+            if let Err(d) = apply_override(mname, m, &path, &over, locs) {
+                out.push(d);
+            }
+        }
+    }
     if !out.is_empty() {
         return Err(out);
     }
     site_handlers(stack, locs);
+    Ok(())
+}
+
+/// Fields merged on the result of `stackc.stack` for `path`, a file the
+/// compiler wrote: its values win, leaf by leaf (their positions were
+/// kept, see `place`). An entry without `format` for a file nobody writes
+/// is not a file: SC0109, as before the compiler wrote any.
+fn apply_override(mname: &str, m: &mut Machine, path: &str, over: &Value, locs: &Locs) -> Result<(), Diagnostic> {
+    let at = || {
+        let ptr = format!("/machines/{}/files/{}", pointer_escape(mname), pointer_escape(path));
+        crate::check::Positions(locs).at(&ptr)
+    };
+    let Some(file) = m.files.get_mut(path) else {
+        return Err(Diagnostic::error(
+            Code::NotAStack,
+            format!("file `{path}` of machine `{mname}` has no `format`, and stackc writes no file there to change"),
+        )
+        .with_label(at(), "this file")
+        .with_help(
+            "give a new file its `format` (`'systemd`, `'env`, `'lines`, …), or fix the path of the file to change",
+        ));
+    };
+    let fields = over.as_object().into_iter().flatten();
+    for (key, value) in fields {
+        match (key.as_str(), value) {
+            ("content", Value::Object(new)) if file.content.is_object() => {
+                if let Value::Object(content) = &mut file.content {
+                    native::update(content, new);
+                }
+            }
+            ("content", new) => file.content = new.clone(),
+            ("secret", Value::Bool(secret)) => file.secret |= secret,
+            ("schema", Value::String(schema)) => file.schema = Some(schema.clone()),
+            _ => {
+                return Err(Diagnostic::error(
+                    Code::NotAStack,
+                    format!("file `{path}` of machine `{mname}`: `{key}` cannot be changed this way"),
+                )
+                .with_label(at(), "this file")
+                .with_help("merge `content` fields (or `secret = true`) on a file stackc writes"));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -105,10 +156,12 @@ fn place(
     }
     for (path, file, aliases) in files {
         let dst = format!("{mp}/files/{}", pointer_escape(&path));
-        // The file itself points at its writer, not at the options below it.
+        // The file itself points at its writer, not at the options below
+        // it. Positions already there are an override's (`apply_override`):
+        // they are the user's, and stay.
         if let Some(loc) = locs.get(&writer.ptr).cloned() {
-            locs.insert(format!("{dst}/content"), loc.clone());
-            locs.insert(dst.clone(), loc);
+            locs.entry(format!("{dst}/content")).or_insert_with(|| loc.clone());
+            locs.entry(dst.clone()).or_insert(loc);
         }
         for (from, to) in aliases {
             alias(locs, &format!("{}{from}", writer.ptr), &format!("{dst}/content{to}"));
@@ -159,9 +212,14 @@ fn clash(mname: &str, path: &str, writer: &Writer, first: Option<&Writer>, locs:
                 Code::FileClash,
                 format!("machine `{mname}` gets `{path}` twice: from {} and from {other}", writer.what),
             )
-            .with_label(pos.at(&writer.ptr), if writer.service.is_some() { "this service" } else { "this firewall" })
+            .with_label(
+                pos.at(&writer.ptr).filter(Span::in_user),
+                if writer.service.is_some() { "this service" } else { "this firewall" },
+            )
             .with_label(at, "also written here")
-            .with_help(if writer.service.is_some() {
+            .with_help(if writer.ptr.contains("/module_native/") {
+                "a module runs this service for the machine: to change its file, merge `content` fields on the result of `stackc.stack` (docs/modules.md)"
+            } else if writer.service.is_some() {
                 "rename the service or the other file: a native service's files are named after it"
             } else {
                 "move the other file: the firewall writes `firewall/rules.nft`, `firewall/fallback.nft` and `systemd/stackc-firewall.service`"
@@ -179,7 +237,9 @@ fn alias(locs: &mut Locs, from: &str, to: &str) {
         .filter(|(k, _)| k.len() == from.len() || k.as_bytes()[from.len()] == b'/')
         .map(|(k, l)| (format!("{to}{}", &k[from.len()..]), l.clone()))
         .collect();
-    locs.extend(copies);
+    for (k, l) in copies {
+        locs.entry(k).or_insert(l);
+    }
 }
 
 fn copy_loc(locs: &mut Locs, from: &str, to: &str) {

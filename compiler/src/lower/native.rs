@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 use super::Lowered;
 use crate::eval::pointer_escape;
-use crate::model::{FileSpec, Format, NativeService};
+use crate::model::{FileSpec, Format, Hardening, NativeService, Restart};
 
 /// The files of native service `sname` (see `modules/native.ncl` for the
 /// options).
@@ -16,7 +16,7 @@ pub(super) fn files_of(sname: &str, svc: &NativeService, deploy_root: &str) -> V
     let description = svc.description.as_deref().unwrap_or(sname);
     let secret_env_path = format!("secrets/{sname}.env");
     let has_secrets = !svc.secret_environment.is_empty();
-    let strict = svc.hardening == "strict";
+    let strict = svc.hardening == Hardening::Strict;
     let job = svc.schedule.is_some();
     let mut caps: Vec<Value> = svc.capabilities.iter().map(|c| json!(c)).collect();
     if svc.ports.values().any(|p| p.port < 1024) && !svc.capabilities.iter().any(|c| c == "CAP_NET_BIND_SERVICE") {
@@ -46,8 +46,13 @@ pub(super) fn files_of(sname: &str, svc: &NativeService, deploy_root: &str) -> V
         aliases.push((format!("/{option}"), format!("/Service/{key}")));
     }
     // A oneshot job may only restart on failure (systemd refuses `always`).
-    if !job || svc.restart == "on_failure" {
-        service.insert("Restart".into(), json!(svc.restart.replace('_', "-")));
+    if !job || svc.restart == Restart::OnFailure {
+        let restart = match svc.restart {
+            Restart::Always => "always",
+            Restart::OnFailure => "on-failure",
+            Restart::No => "no",
+        };
+        service.insert("Restart".into(), json!(restart));
         service.insert("RestartSec".into(), svc.restart_sec.clone());
         aliases.push(("/restart".into(), "/Service/Restart".into()));
         aliases.push(("/restart_sec".into(), "/Service/RestartSec".into()));
@@ -165,7 +170,7 @@ fn file(format: Format, content: Value) -> FileSpec {
 }
 
 /// `overrides` wins, leaf by leaf, recursing into records (`lib.update`).
-fn update(base: &mut Map<String, Value>, overrides: &Map<String, Value>) {
+pub(super) fn update(base: &mut Map<String, Value>, overrides: &Map<String, Value>) {
     for (key, new) in overrides {
         match (base.get_mut(key), new) {
             (Some(Value::Object(old)), Value::Object(new)) => update(old, new),
