@@ -911,3 +911,72 @@ stackc.stack {{
         "{err}"
     );
 }
+
+/// A response body that spans lines (a `robots.txt`) is written as a Caddy
+/// heredoc, and Caddy reads back exactly the text given.
+#[test]
+fn a_response_that_spans_lines_reaches_caddy_as_written() {
+    let Some(caddy) = require_tool(tools_prefix().join("bin/caddy"), "caddy") else {
+        return;
+    };
+    let body = "User-agent: *\nDisallow: /private\n\n# BODY is not the end\n";
+    let tmp = TempDir::new("heredoc");
+    let prod = tmp.path().join("prod.ncl");
+    std::fs::write(
+        &prod,
+        format!(
+            r#"let stackc = import "stackc.ncl" in
+stackc.stack {{
+  name = "robots",
+  machines.web = {{
+    address = "10.0.0.1",
+    native.app = {{ command = "/usr/bin/app", ports.http = {{ port = 8080 }} }},
+    proxy.sites."app.example.com" = {{
+      upstream = {{ service = "app", port = "http" }},
+      respond."/robots.txt" = {{ body = {} }},
+    }},
+  }},
+}}
+"#,
+            serde_json::to_string(body).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = stackc()
+        .args(["build", "--placeholder-secrets", "-o"])
+        .arg(&out)
+        .arg(&prod)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let caddyfile = out.join("web/caddy/Caddyfile");
+    let o = std::process::Command::new(caddy)
+        .args(["adapt", "--adapter", "caddyfile", "--config"])
+        .arg(&caddyfile)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "caddy adapt: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    fn bodies(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("handler").and_then(|h| h.as_str()) == Some("static_response")
+                    && let Some(b) = m.get("body").and_then(|b| b.as_str())
+                {
+                    out.push(b.to_owned());
+                }
+                m.values().for_each(|x| bodies(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| bodies(x, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    bodies(&json, &mut found);
+    assert_eq!(found, [body], "{}", std::fs::read_to_string(&caddyfile).unwrap());
+}

@@ -75,14 +75,18 @@ fn block(ds: &[Directive], depth: usize, ptr: &str, out: &mut String, errors: &m
         }
         let mut line = format!("{indent}{}", d.name);
         for (j, a) in d.args.iter().enumerate() {
-            if !token_ok(a) {
+            if a.contains('\r') {
                 errors.push(ContentError::new(
                     format!("{here}/args/{j}"),
-                    format!("argument {j} cannot be written in a Caddyfile (it spans lines)"),
+                    format!("argument {j} cannot be written in a Caddyfile (it holds a carriage return)"),
                 ));
             }
             line.push(' ');
-            line.push_str(&quote(a));
+            if a.contains('\n') {
+                line.push_str(&heredoc(a, &format!("{indent}\t")));
+            } else {
+                line.push_str(&quote(a));
+            }
         }
         if d.body.is_empty() {
             out.push_str(&line);
@@ -98,6 +102,30 @@ fn block(ds: &[Directive], depth: usize, ptr: &str, out: &mut String, errors: &m
 
 fn token_ok(s: &str) -> bool {
     !s.contains('\n') && !s.contains('\r')
+}
+
+/// Text that spans lines as a Caddy heredoc: `<<BODY`, the lines, then the
+/// marker, indented by `padding`, which Caddy strips from every line (a
+/// blank line may keep it or not). The marker is one the text does not
+/// hold: Caddy ends the heredoc at the first line that is the marker,
+/// however indented. What follows the marker on its line is the next
+/// argument, as after any token.
+fn heredoc(text: &str, padding: &str) -> String {
+    let marker = (0..)
+        .map(|n| if n == 0 { "BODY".to_owned() } else { format!("BODY{n}") })
+        .find(|m| !text.contains(m.as_str()))
+        .unwrap_or_default();
+    let mut out = format!("<<{marker}\n");
+    for line in text.split('\n') {
+        if !line.is_empty() {
+            out.push_str(padding);
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out.push_str(padding);
+    out.push_str(&marker);
+    out
 }
 
 /// Quote a token when Caddy would otherwise split or misread it.
@@ -119,6 +147,23 @@ fn quote(s: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn text_that_spans_lines_is_a_heredoc() {
+        let c = json!({ "sites": { "x.example.com": [
+            { "name": "handle", "args": ["/robots.txt"], "body": [
+                { "name": "respond", "args": ["User-agent: *\n\nDisallow: / BODY\n", "200"] },
+            ] },
+        ]}});
+        assert_eq!(
+            render(&c).unwrap(),
+            format!(
+                "{HEADER}\nx.example.com {{\n\thandle /robots.txt {{\n\t\trespond <<BODY1\n\t\t\tUser-agent: *\n\n\t\t\tDisallow: / BODY\n\n\t\t\tBODY1 200\n\t}}\n}}\n"
+            )
+        );
+        let cr = json!({ "sites": { "x.example.com": [{ "name": "respond", "args": ["a\r\nb"] }] } });
+        assert!(render(&cr).is_err(), "a carriage return is refused");
+    }
 
     #[test]
     fn site_with_nested_block() {
