@@ -46,6 +46,7 @@ pub fn check(stack: &Stack, locs: &Locs) -> Vec<Diagnostic> {
     names(stack, &pos, &mut out);
     ports(stack, &pos, &mut out);
     routes(stack, &pos, &mut out);
+    connections(stack, &pos, &mut out);
     sites(stack, &pos, &mut out);
     networks(stack, &pos, &mut out);
     owners(stack, &pos, &mut out);
@@ -637,6 +638,85 @@ fn routes(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                     )),
                 );
             }
+        }
+    }
+}
+
+/// Connections a service declares (`target`, `target_port`, and
+/// `target_machine` when on another machine, on an endpoint or a database
+/// client): the target's firewall opens that port to the caller, so a name
+/// that matches nothing would silently open nothing.
+fn connections(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
+    use crate::model::Role;
+    for (mname, m) in &stack.machines {
+        for (i, role) in m.roles.iter().enumerate() {
+            let (service, name, target, machine, port) = match role {
+                Role::Endpoint {
+                    service,
+                    name,
+                    target,
+                    target_machine,
+                    target_port: Some(tp),
+                    ..
+                } => (service, name, target, target_machine, tp),
+                Role::DbClient {
+                    service,
+                    name,
+                    target: Some(target),
+                    target_machine,
+                    target_port: Some(tp),
+                    ..
+                } => (service, name, target, target_machine, tp),
+                _ => continue,
+            };
+            // Without `target_machine`, the caller's own.
+            let machine = machine.as_deref().unwrap_or(mname);
+            let rp = format!("{}/roles/{i}", machine_ptr(mname));
+            let Some(there) = stack.machines.get(machine) else {
+                let known: Vec<_> = stack.machines.keys().map(|k| format!("`{k}`")).collect();
+                out.push(
+                    Diagnostic::error(
+                        Code::UnknownMachine,
+                        format!("`{name}` of `{service}` on machine `{mname}` connects to machine `{machine}`, which is not declared"),
+                    )
+                    .with_label(pos.at(&format!("{rp}/target_machine")), "no machine of this name")
+                    .with_help(format!("declared machines: {}", known.join(", "))),
+                );
+                continue;
+            };
+            let ports: Vec<&Listen> = there.listens.iter().filter(|l| &l.service == target).collect();
+            if ports.iter().any(|l| &l.name == port) {
+                continue;
+            }
+            let (what, label, help) = if ports.is_empty() {
+                (
+                    format!("machine `{machine}` has no service `{target}` with ports"),
+                    format!("{rp}/target"),
+                    "name the service as `target` and its machine as `target_machine`".to_owned(),
+                )
+            } else {
+                let names: Vec<_> = ports.iter().map(|l| format!("`{}`", l.name)).collect();
+                (
+                    format!("`{target}` on machine `{machine}` has no port named `{port}`"),
+                    format!("{rp}/target_port"),
+                    format!("ports of `{target}`: {}", names.join(", ")),
+                )
+            };
+            out.push(
+                Diagnostic::error(
+                    Code::UnknownConnection,
+                    format!(
+                        "`{name}` of `{service}` on machine `{mname}` connects nowhere: {what}{}",
+                        if machine == mname {
+                            ""
+                        } else {
+                            ", so no firewall opens it"
+                        }
+                    ),
+                )
+                .with_label(pos.at(&label), "not found")
+                .with_help(help),
+            );
         }
     }
 }

@@ -74,6 +74,7 @@ codes! {
     SecretOwner = "SC0213", 1, "a secret file is mounted into containers that run as different users";
     PortRange = "SC0214", 1, "a port range is reversed, or on a machine that cannot publish ranges";
     FileClash = "SC0215", 1, "two parts of a machine write the same file";
+    UnknownConnection = "SC0216", 1, "a connection names a service or port its machine does not have";
     NoSecretsKey = "SC0301", 2, "build needs a master key or --placeholder-secrets";
     KeyPermissions = "SC0302", 1, "the master key file is readable by others";
     KeyMalformed = "SC0303", 1, "the master key file is not a stackc key";
