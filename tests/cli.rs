@@ -184,13 +184,7 @@ fn build_without_a_key_refuses_unless_placeholders() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("SC0301"));
     assert!(!out.exists());
-    let o = stackc()
-        .args(["build", "--placeholder-secrets", "-o"])
-        .arg(&out)
-        .arg(lair())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o).1);
+    build_with_placeholders(&lair(), &out);
     let env = std::fs::read_to_string(out.join("chat/secrets/lair-chat.env")).unwrap();
     // Shaped like the real value (base64 of 32 bytes) and spelling what it is.
     let value = env.lines().find_map(|l| l.strip_prefix("LAIR_JWT_SECRET=")).unwrap();
@@ -880,13 +874,7 @@ stackc.stack {{
     )
     .unwrap();
     let out = tmp.path().join("out");
-    let o = stackc()
-        .args(["build", "--placeholder-secrets", "-o"])
-        .arg(&out)
-        .arg(&prod)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    build_with_placeholders(&prod, &out);
     let unit = std::fs::read_to_string(out.join("web/systemd/app.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/app --verbose\n"), "{unit}");
     assert!(
@@ -943,13 +931,7 @@ stackc.stack {{
     )
     .unwrap();
     let out = tmp.path().join("out");
-    let o = stackc()
-        .args(["build", "--placeholder-secrets", "-o"])
-        .arg(&out)
-        .arg(&prod)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    build_with_placeholders(&prod, &out);
     let caddyfile = out.join("web/caddy/Caddyfile");
     let o = std::process::Command::new(caddy)
         .args(["adapt", "--adapter", "caddyfile", "--config"])
@@ -979,4 +961,15 @@ stackc.stack {{
     let mut found = Vec::new();
     bodies(&json, &mut found);
     assert_eq!(found, [body], "{}", std::fs::read_to_string(&caddyfile).unwrap());
+}
+
+/// `stackc build --placeholder-secrets -o OUT ENTRY`, which must succeed.
+fn build_with_placeholders(entry: &std::path::Path, out: &std::path::Path) {
+    let o = stackc()
+        .args(["build", "--placeholder-secrets", "-o"])
+        .arg(out)
+        .arg(entry)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
 }

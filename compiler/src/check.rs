@@ -70,7 +70,7 @@ fn owners(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                             first.service, first.user, other.service, other.user
                         ),
                     )
-                    .with_label(pos.at(&format!("{}/files/{}", machine_ptr(mname), pointer_escape(path))), "this file")
+                    .with_label(pos.at(&crate::eval::file_ptr(mname, path)), "this file")
                     .with_help("give each container its own copy of the secret in its own folder (`stackc.secret.file_in`), or run both as one user"),
                 );
             }
@@ -566,46 +566,48 @@ fn routes(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                 );
                 continue;
             };
-            let of_service: Vec<&Listen> = target.listens.iter().filter(|l| l.service == r.service).collect();
-            let Some(listen) = of_service.iter().find(|l| l.name == r.port) else {
-                let (what, label_at, help) = if of_service.is_empty() {
-                    let services: BTreeMap<&str, ()> =
-                        target.listens.iter().map(|l| (l.service.as_str(), ())).collect();
-                    let names: Vec<_> = services.keys().map(|k| format!("`{k}`")).collect();
-                    (
-                        format!("service `{}` does not exist on machine `{}`", r.service, r.machine),
-                        format!("{rp}/service"),
-                        format!(
-                            "services with ports on `{}`: {}",
-                            r.machine,
-                            if names.is_empty() {
-                                "none".into()
-                            } else {
-                                names.join(", ")
-                            }
-                        ),
-                    )
-                } else {
-                    let names: Vec<_> = of_service.iter().map(|l| format!("`{}`", l.name)).collect();
-                    (
-                        format!(
-                            "service `{}` on machine `{}` has no port named `{}`",
-                            r.service, r.machine, r.port
-                        ),
-                        format!("{rp}/port"),
-                        format!("ports of `{}`: {}", r.service, names.join(", ")),
-                    )
-                };
-                out.push(
-                    Diagnostic::error(
-                        Code::UnknownUpstream,
-                        format!("site `{}` points nowhere: {what}", r.site),
-                    )
-                    .with_label(pos.at(&label_at), "not found")
-                    .with_help(help)
-                    .with_path(format!("machines.{mname}.proxy.sites.\"{}\".upstream", r.site)),
-                );
-                continue;
+            let listen = match port_of(target, &r.service, &r.port) {
+                Ok(listen) => listen,
+                Err(of_service) => {
+                    let (what, label_at, help) = if of_service.is_empty() {
+                        let services: BTreeMap<&str, ()> =
+                            target.listens.iter().map(|l| (l.service.as_str(), ())).collect();
+                        let names: Vec<_> = services.keys().map(|k| format!("`{k}`")).collect();
+                        (
+                            format!("service `{}` does not exist on machine `{}`", r.service, r.machine),
+                            format!("{rp}/service"),
+                            format!(
+                                "services with ports on `{}`: {}",
+                                r.machine,
+                                if names.is_empty() {
+                                    "none".into()
+                                } else {
+                                    names.join(", ")
+                                }
+                            ),
+                        )
+                    } else {
+                        let names: Vec<_> = of_service.iter().map(|l| format!("`{}`", l.name)).collect();
+                        (
+                            format!(
+                                "service `{}` on machine `{}` has no port named `{}`",
+                                r.service, r.machine, r.port
+                            ),
+                            format!("{rp}/port"),
+                            format!("ports of `{}`: {}", r.service, names.join(", ")),
+                        )
+                    };
+                    out.push(
+                        Diagnostic::error(
+                            Code::UnknownUpstream,
+                            format!("site `{}` points nowhere: {what}", r.site),
+                        )
+                        .with_label(pos.at(&label_at), "not found")
+                        .with_help(help)
+                        .with_path(format!("machines.{mname}.proxy.sites.\"{}\".upstream", r.site)),
+                    );
+                    continue;
+                }
             };
             if r.machine != *mname && target.namespace.is_some() && !listen.public {
                 out.push(
@@ -640,6 +642,13 @@ fn routes(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
             }
         }
     }
+}
+
+/// Listener `service`.`port` of machine `m`, or else every port `service`
+/// has there (none: no service of that name listens there).
+fn port_of<'a>(m: &'a crate::model::Machine, service: &str, port: &str) -> Result<&'a Listen, Vec<&'a Listen>> {
+    let of_service: Vec<&Listen> = m.listens.iter().filter(|l| l.service == service).collect();
+    of_service.iter().find(|l| l.name == port).copied().ok_or(of_service)
 }
 
 /// Connections a service declares (`target`, `target_port`, and
@@ -684,10 +693,9 @@ fn connections(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
                 );
                 continue;
             };
-            let ports: Vec<&Listen> = there.listens.iter().filter(|l| &l.service == target).collect();
-            if ports.iter().any(|l| &l.name == port) {
+            let Err(ports) = port_of(there, target, port) else {
                 continue;
-            }
+            };
             let (what, label, help) = if ports.is_empty() {
                 (
                     format!("machine `{machine}` has no service `{target}` with ports"),

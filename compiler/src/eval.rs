@@ -716,6 +716,11 @@ pub fn pointer_escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
+/// Where file `path` of machine `machine` is in the lowered stack.
+pub fn file_ptr(machine: &str, path: &str) -> String {
+    format!("/machines/{}/files/{}", pointer_escape(machine), pointer_escape(path))
+}
+
 fn collect_locs(v: &NickelValue, path: &mut String, pos: &PosTable, spans: &mut SpanMaker, out: &mut Locs) {
     match v.content_ref() {
         ValueContentRef::Record(Container::Alloc(record)) => {

@@ -815,6 +815,18 @@ pub struct FileSpec {
     pub schema: Option<String>,
 }
 
+impl FileSpec {
+    /// A file that is not secret and names no schema.
+    pub fn new(format: Format, content: serde_json::Value) -> Self {
+        FileSpec {
+            format,
+            content,
+            secret: false,
+            schema: None,
+        }
+    }
+}
+
 /// Content may hold resolved secrets: `{:?}` shows the shape, never it.
 impl std::fmt::Debug for FileSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

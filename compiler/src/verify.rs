@@ -57,7 +57,7 @@ pub fn schemas(stack: &Stack, files: &Rendered, pos: &Positions) -> Vec<Diagnost
     for (mname, m) in &stack.machines {
         for (path, spec) in &m.files {
             let Some(name) = spec.schema.as_deref() else { continue };
-            let file_ptr = format!("/machines/{}/files/{}", pointer_escape(mname), pointer_escape(path));
+            let file_ptr = crate::eval::file_ptr(mname, path);
             let Some(written) = files.get(&format!("{mname}/{path}")) else {
                 continue;
             };

@@ -114,16 +114,16 @@ pub(super) fn files(
         },
         "Install": { "WantedBy": "sysinit.target" },
     });
-    let file = |format, content| FileSpec {
-        format,
-        content,
-        secret: false,
-        schema: None,
-    };
     vec![
-        ("firewall/rules.nft".into(), file(Format::Nftables, rules)),
-        ("firewall/fallback.nft".into(), file(Format::Nftables, fallback)),
-        ("systemd/stackc-firewall.service".into(), file(Format::Systemd, unit)),
+        ("firewall/rules.nft".into(), FileSpec::new(Format::Nftables, rules)),
+        (
+            "firewall/fallback.nft".into(),
+            FileSpec::new(Format::Nftables, fallback),
+        ),
+        (
+            "systemd/stackc-firewall.service".into(),
+            FileSpec::new(Format::Systemd, unit),
+        ),
     ]
 }
 

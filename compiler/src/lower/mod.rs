@@ -22,20 +22,37 @@ mod network;
 use serde_json::Value;
 
 use crate::diag::{Code, Diagnostic, Span};
-use crate::eval::{Loc, Locs, pointer_escape};
+use crate::eval::{Loc, Locs, file_ptr, pointer_escape};
 use crate::model::{FileSpec, Machine, Stack, Then};
 
 /// One file written here, and where its values come from: (pointer below
 /// what it is written from, pointer below the file's content) pairs.
 type Lowered = (String, FileSpec, Vec<(String, String)>);
 
-/// What writes a file: for messages, and where it was written.
+/// What writes a file, for messages, and where it was written.
+#[derive(Clone)]
 struct Writer {
-    /// `native service `x`` or `the firewall`.
-    what: String,
-    /// A native service's name, to tell two services of one name apart.
-    service: Option<String>,
+    part: Part,
     ptr: String,
+}
+
+#[derive(Clone, PartialEq)]
+enum Part {
+    /// A native service: the user's, or one a module runs (`by_module`).
+    Service {
+        name: String,
+        by_module: bool,
+    },
+    Firewall,
+}
+
+impl Writer {
+    fn what(&self) -> String {
+        match &self.part {
+            Part::Service { name, .. } => format!("native service `{name}`"),
+            Part::Firewall => "its firewall".into(),
+        }
+    }
 }
 
 /// Every part, in order, then the overrides merged on the result. A file
@@ -59,23 +76,24 @@ pub fn lower(stack: &mut Stack, locs: &mut Locs) -> Result<(), Vec<Diagnostic>> 
         let modules = std::mem::take(&mut m.module_native);
         for (field, services) in [("native", user), ("module_native", modules)] {
             for (sname, svc) in services {
-                let writer = Writer {
-                    what: format!("native service `{sname}`"),
-                    ptr: format!("{mp}/{field}/{}", pointer_escape(&sname)),
-                    service: Some(sname.clone()),
-                };
                 let files = native::files_of(&sname, &svc, &m.deploy_root);
-                place(m, &mp, mname, writer, files, &mut written, locs, &mut out);
+                let writer = Writer {
+                    ptr: format!("{mp}/{field}/{}", pointer_escape(&sname)),
+                    part: Part::Service {
+                        name: sname,
+                        by_module: field == "module_native",
+                    },
+                };
+                place(m, mname, writer, files, &mut written, locs, &mut out);
             }
         }
         if m.firewall.take().is_some() {
             let writer = Writer {
-                what: "its firewall".into(),
-                service: None,
+                part: Part::Firewall,
                 ptr: format!("{mp}/firewall/options"),
             };
             let files = ruleset.into_iter().map(|(p, f)| (p, f, Vec::new())).collect();
-            place(m, &mp, mname, writer, files, &mut written, locs, &mut out);
+            place(m, mname, writer, files, &mut written, locs, &mut out);
         }
     }
     for (mname, m) in &mut stack.machines {
@@ -97,10 +115,7 @@ pub fn lower(stack: &mut Stack, locs: &mut Locs) -> Result<(), Vec<Diagnostic>> 
 /// kept, see `place`). An entry without `format` for a file nobody writes
 /// is not a file: SC0109, as before the compiler wrote any.
 fn apply_override(mname: &str, m: &mut Machine, path: &str, over: &Value, locs: &Locs) -> Result<(), Diagnostic> {
-    let at = || {
-        let ptr = format!("/machines/{}/files/{}", pointer_escape(mname), pointer_escape(path));
-        crate::check::Positions(locs).at(&ptr)
-    };
+    let at = || crate::check::Positions(locs).at(&file_ptr(mname, path));
     let Some(file) = m.files.get_mut(path) else {
         return Err(Diagnostic::error(
             Code::NotAStack,
@@ -116,7 +131,7 @@ fn apply_override(mname: &str, m: &mut Machine, path: &str, over: &Value, locs: 
         match (key.as_str(), value) {
             ("content", Value::Object(new)) if file.content.is_object() => {
                 if let Value::Object(content) = &mut file.content {
-                    native::update(content, new);
+                    update(content, new);
                 }
             }
             ("content", new) => file.content = new.clone(),
@@ -138,10 +153,8 @@ fn apply_override(mname: &str, m: &mut Machine, path: &str, over: &Value, locs: 
 /// Puts `files` into machine `m`'s, each pointing where `writer` was
 /// written and its values where theirs were; none of them if one is
 /// already there (SC0215).
-#[allow(clippy::too_many_arguments)]
 fn place(
     m: &mut Machine,
-    mp: &str,
     mname: &str,
     writer: Writer,
     files: Vec<Lowered>,
@@ -155,7 +168,7 @@ fn place(
         return;
     }
     for (path, file, aliases) in files {
-        let dst = format!("{mp}/files/{}", pointer_escape(&path));
+        let dst = file_ptr(mname, &path);
         // The file itself points at its writer, not at the options below
         // it. Positions already there are an override's (`apply_override`):
         // they are the user's, and stay.
@@ -167,14 +180,7 @@ fn place(
             alias(locs, &format!("{}{from}", writer.ptr), &format!("{dst}/content{to}"));
         }
         m.files.insert(path.clone(), file);
-        written.push((
-            path,
-            Writer {
-                what: writer.what.clone(),
-                service: writer.service.clone(),
-                ptr: writer.ptr.clone(),
-            },
-        ));
+        written.push((path, writer.clone()));
     }
 }
 
@@ -184,48 +190,52 @@ fn place(
 /// already wrote.
 fn clash(mname: &str, path: &str, writer: &Writer, first: Option<&Writer>, locs: &Locs) -> Diagnostic {
     let pos = crate::check::Positions(locs);
-    match first {
-        Some(other) if other.service.is_some() && other.service == writer.service => {
-            let name = writer.service.as_deref().unwrap_or_default();
-            Diagnostic::error(
-                Code::FileClash,
-                format!("machine `{mname}` runs two native services named `{name}`: yours and one a module runs for it (`{path}`)"),
-            )
-            .with_label(pos.at(&other.ptr), "your service")
-            // Inside the stdlib the module's service is noise: the path names it.
-            .with_label(pos.at(&writer.ptr).filter(Span::in_user), "the module's service")
-            .with_help(format!("rename your native service `{name}`: its files are named after it"))
-        }
-        _ => {
-            let (other, at) = match first {
-                Some(other) => (other.what.clone(), pos.at(&other.ptr)),
-                None => (
-                    "another part of the machine".to_owned(),
-                    pos.at(&format!(
-                        "/machines/{}/files/{}",
-                        pointer_escape(mname),
-                        pointer_escape(path)
-                    )),
-                ),
-            };
-            Diagnostic::error(
-                Code::FileClash,
-                format!("machine `{mname}` gets `{path}` twice: from {} and from {other}", writer.what),
-            )
-            .with_label(
-                pos.at(&writer.ptr).filter(Span::in_user),
-                if writer.service.is_some() { "this service" } else { "this firewall" },
-            )
-            .with_label(at, "also written here")
-            .with_help(if writer.ptr.contains("/module_native/") {
-                "a module runs this service for the machine: to change its file, merge `content` fields on the result of `stackc.stack` (docs/modules.md)"
-            } else if writer.service.is_some() {
-                "rename the service or the other file: a native service's files are named after it"
-            } else {
-                "move the other file: the firewall writes `firewall/rules.nft`, `firewall/fallback.nft` and `systemd/stackc-firewall.service`"
-            })
-        }
+    if let (
+        Some(Writer {
+            part: Part::Service { name: theirs, .. },
+            ptr: their_ptr,
+        }),
+        Part::Service { name, by_module: true },
+    ) = (first, &writer.part)
+        && theirs == name
+    {
+        return Diagnostic::error(
+            Code::FileClash,
+            format!("machine `{mname}` runs two native services named `{name}`: yours and one a module runs for it (`{path}`)"),
+        )
+        .with_label(pos.at(their_ptr), "your service")
+        // Inside the stdlib the module's service is noise: the path names it.
+        .with_label(pos.at(&writer.ptr).filter(Span::in_user), "the module's service")
+        .with_help(format!("rename your native service `{name}`: its files are named after it"));
     }
+    let (other, at) = match first {
+        Some(other) => (other.what(), pos.at(&other.ptr)),
+        None => ("another part of the machine".to_owned(), pos.at(&file_ptr(mname, path))),
+    };
+    let (label, help) = match &writer.part {
+        Part::Service { by_module: true, .. } => (
+            "this service",
+            "a module runs this service for the machine: to change its file, merge `content` fields on the result of `stackc.stack` (docs/modules.md)",
+        ),
+        Part::Service { .. } => (
+            "this service",
+            "rename the service or the other file: a native service's files are named after it",
+        ),
+        Part::Firewall => (
+            "this firewall",
+            "move the other file: the firewall writes `firewall/rules.nft`, `firewall/fallback.nft` and `systemd/stackc-firewall.service`",
+        ),
+    };
+    Diagnostic::error(
+        Code::FileClash,
+        format!(
+            "machine `{mname}` gets `{path}` twice: from {} and from {other}",
+            writer.what()
+        ),
+    )
+    .with_label(pos.at(&writer.ptr).filter(Span::in_user), label)
+    .with_label(at, "also written here")
+    .with_help(help)
 }
 
 /// Copies the positions of the value at `from` and everything below it to
@@ -239,6 +249,18 @@ fn alias(locs: &mut Locs, from: &str, to: &str) {
         .collect();
     for (k, l) in copies {
         locs.entry(k).or_insert(l);
+    }
+}
+
+/// `overrides` wins, leaf by leaf, recursing into records (`lib.update`).
+fn update(base: &mut serde_json::Map<String, Value>, overrides: &serde_json::Map<String, Value>) {
+    for (key, new) in overrides {
+        match (base.get_mut(key), new) {
+            (Some(Value::Object(old)), Value::Object(new)) => update(old, new),
+            _ => {
+                base.insert(key.clone(), new.clone());
+            }
+        }
     }
 }
 
@@ -267,8 +289,8 @@ pub fn site_handlers(stack: &mut Stack, locs: &mut Locs) {
                 continue;
             };
             let block_ptr = format!(
-                "{mp}/files/{}/content/sites/{}",
-                pointer_escape(&from.file),
+                "{}/content/sites/{}",
+                file_ptr(mname, &from.file),
                 pointer_escape(&routes.site)
             );
             let here = format!("{mp}/site_routes/{k}/handlers");

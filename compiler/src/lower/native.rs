@@ -104,7 +104,7 @@ pub(super) fn files_of(sname: &str, svc: &NativeService, deploy_root: &str) -> V
     if !job {
         unit.insert("Install".into(), json!({ "WantedBy": "multi-user.target" }));
     }
-    update(&mut unit, &svc.unit);
+    super::update(&mut unit, &svc.unit);
     // The user's overrides last: they win over what the options computed.
     for section in svc.unit.keys() {
         let s = pointer_escape(section);
@@ -113,7 +113,7 @@ pub(super) fn files_of(sname: &str, svc: &NativeService, deploy_root: &str) -> V
 
     let mut files = vec![(
         format!("systemd/{sname}.service"),
-        file(Format::Systemd, Value::Object(unit)),
+        FileSpec::new(Format::Systemd, Value::Object(unit)),
         aliases,
     )];
     let mut sysusers = vec![
@@ -129,7 +129,7 @@ pub(super) fn files_of(sname: &str, svc: &NativeService, deploy_root: &str) -> V
     }
     files.push((
         format!("sysusers.d/{sname}.conf"),
-        file(Format::Lines, Value::Array(sysusers)),
+        FileSpec::new(Format::Lines, Value::Array(sysusers)),
         vec![],
     ));
     if let Some(schedule) = &svc.schedule {
@@ -139,17 +139,25 @@ pub(super) fn files_of(sname: &str, svc: &NativeService, deploy_root: &str) -> V
             "Install": { "WantedBy": "timers.target" },
         });
         let aliases = vec![("/schedule".into(), "/Timer/OnCalendar".into())];
-        files.push((format!("systemd/{sname}.timer"), file(Format::Systemd, timer), aliases));
+        files.push((
+            format!("systemd/{sname}.timer"),
+            FileSpec::new(Format::Systemd, timer),
+            aliases,
+        ));
     }
     if let Some(dir) = &svc.state_directory {
         let lines = json!([
             format!("# State directory of {sname} (systemd-tmpfiles)"),
             format!("d {dir} 0750 {user} {group} -"),
         ]);
-        files.push((format!("tmpfiles.d/{sname}.conf"), file(Format::Lines, lines), vec![]));
+        files.push((
+            format!("tmpfiles.d/{sname}.conf"),
+            FileSpec::new(Format::Lines, lines),
+            vec![],
+        ));
     }
     if has_secrets {
-        let mut env = file(Format::Env, Value::Object(svc.secret_environment.clone()));
+        let mut env = FileSpec::new(Format::Env, Value::Object(svc.secret_environment.clone()));
         env.secret = true;
         files.push((
             secret_env_path,
@@ -158,27 +166,6 @@ pub(super) fn files_of(sname: &str, svc: &NativeService, deploy_root: &str) -> V
         ));
     }
     files
-}
-
-fn file(format: Format, content: Value) -> FileSpec {
-    FileSpec {
-        format,
-        content,
-        secret: false,
-        schema: None,
-    }
-}
-
-/// `overrides` wins, leaf by leaf, recursing into records (`lib.update`).
-pub(super) fn update(base: &mut Map<String, Value>, overrides: &Map<String, Value>) {
-    for (key, new) in overrides {
-        match (base.get_mut(key), new) {
-            (Some(Value::Object(old)), Value::Object(new)) => update(old, new),
-            _ => {
-                base.insert(key.clone(), new.clone());
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ pub fn render(stack: &Stack, pos: &Positions, keying: &Keying) -> Result<Rendere
             .into_iter()
             .partition(|(_, f)| kubernetes::digests(&f.content));
         for (path, file) in others.into_iter().chain(embedding).chain(digesting) {
-            let file_ptr = format!("/machines/{}/files/{}", pointer_escape(mname), pointer_escape(path));
+            let file_ptr = crate::eval::file_ptr(mname, path);
             let too_long = mname.len() + 1 + path.len() > MAX_BUNDLE_PATH;
             let checked = match safe_relative_path(path) {
                 Ok(()) if too_long => Err(TOO_LONG),

@@ -629,11 +629,7 @@ pub fn resolve(
         let mut secret_files: BTreeMap<String, (String, String)> = BTreeMap::new();
         let default_prefix = format!("{}/secrets", m.deploy_root.trim_end_matches('/'));
         for (path, file) in m.files.iter_mut() {
-            let base = format!(
-                "/machines/{}/files/{}/content",
-                pointer_escape(mname),
-                pointer_escape(path)
-            );
+            let base = format!("{}/content", crate::eval::file_ptr(mname, path));
             let mut inlined = false;
             walk(&mut file.content, MARKER, &mut base.clone(), &mut |value, ptr| {
                 let marker = match Marker::deserialize(&value[MARKER]) {
@@ -759,10 +755,8 @@ pub fn resolve(
             m.files.insert(
                 path,
                 FileSpec {
-                    format: Format::Raw,
-                    content: serde_json::Value::String(secret),
                     secret: true,
-                    schema: None,
+                    ..FileSpec::new(Format::Raw, serde_json::Value::String(secret))
                 },
             );
         }

@@ -310,13 +310,7 @@ pub fn seal(
             .collect();
         for path in secret {
             let rel = &path[prefix.len()..];
-            let at = || {
-                pos.at(&format!(
-                    "/machines/{}/files/{}",
-                    pointer_escape(mname),
-                    pointer_escape(rel)
-                ))
-            };
+            let at = || pos.at(&crate::eval::file_ptr(mname, rel));
             let file = files.remove(&path).expect("listed above");
             let manifest = m.files.get(rel).is_some_and(|f| f.format == Format::Kubernetes);
             let (out_path, bytes) = if manifest {

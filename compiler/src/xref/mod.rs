@@ -24,7 +24,6 @@ use serde_json::Value;
 
 use crate::check::Positions;
 use crate::diag::{Diagnostic, Span};
-use crate::eval::pointer_escape;
 use crate::model::{Format, Handler, SiteRoutes, Stack, Then, is_loopback};
 use crate::render::Rendered;
 use crate::secrets::Resolved;
@@ -249,7 +248,7 @@ impl<'a> Index<'a> {
     /// The `.ncl` position of a whole bundle file (`<machine>/<path>`).
     pub fn file_span(&self, bundle_path: &str) -> Option<Span> {
         let (m, p) = bundle_path.split_once('/')?;
-        let base = format!("/machines/{}/files/{}", pointer_escape(m), pointer_escape(p));
+        let base = crate::eval::file_ptr(m, p);
         self.pos.at(&format!("{base}/content")).or_else(|| self.pos.at(&base))
     }
 

@@ -392,11 +392,7 @@ impl<'a> Index<'a> {
             return self.pos.at(&at.ptr).filter(|s| !s.in_primitive());
         }
         let (machine, path) = at.file.split_once('/')?;
-        let base = format!(
-            "/machines/{}/files/{}",
-            crate::eval::pointer_escape(machine),
-            crate::eval::pointer_escape(path)
-        );
+        let base = crate::eval::file_ptr(machine, path);
         let mut p = format!("{base}/content{}", at.ptr);
         loop {
             if let Some(s) = self.pos.at(&p).filter(|s| !s.in_primitive()) {
