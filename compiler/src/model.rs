@@ -149,6 +149,14 @@ pub struct Machine {
     /// writes their files into `files`, then empties this.
     #[serde(default)]
     pub native: BTreeMap<String, NativeService>,
+    /// The reverse proxy whose sites' blocks `lower` writes, with their
+    /// route facts and handlers (none on Kubernetes).
+    #[serde(default)]
+    pub proxy: Option<Proxy>,
+    /// The machine's containers by name (with `native`'s keys: the services
+    /// a site's upstream can name).
+    #[serde(default)]
+    pub container_names: Vec<String>,
     /// Native services a module runs for the machine (a proxy without a
     /// container): lowered the same way.
     #[serde(default)]
@@ -581,6 +589,9 @@ pub struct Listen {
     /// Last port of a range that starts at `port`.
     #[serde(default)]
     pub to: Option<u16>,
+    /// A container's port inside it, when it differs from the host's.
+    #[serde(default)]
+    pub container_port: Option<u16>,
 }
 
 impl Listen {
@@ -644,6 +655,80 @@ pub fn answers(bind: &str, host: &str) -> bool {
         (Ok(b), Ok(h)) => b == h,
         _ => bind == host,
     }
+}
+
+/// A reverse proxy whose sites `lower` writes into its config file: the
+/// file, the compose service it runs in (`None`: on the host), and each
+/// site's options as their contract checked them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    pub file: String,
+    pub container: Option<String>,
+    pub sites: BTreeMap<String, Site>,
+}
+
+/// A proxy site's options (`Site` in the stdlib).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    #[serde(default)]
+    pub upstream: Option<SiteUpstream>,
+    pub routes: Vec<SiteRoute>,
+    pub respond: BTreeMap<String, Response>,
+    pub tls: SiteTls,
+    /// Directives as the user wrote them, `{ name, args, body }`.
+    pub directives: Vec<serde_json::Value>,
+    /// Read by the Kubernetes lowering only.
+    pub kubernetes: serde::de::IgnoredAny,
+}
+
+impl Site {
+    /// Every upstream the site sends to, in order: its routes', then its
+    /// default (`lib.site_upstreams`), with where each is written below the site.
+    pub fn upstreams(&self) -> Vec<(&SiteUpstream, String)> {
+        let routes = self
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (&r.upstream, format!("/routes/{i}/upstream")));
+        routes
+            .chain(self.upstream.iter().map(|u| (u, "/upstream".to_owned())))
+            .collect()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteUpstream {
+    pub service: String,
+    pub port: String,
+    /// The proxy's own machine when `None`.
+    #[serde(default)]
+    pub machine: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteRoute {
+    pub paths: Vec<String>,
+    pub upstream: SiteUpstream,
+    pub headers_up: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub body: String,
+    pub status: serde_json::Number,
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteTls {
+    Acme,
+    Internal,
 }
 
 /// A reverse-proxy site and the service port it forwards to.

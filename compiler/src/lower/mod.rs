@@ -6,8 +6,9 @@
 //! - every native service's files (`native.rs`);
 //! - every machine's nftables ruleset, its fallback and their unit
 //!   (`firewall.rs`, with `network.rs`);
-//! - the handlers of every proxy site whose module leaves them to the
-//!   compiler, read from the site's block (`site_handlers`).
+//! - the block of every site of a proxy whose module leaves them to the
+//!   compiler, its route facts and handlers (`proxy.rs`; the handlers are
+//!   read back from the block, `site_handlers`).
 //!
 //! Nickel's interpreter spends microseconds on every operation; building
 //! this for each service of a large stack was most of its evaluation
@@ -18,6 +19,7 @@
 mod firewall;
 mod native;
 mod network;
+mod proxy;
 
 use serde_json::Value;
 
@@ -60,6 +62,8 @@ impl Writer {
 /// writer, naming both.
 pub fn lower(stack: &mut Stack, locs: &mut Locs) -> Result<(), Vec<Diagnostic>> {
     let mut out = Vec::new();
+    // Before the native services are lowered: upstreams name their ports.
+    proxy::sites(stack, locs);
     // The rulesets read every machine's addresses: computed before any is written.
     let rulesets: Vec<Vec<(String, FileSpec)>> = stack
         .machines

@@ -3,10 +3,11 @@
 //! a blank line between blocks), so `caddy validate` has nothing to say.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::{ContentError, HEADER, HandlerAt};
-use crate::model::{Handler, MatchKind, Matcher, ProxyTo, Then, UpstreamTarget};
+use super::{ContentError, HEADER, HandlerAt, Origin};
+use crate::eval::pointer_escape;
+use crate::model::{Handler, MatchKind, Matcher, ProxyTo, Site, SiteTls, Then, UpstreamTarget};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +142,92 @@ fn quote(s: &str) -> String {
     } else {
         format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
     }
+}
+
+/// A site's block: `tls internal` if asked, the user's directives, a
+/// `handle` per fixed response (exact path), a named `path` matcher and a
+/// `handle` per route (named, so Caddy keeps them in the order written:
+/// it sorts `handle` blocks with a single path by specificity), then the
+/// default upstream, in a `handle` of its own when anything precedes it.
+/// `addresses[i]` is the `i`th of `site.upstreams()` as the proxy reaches
+/// it. `handlers` reads such a block back.
+pub fn site_block(site: &Site, addresses: &[String]) -> (Value, Vec<Origin>) {
+    let mut block: Vec<Value> = Vec::new();
+    let mut from: Vec<Origin> = Vec::new();
+    let here = |block: &Vec<Value>| format!("/{}", block.len());
+    let proxy_to = |address: &str, headers: &std::collections::BTreeMap<String, String>| {
+        let mut d = json!({ "name": "reverse_proxy", "args": [address] });
+        if !headers.is_empty() {
+            let body: Vec<Value> = headers
+                .iter()
+                .map(|(k, v)| json!({ "name": "header_up", "args": [k, v] }))
+                .collect();
+            d["body"] = Value::Array(body);
+        }
+        d
+    };
+    if site.tls == SiteTls::Internal {
+        from.push(Origin::one("/tls", here(&block)));
+        block.push(json!({ "name": "tls", "args": ["internal"] }));
+    }
+    for (k, d) in site.directives.iter().enumerate() {
+        from.push(Origin::all(format!("/directives/{k}"), here(&block)));
+        block.push(d.clone());
+    }
+    for (path, r) in &site.respond {
+        let (opt, to) = (format!("/respond/{}", pointer_escape(path)), here(&block));
+        let mut body: Vec<Value> = Vec::new();
+        for (j, (h, v)) in r.headers.iter().enumerate() {
+            let header = format!("{opt}/headers/{}", pointer_escape(h));
+            from.push(Origin::one(&header, format!("{to}/body/{j}")));
+            from.push(Origin::one(&header, format!("{to}/body/{j}/args/1")));
+            body.push(json!({ "name": "header", "args": [h, v] }));
+        }
+        let at = format!("{to}/body/{}", body.len());
+        from.push(Origin::one(&opt, &at));
+        from.push(Origin::one(format!("{opt}/body"), format!("{at}/args/0")));
+        from.push(Origin::one(format!("{opt}/status"), format!("{at}/args/1")));
+        body.push(json!({ "name": "respond", "args": [r.body, r.status.to_string()] }));
+        from.push(Origin::one(&opt, &to));
+        block.push(json!({ "name": "handle", "args": [path], "body": body }));
+    }
+    for (i, (r, address)) in site.routes.iter().zip(addresses).enumerate() {
+        let opt = format!("/routes/{i}");
+        let matcher = format!("@route{i}");
+        let to = here(&block);
+        from.push(Origin::one(&opt, &to));
+        for j in 0..r.paths.len() {
+            from.push(Origin::one(format!("{opt}/paths/{j}"), format!("{to}/args/{}", j + 1)));
+        }
+        let args: Vec<&str> = std::iter::once("path")
+            .chain(r.paths.iter().map(String::as_str))
+            .collect();
+        block.push(json!({ "name": matcher, "args": args }));
+        let to = here(&block);
+        from.push(Origin::one(&opt, &to));
+        from.push(Origin::one(format!("{opt}/upstream"), format!("{to}/body/0")));
+        from.push(Origin::one(format!("{opt}/upstream"), format!("{to}/body/0/args/0")));
+        for (k, h) in r.headers_up.keys().enumerate() {
+            let header = format!("{opt}/headers_up/{}", pointer_escape(h));
+            from.push(Origin::one(&header, format!("{to}/body/0/body/{k}")));
+            from.push(Origin::one(&header, format!("{to}/body/0/body/{k}/args/1")));
+        }
+        block.push(json!({ "name": "handle", "args": [matcher], "body": [proxy_to(address, &r.headers_up)] }));
+    }
+    if let (Some(_), Some(last)) = (&site.upstream, addresses.last()) {
+        let to = here(&block);
+        from.push(Origin::one("/upstream", &to));
+        let none = std::collections::BTreeMap::new();
+        if site.routes.is_empty() && site.respond.is_empty() {
+            from.push(Origin::one("/upstream", format!("{to}/args/0")));
+            block.push(proxy_to(last, &none));
+        } else {
+            from.push(Origin::one("/upstream", format!("{to}/body/0")));
+            from.push(Origin::one("/upstream", format!("{to}/body/0/args/0")));
+            block.push(json!({ "name": "handle", "body": [proxy_to(last, &none)] }));
+        }
+    }
+    (Value::Array(block), from)
 }
 
 #[cfg(test)]

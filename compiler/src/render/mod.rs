@@ -107,6 +107,49 @@ pub struct HandlerAt {
     pub paths: Vec<String>,
 }
 
+/// Where a part of something written comes from: the value at `from` (a
+/// pointer below what it is written from) was written at `to` (below what
+/// is written); with everything below it when `whole`.
+#[derive(Debug)]
+pub struct Origin {
+    pub from: String,
+    pub to: String,
+    pub whole: bool,
+}
+
+impl Origin {
+    pub fn one(from: impl Into<String>, to: impl Into<String>) -> Origin {
+        Origin {
+            from: from.into(),
+            to: to.into(),
+            whole: false,
+        }
+    }
+
+    pub fn all(from: impl Into<String>, to: impl Into<String>) -> Origin {
+        Origin {
+            from: from.into(),
+            to: to.into(),
+            whole: true,
+        }
+    }
+}
+
+/// A proxy site's block in a config of `format`, written from the site's
+/// options with `addresses[i]` for its `i`th upstream
+/// (`Site::upstreams`), and where its parts come from below the site;
+/// `None` for a format without such blocks.
+pub fn site_block(
+    format: Format,
+    site: &crate::model::Site,
+    addresses: &[String],
+) -> Option<(serde_json::Value, Vec<Origin>)> {
+    match format {
+        Format::Caddyfile => Some(caddyfile::site_block(site, addresses)),
+        _ => None,
+    }
+}
+
 /// The handlers of a proxy site read back from its block in a config the
 /// stdlib wrote, in the order the proxy tries them, with where each comes
 /// from; `None` for a format whose blocks this cannot read.

@@ -1,0 +1,192 @@
+//! Proxy sites whose module leaves their blocks to the compiler (Caddy's):
+//! each site's block is written into the proxy's config file from the
+//! site's checked options, with every upstream's address as the proxy
+//! reaches it, and the site gets its route facts (the checks) and its
+//! handlers (the router, read back from the block by `site_handlers`).
+
+use serde_json::Value;
+
+use super::network::{is_loopback, is_wildcard, via};
+use crate::eval::{Locs, file_ptr, pointer_escape};
+use crate::model::{Route, Select, SiteBlock, SiteTls, SiteUpstream, Stack, Upstream, UpstreamTarget};
+
+/// Written where an upstream names no port the stack knows: the checks
+/// report the route (SC0206 and kin), and the block stays well-formed.
+const UNRESOLVED: &str = "unresolved.invalid:1";
+
+pub(super) fn sites(stack: &mut Stack, locs: &mut Locs) {
+    // Every machine's proxy reads other machines' ports and addresses:
+    // all addresses are resolved before any machine changes.
+    let addresses: Vec<Vec<Vec<String>>> = stack
+        .machines
+        .iter()
+        .map(|(mname, m)| match &m.proxy {
+            Some(p) => p
+                .sites
+                .values()
+                .map(|site| {
+                    site.upstreams()
+                        .into_iter()
+                        .map(|(up, _)| {
+                            address(stack, mname, p.container.is_some(), up).unwrap_or_else(|| UNRESOLVED.to_owned())
+                        })
+                        .collect()
+                })
+                .collect(),
+            None => Vec::new(),
+        })
+        .collect();
+    for ((mname, m), addresses) in stack.machines.iter_mut().zip(addresses) {
+        let Some(proxy) = m.proxy.take() else { continue };
+        let Some(file) = m.files.get_mut(&proxy.file) else {
+            continue;
+        };
+        let mp = format!("/machines/{}", pointer_escape(mname));
+        let block_root = format!("{}/content/sites", file_ptr(mname, &proxy.file));
+        let mut routes = Vec::new();
+        let mut site_routes = Vec::new();
+        for ((name, site), addresses) in proxy.sites.iter().zip(addresses) {
+            let opt = format!("{mp}/proxy/sites/{}", pointer_escape(name));
+            let Some((block, origins)) = crate::render::site_block(file.format, site, &addresses) else {
+                continue;
+            };
+            if !file.content.is_object() {
+                file.content = Value::Object(Default::default());
+            }
+            let sites = file.content.as_object_mut().and_then(|c| {
+                c.entry("sites")
+                    .or_insert_with(|| Value::Object(Default::default()))
+                    .as_object_mut()
+            });
+            let Some(sites) = sites else { continue };
+            sites.insert(name.clone(), block);
+            let to = format!("{block_root}/{}", pointer_escape(name));
+            super::copy_loc(locs, &opt, &to);
+            for o in origins {
+                let (from, at) = (format!("{opt}{}", o.from), format!("{to}{}", o.to));
+                if o.whole {
+                    super::alias(locs, &from, &at);
+                } else {
+                    super::copy_loc(locs, &from, &at);
+                }
+            }
+            let mut targets = Vec::new();
+            for ((up, at), address) in site.upstreams().into_iter().zip(addresses) {
+                let target = Upstream {
+                    machine: up.machine.clone().unwrap_or_else(|| mname.clone()),
+                    service: up.service.clone(),
+                    port: up.port.clone(),
+                };
+                let fact = format!("{mp}/routes/{}", routes.len());
+                super::alias(locs, &format!("{opt}{at}"), &fact);
+                if up.machine.is_none() {
+                    super::copy_loc(locs, &format!("{opt}{at}"), &format!("{fact}/machine"));
+                }
+                routes.push(Route {
+                    site: name.clone(),
+                    machine: target.machine.clone(),
+                    service: target.service.clone(),
+                    port: target.port.clone(),
+                });
+                targets.push(UpstreamTarget { address, target });
+            }
+            super::copy_loc(locs, &opt, &format!("{mp}/site_routes/{}", site_routes.len()));
+            site_routes.push(crate::model::SiteRoutes {
+                site: name.clone(),
+                select: Select::First,
+                // Clients and other servers trust its certificate.
+                trusted_tls: site.tls != SiteTls::Internal,
+                container: proxy.container.clone(),
+                handlers: Vec::new(),
+                block: Some(SiteBlock {
+                    file: proxy.file.clone(),
+                    targets,
+                }),
+            });
+        }
+        // The proxy's facts come first, as its module's part of the machine
+        // did (another proxy's, nginx's, follow): their positions move up.
+        shift(locs, &format!("{mp}/routes/"), routes.len(), &m.routes);
+        shift(locs, &format!("{mp}/site_routes/"), site_routes.len(), &m.site_routes);
+        routes.append(&mut m.routes);
+        m.routes = routes;
+        site_routes.append(&mut m.site_routes);
+        m.site_routes = site_routes;
+    }
+}
+
+/// Moves the positions below `prefix<i>` to `prefix<i + by>` for each of
+/// `existing`, so that `by` entries can go before them.
+fn shift<T>(locs: &mut Locs, prefix: &str, by: usize, existing: &[T]) {
+    if by == 0 || existing.is_empty() {
+        return;
+    }
+    let moved: Vec<(String, crate::eval::Loc)> = locs
+        .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, l)| (k.clone(), l.clone()))
+        .collect();
+    for (k, l) in moved {
+        let rest = &k[prefix.len()..];
+        let (index, below) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let Ok(i) = index.parse::<usize>() else { continue };
+        if i < existing.len() {
+            locs.remove(&k);
+            locs.insert(format!("{prefix}{}{below}", i + by), l);
+        }
+    }
+}
+
+/// The address of port `up` as the proxy on machine `from` reaches it
+/// (`in_container`: the proxy runs in a compose container), `None` when
+/// it names no port of the stack (the checks say so). The rules of the
+/// stdlib's `upstream_address_in` (modules/caddy.ncl, which nginx uses):
+/// loopback means "this namespace", so from a container a container of the
+/// same machine is reached by its compose service name and its port
+/// inside, and a native service at `host.docker.internal`; a wildcard bind
+/// on loopback from the same machine and on the machine's address on the
+/// network they share from another; a specific bind only there.
+fn address(stack: &Stack, from: &str, in_container: bool, up: &SiteUpstream) -> Option<String> {
+    let target = up.machine.as_deref().unwrap_or(from);
+    let m = stack.machines.get(target)?;
+    let is_container = m.container_names.contains(&up.service);
+    // A native service first, as `lib.service_of`.
+    let (port, bind, inside) = match m.native.get(&up.service) {
+        Some(svc) => {
+            let p = svc.ports.get(&up.port)?;
+            (p.port, p.bind.as_str(), p.port)
+        }
+        None if is_container => {
+            let l = m
+                .listens
+                .iter()
+                .find(|l| l.service == up.service && l.name == up.port)?;
+            (l.port, l.bind.as_str(), l.container_port.unwrap_or(l.port))
+        }
+        None => return None,
+    };
+    let here = target == from;
+    let (host, port) = if here && in_container && is_container {
+        (up.service.as_str(), inside)
+    } else if here && in_container && (is_wildcard(bind) || is_loopback(bind)) {
+        // (A loopback bind is unreachable from the container: the
+        // cross-checks say so, naming the bind.)
+        ("host.docker.internal", port)
+    } else if !is_wildcard(bind) {
+        (bind, port)
+    } else if here {
+        ("127.0.0.1", port)
+    } else {
+        let a = &stack.machines.get(from)?.addresses;
+        let b = &m.addresses;
+        match via(&stack.networks, a, b).and_then(|net| b.get(net)) {
+            Some(to) => (to.as_str(), port),
+            None => ("unreachable.invalid", port),
+        }
+    };
+    Some(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
