@@ -963,6 +963,57 @@ stackc.stack {{
     assert_eq!(found, [body], "{}", std::fs::read_to_string(&caddyfile).unwrap());
 }
 
+/// A containerised proxy reaches a container of its machine by compose
+/// name and its port inside, a native service at the host's gateway, and
+/// another machine at its address on the network they share (IPv6 in
+/// brackets) or at the address a port is bound to.
+#[test]
+fn each_upstream_is_written_as_the_proxy_reaches_it() {
+    let tmp = TempDir::new("upstreams");
+    let prod = tmp.path().join("prod.ncl");
+    std::fs::write(
+        &prod,
+        r#"let stackc = import "stackc.ncl" in
+stackc.stack {
+  name = "upstreams",
+  networks.lan = { cidr = "fd00::/64" },
+  machines.edge = {
+    addresses.lan = "fd00::1",
+    containers.web = { image = "nginx:1.27", ports.http = { port = 8080, container_port = 80 } },
+    native.app = { command = "/usr/bin/app", ports.http = { port = 9000, bind = "0.0.0.0" } },
+    proxy = {
+      container = {},
+      sites = {
+        "a.example.com".upstream = { service = "web", port = "http" },
+        "b.example.com".upstream = { service = "app", port = "http" },
+        "c.example.com".upstream = { machine = "back", service = "api", port = "http" },
+        "d.example.com".upstream = { machine = "back", service = "admin", port = "http" },
+      },
+    },
+  },
+  machines.back = {
+    addresses.lan = "fd00::2",
+    native.api = { command = "/usr/bin/api", ports.http = { port = 7000, bind = "0.0.0.0" } },
+    native.admin = { command = "/usr/bin/admin", ports.http = { port = 7001, bind = "fd00::2" } },
+  },
+}
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    build_with_placeholders(&prod, &out);
+    let caddyfile = std::fs::read_to_string(out.join("edge/caddy/Caddyfile")).unwrap();
+    let sites = caddyfile.split_once("\n}\n\n").map_or("", |(_, s)| s);
+    assert_eq!(
+        sites,
+        "a.example.com {\n\treverse_proxy web:80\n}\n\n\
+         b.example.com {\n\treverse_proxy host.docker.internal:9000\n}\n\n\
+         c.example.com {\n\treverse_proxy [fd00::2]:7000\n}\n\n\
+         d.example.com {\n\treverse_proxy [fd00::2]:7001\n}\n",
+        "{caddyfile}"
+    );
+}
+
 /// `stackc build --placeholder-secrets -o OUT ENTRY`, which must succeed.
 fn build_with_placeholders(entry: &std::path::Path, out: &std::path::Path) {
     let o = stackc()
