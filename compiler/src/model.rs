@@ -82,10 +82,9 @@ impl Mount {
     }
 }
 
-/// A source a firewall opening names, as written, and whether the stdlib
-/// could turn it into addresses.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A source a firewall opening names, as written, and whether it names
+/// addresses the stack knows (`lower` derives these from the options).
+#[derive(Debug)]
 pub struct Opening {
     pub source: String,
     pub port: u16,
@@ -108,7 +107,8 @@ pub struct Machine {
     /// The machine's address on each network it is on.
     #[serde(default)]
     pub addresses: BTreeMap<String, String>,
-    #[serde(default)]
+    /// Derived by `lower` from the machine's `firewall` options.
+    #[serde(skip)]
     pub openings: Vec<Opening>,
     /// Bind mounts of the machine's containers, with the user each runs as.
     #[serde(default)]
@@ -180,7 +180,9 @@ pub struct Firewall {
     /// The stack's `admin_sources`: SSH's sources unless it names its own.
     pub admin_sources: Vec<String>,
     /// `{ source, protocol, port }`: ports other machines reach (proxy
-    /// routes, declared connections), opened to their address only.
+    /// routes, declared connections), opened to their address only;
+    /// derived by `lower` from every machine's routes and roles.
+    #[serde(skip)]
     pub incoming: Vec<serde_json::Value>,
     /// `{ protocol, port }`: host ports the machine's containers reach.
     pub container_access: Vec<serde_json::Value>,
@@ -268,8 +270,9 @@ pub enum Hardening {
     None,
 }
 
-/// A native service's port: `lower` needs only its number (a port below
-/// 1024 needs `CAP_NET_BIND_SERVICE`); the listen facts carry the rest.
+/// A native service's port, from which `lower` derives its listen fact
+/// (and a port below 1024 needs `CAP_NET_BIND_SERVICE`); also a proxy's
+/// own ports (`public` and `container_port` only there).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NativePort {
@@ -278,7 +281,10 @@ pub struct NativePort {
     pub to: Option<u16>,
     pub protocol: Protocol,
     pub bind: String,
+    #[serde(default)]
     pub public: bool,
+    #[serde(default)]
+    pub container_port: Option<u16>,
 }
 
 /// One value as a service reads it, named by a module (`modules/roles.ncl`):
@@ -658,13 +664,16 @@ pub fn answers(bind: &str, host: &str) -> bool {
 }
 
 /// A reverse proxy whose sites `lower` writes into its config file: the
-/// file, the compose service it runs in (`None`: on the host), and each
+/// file, the proxy's own service (its unit, or its compose service when
+/// `in_container`) with the ports others may reach (metrics), and each
 /// site's options as their contract checked them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Proxy {
     pub file: String,
-    pub container: Option<String>,
+    pub service: String,
+    pub in_container: bool,
+    pub ports: BTreeMap<String, NativePort>,
     pub sites: BTreeMap<String, Site>,
 }
 

@@ -8,7 +8,99 @@
 use serde_json::{Value, json};
 
 use super::network;
-use crate::model::{FileSpec, Firewall, Format, Listen, Stack};
+use crate::model::{FileSpec, Firewall, Format, Listen, Machine, Opening, Role, Stack};
+
+/// The ports of machine `to` that other machines reach, as
+/// `{ source, protocol, port }`: the port of every proxy route from another
+/// machine (`routes`), and of every connection another machine's service
+/// declares (an endpoint or database client naming `target_machine` and
+/// `target_port`), opened to the address that machine connects from. A
+/// reference that names no port is left to the checks.
+pub(super) fn incoming(stack: &Stack, to: &str) -> Vec<Value> {
+    let Some(m) = stack.machines.get(to) else {
+        return Vec::new();
+    };
+    if m.firewall.is_none() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for f in stack.machines.iter().filter(|(from, _)| *from != to).map(|(_, f)| f) {
+        let routes = f
+            .routes
+            .iter()
+            .filter(|r| r.machine == to)
+            .map(|r| (&r.service, &r.port));
+        let connections = f.roles.iter().filter_map(|role| match role {
+            Role::Endpoint {
+                target,
+                target_machine: Some(tm),
+                target_port: Some(port),
+                ..
+            }
+            | Role::DbClient {
+                target: Some(target),
+                target_machine: Some(tm),
+                target_port: Some(port),
+                ..
+            } if tm == to => Some((target, port)),
+            _ => None,
+        });
+        for (service, port) in routes.chain(connections) {
+            let Some(p) = super::port_of(m, service, port, true) else {
+                continue;
+            };
+            let Some(source) = network::source_for(&stack.networks, &f.addresses, &m.addresses, p.bind) else {
+                continue;
+            };
+            out.push(json!({ "source": source, "protocol": p.protocol.as_str(), "port": p.port }));
+        }
+    }
+    out
+}
+
+/// Every source machine `mname`'s firewall names, as written, and whether
+/// it names addresses the stack knows (the checks report those that do
+/// not, and SSH left with no source): SSH's own or the stack's admin
+/// sources, then each `allow`'s. With each, where its record and its
+/// source were written (pointers below the machine).
+pub(super) fn openings(stack: &Stack, mname: &str, m: &Machine) -> Vec<(Opening, String, String)> {
+    let Some(fw) = m.firewall.as_ref().filter(|fw| fw.options.enable) else {
+        return Vec::new();
+    };
+    let o = &fw.options;
+    let mut out = Vec::new();
+    if o.ssh.enable {
+        let (sources, at) = match &o.ssh.from {
+            Some(from) => (from, "/firewall/options/ssh/from"),
+            None => (&fw.admin_sources, "/firewall/admin_sources"),
+        };
+        for (k, source) in sources.iter().enumerate() {
+            let opening = Opening {
+                source: source.clone(),
+                port: o.ssh.port,
+                protocol: "tcp".into(),
+                ssh: true,
+                resolved: resolve(stack, fw, mname, source, "0.0.0.0").is_some(),
+            };
+            out.push((opening, "/firewall/options/ssh".into(), format!("{at}/{k}")));
+        }
+    }
+    for (j, a) in o.allow.iter().enumerate() {
+        let bind = network::bind_of(&m.listens, a.port, a.protocol);
+        for (k, source) in a.from.iter().enumerate() {
+            let opening = Opening {
+                source: source.clone(),
+                port: a.port,
+                protocol: a.protocol.as_str().into(),
+                ssh: false,
+                resolved: resolve(stack, fw, mname, source, bind).is_some(),
+            };
+            let at = format!("/firewall/options/allow/{j}");
+            out.push((opening, at.clone(), format!("{at}/from/{k}")));
+        }
+    }
+    out
+}
 
 /// The ruleset files of machine `mname` (none when its firewall is off).
 pub(super) fn files(

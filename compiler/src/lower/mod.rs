@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::diag::{Code, Diagnostic, Span};
 use crate::eval::{Loc, Locs, file_ptr, pointer_escape};
-use crate::model::{FileSpec, Machine, Stack, Then};
+use crate::model::{FileSpec, Machine, Protocol, Stack, Then};
 
 /// One file written here, and where its values come from: (pointer below
 /// what it is written from, pointer below the file's content) pairs.
@@ -64,6 +64,28 @@ pub fn lower(stack: &mut Stack, locs: &mut Locs) -> Result<(), Vec<Diagnostic>> 
     let mut out = Vec::new();
     // Before the native services are lowered: upstreams name their ports.
     proxy::sites(stack, locs);
+    for (mname, m) in &mut stack.machines {
+        native::facts(mname, m, locs);
+    }
+    // Ports other machines reach read every machine's routes and roles;
+    // openings, every machine's addresses and this one's listens.
+    let derived: Vec<_> = stack
+        .machines
+        .iter()
+        .map(|(mname, m)| (firewall::incoming(stack, mname), firewall::openings(stack, mname, m)))
+        .collect();
+    for ((mname, m), (incoming, openings)) in stack.machines.iter_mut().zip(derived) {
+        if let Some(fw) = &mut m.firewall {
+            fw.incoming = incoming;
+        }
+        let mp = format!("/machines/{}", pointer_escape(mname));
+        for (i, (opening, record, source)) in openings.into_iter().enumerate() {
+            let at = format!("{mp}/openings/{i}");
+            copy_loc(locs, &format!("{mp}{record}"), &at);
+            copy_loc(locs, &format!("{mp}{source}"), &format!("{at}/source"));
+            m.openings.push(opening);
+        }
+    }
     // The rulesets read every machine's addresses: computed before any is written.
     let rulesets: Vec<Vec<(String, FileSpec)>> = stack
         .machines
@@ -265,6 +287,70 @@ fn update(base: &mut serde_json::Map<String, Value>, overrides: &serde_json::Map
                 base.insert(key.clone(), new.clone());
             }
         }
+    }
+}
+
+/// Moves the positions below `prefix<i>` to `prefix<i + by>` for each of
+/// the `existing` entries of a list, so that `by` entries can go before them.
+fn shift(locs: &mut Locs, prefix: &str, by: usize, existing: usize) {
+    if by == 0 || existing == 0 {
+        return;
+    }
+    let moved: Vec<(String, Loc)> = locs
+        .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, l)| (k.clone(), l.clone()))
+        .collect();
+    for (k, _) in &moved {
+        locs.remove(k);
+    }
+    for (k, l) in moved {
+        let rest = &k[prefix.len()..];
+        let (index, below) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        match index.parse::<usize>() {
+            Ok(i) if i < existing => locs.insert(format!("{prefix}{}{below}", i + by), l),
+            _ => locs.insert(k, l),
+        };
+    }
+}
+
+/// A port of a machine's service by name, as `lib.service_of` finds it: a
+/// native service's first, then a container's; with `own`, else one of
+/// its proxy's own ports (metrics, which other machines may reach).
+struct PortOf<'a> {
+    port: u16,
+    protocol: Protocol,
+    bind: &'a str,
+    /// Its port inside the container (a native service's: `port`).
+    inside: u16,
+}
+
+fn port_of<'a>(m: &'a Machine, service: &str, name: &str, own: bool) -> Option<PortOf<'a>> {
+    let of = |p: &'a crate::model::NativePort| PortOf {
+        port: p.port,
+        protocol: p.protocol,
+        bind: &p.bind,
+        inside: p.container_port.unwrap_or(p.port),
+    };
+    if let Some(svc) = m.native.get(service) {
+        return svc.ports.get(name).map(of);
+    }
+    if m.container_names.iter().any(|c| c == service) {
+        // A container's ports are its listens (`container.ncl`).
+        return m
+            .listens
+            .iter()
+            .find(|l| l.service == service && l.name == name)
+            .map(|l| PortOf {
+                port: l.port,
+                protocol: l.protocol,
+                bind: &l.bind,
+                inside: l.container_port.unwrap_or(l.port),
+            });
+    }
+    match &m.proxy {
+        Some(p) if own && p.service == service => p.ports.get(name).map(of),
+        _ => None,
     }
 }
 

@@ -5,8 +5,63 @@
 use serde_json::{Map, Value, json};
 
 use super::Lowered;
-use crate::eval::pointer_escape;
-use crate::model::{FileSpec, Format, Hardening, NativeService, Restart};
+use crate::eval::{Loc, Locs, pointer_escape};
+use crate::model::{FileSpec, Format, Hardening, Listen, Machine, NativeService, Restart};
+
+/// The facts of machine `mname`'s own native services: a listen per port
+/// and their units, before the machine's other facts (as the stdlib's part
+/// for them was). A listen points where its port was written, its service
+/// and unit where the service was named.
+pub(super) fn facts(mname: &str, m: &mut Machine, locs: &mut Locs) {
+    let mp = format!("/machines/{}", pointer_escape(mname));
+    let ports: usize = m.native.values().map(|s| s.ports.len()).sum();
+    let units: usize = m.native.values().map(|s| 1 + usize::from(s.schedule.is_some())).sum();
+    super::shift(locs, &format!("{mp}/listens/"), ports, m.listens.len());
+    super::shift(locs, &format!("{mp}/units/"), units, m.units.len());
+    let mut listens = Vec::with_capacity(ports + m.listens.len());
+    let mut unit_names = Vec::with_capacity(units + m.units.len());
+    for (sname, svc) in &m.native {
+        let sp = format!("{mp}/native/{}", pointer_escape(sname));
+        // The service's name in the user's file, not its whole record.
+        let named = locs.get(&sp).map(|l| Loc {
+            key: l.key.clone(),
+            value: None,
+        });
+        for (pname, p) in &svc.ports {
+            let at = format!("{mp}/listens/{}", listens.len());
+            super::alias(locs, &format!("{sp}/ports/{}", pointer_escape(pname)), &at);
+            if let Some(named) = &named {
+                locs.insert(format!("{at}/service"), named.clone());
+            }
+            listens.push(Listen {
+                service: sname.clone(),
+                name: pname.clone(),
+                port: p.port,
+                protocol: p.protocol,
+                bind: p.bind.clone(),
+                public: p.public,
+                published: false,
+                to: p.to,
+                container_port: None,
+            });
+        }
+        let kinds: &[&str] = if svc.schedule.is_some() {
+            &["service", "timer"]
+        } else {
+            &["service"]
+        };
+        for kind in kinds {
+            if let Some(named) = &named {
+                locs.insert(format!("{mp}/units/{}", unit_names.len()), named.clone());
+            }
+            unit_names.push(format!("{sname}.{kind}"));
+        }
+    }
+    listens.append(&mut m.listens);
+    m.listens = listens;
+    unit_names.append(&mut m.units);
+    m.units = unit_names;
+}
 
 /// The files of native service `sname` (see `modules/native.ncl` for the
 /// options).

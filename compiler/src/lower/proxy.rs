@@ -6,6 +6,7 @@
 
 use serde_json::Value;
 
+use super::PortOf;
 use super::network::{is_loopback, is_wildcard, via};
 use crate::eval::{Locs, file_ptr, pointer_escape};
 use crate::model::{Route, Select, SiteBlock, SiteTls, SiteUpstream, Stack, Upstream, UpstreamTarget};
@@ -28,7 +29,7 @@ pub(super) fn sites(stack: &mut Stack, locs: &mut Locs) {
                     site.upstreams()
                         .into_iter()
                         .map(|(up, _)| {
-                            address(stack, mname, p.container.is_some(), up).unwrap_or_else(|| UNRESOLVED.to_owned())
+                            address(stack, mname, p.in_container, up).unwrap_or_else(|| UNRESOLVED.to_owned())
                         })
                         .collect()
                 })
@@ -37,7 +38,7 @@ pub(super) fn sites(stack: &mut Stack, locs: &mut Locs) {
         })
         .collect();
     for ((mname, m), addresses) in stack.machines.iter_mut().zip(addresses) {
-        let Some(proxy) = m.proxy.take() else { continue };
+        let Some(proxy) = &m.proxy else { continue };
         let Some(file) = m.files.get_mut(&proxy.file) else {
             continue;
         };
@@ -96,7 +97,7 @@ pub(super) fn sites(stack: &mut Stack, locs: &mut Locs) {
                 select: Select::First,
                 // Clients and other servers trust its certificate.
                 trusted_tls: site.tls != SiteTls::Internal,
-                container: proxy.container.clone(),
+                container: proxy.in_container.then(|| proxy.service.clone()),
                 handlers: Vec::new(),
                 block: Some(SiteBlock {
                     file: proxy.file.clone(),
@@ -106,34 +107,17 @@ pub(super) fn sites(stack: &mut Stack, locs: &mut Locs) {
         }
         // The proxy's facts come first, as its module's part of the machine
         // did (another proxy's, nginx's, follow): their positions move up.
-        shift(locs, &format!("{mp}/routes/"), routes.len(), &m.routes);
-        shift(locs, &format!("{mp}/site_routes/"), site_routes.len(), &m.site_routes);
+        super::shift(locs, &format!("{mp}/routes/"), routes.len(), m.routes.len());
+        super::shift(
+            locs,
+            &format!("{mp}/site_routes/"),
+            site_routes.len(),
+            m.site_routes.len(),
+        );
         routes.append(&mut m.routes);
         m.routes = routes;
         site_routes.append(&mut m.site_routes);
         m.site_routes = site_routes;
-    }
-}
-
-/// Moves the positions below `prefix<i>` to `prefix<i + by>` for each of
-/// `existing`, so that `by` entries can go before them.
-fn shift<T>(locs: &mut Locs, prefix: &str, by: usize, existing: &[T]) {
-    if by == 0 || existing.is_empty() {
-        return;
-    }
-    let moved: Vec<(String, crate::eval::Loc)> = locs
-        .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
-        .take_while(|(k, _)| k.starts_with(prefix))
-        .map(|(k, l)| (k.clone(), l.clone()))
-        .collect();
-    for (k, l) in moved {
-        let rest = &k[prefix.len()..];
-        let (index, below) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let Ok(i) = index.parse::<usize>() else { continue };
-        if i < existing.len() {
-            locs.remove(&k);
-            locs.insert(format!("{prefix}{}{below}", i + by), l);
-        }
     }
 }
 
@@ -150,21 +134,7 @@ fn address(stack: &Stack, from: &str, in_container: bool, up: &SiteUpstream) -> 
     let target = up.machine.as_deref().unwrap_or(from);
     let m = stack.machines.get(target)?;
     let is_container = m.container_names.contains(&up.service);
-    // A native service first, as `lib.service_of`.
-    let (port, bind, inside) = match m.native.get(&up.service) {
-        Some(svc) => {
-            let p = svc.ports.get(&up.port)?;
-            (p.port, p.bind.as_str(), p.port)
-        }
-        None if is_container => {
-            let l = m
-                .listens
-                .iter()
-                .find(|l| l.service == up.service && l.name == up.port)?;
-            (l.port, l.bind.as_str(), l.container_port.unwrap_or(l.port))
-        }
-        None => return None,
-    };
+    let PortOf { port, bind, inside, .. } = super::port_of(m, &up.service, &up.port, false)?;
     let here = target == from;
     let (host, port) = if here && in_container && is_container {
         (up.service.as_str(), inside)
