@@ -29,11 +29,15 @@ pub fn verify(files: &Rendered, secrets: &Resolved) -> Vec<Diagnostic> {
     };
     for (path, f) in files.iter().filter(|(_, f)| !f.secret) {
         let text = String::from_utf8_lossy(&f.bytes);
-        let mut found = vec![false; names.len()];
-        for m in finder.find_overlapping_iter(text.as_ref()) {
-            found[m.pattern().as_usize()] = true;
-        }
-        for name in names.iter().zip(&found).filter(|(_, hit)| **hit).map(|(n, _)| n) {
+        // The secrets found, in name order; not a flag per secret for each
+        // file (files × secrets again).
+        let mut found: Vec<usize> = finder
+            .find_overlapping_iter(text.as_ref())
+            .map(|m| m.pattern().as_usize())
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        for name in found.into_iter().map(|i| names[i]) {
             // The name only: a diagnostic never carries a secret value.
             out.push(
                 Diagnostic::error(

@@ -5,54 +5,52 @@
 //! Sources name machines, networks, addresses or CIDRs; a machine is
 //! admitted by its address on the network it connects over (`network`).
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 
 use super::network;
 use crate::model::{FileSpec, Firewall, Format, Listen, Machine, Opening, Role, Stack};
 
-/// The ports of machine `to` that other machines reach, as
-/// `{ source, protocol, port }`: the port of every proxy route from another
-/// machine (`routes`), and of every connection another machine's service
-/// declares (an endpoint or database client naming `target_machine` and
-/// `target_port`), opened to the address that machine connects from. A
-/// reference that names no port is left to the checks.
-pub(super) fn incoming(stack: &Stack, to: &str) -> Vec<Value> {
-    let Some(m) = stack.machines.get(to) else {
-        return Vec::new();
-    };
-    if m.firewall.is_none() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for f in stack.machines.iter().filter(|(from, _)| *from != to).map(|(_, f)| f) {
-        let routes = f
-            .routes
-            .iter()
-            .filter(|r| r.machine == to)
-            .map(|r| (&r.service, &r.port));
+/// The ports of each machine that other machines reach, as
+/// `{ source, protocol, port }`, by machine: the port of every proxy route
+/// from another machine (`routes`), and of every connection another
+/// machine's service declares (an endpoint or database client naming
+/// `target_machine` and `target_port`), opened to the address that machine
+/// connects from. A reference that names no port is left to the checks.
+/// One pass over every machine's facts (per target, it was quadratic).
+pub(super) fn incoming(stack: &Stack) -> BTreeMap<&str, Vec<Value>> {
+    let mut out: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for (from, f) in &stack.machines {
+        let routes = f.routes.iter().map(|r| (&r.machine, &r.service, &r.port));
         let connections = f.roles.iter().filter_map(|role| match role {
             Role::Endpoint {
                 target,
-                target_machine: Some(tm),
+                target_machine: Some(to),
                 target_port: Some(port),
                 ..
             }
             | Role::DbClient {
                 target: Some(target),
-                target_machine: Some(tm),
+                target_machine: Some(to),
                 target_port: Some(port),
                 ..
-            } if tm == to => Some((target, port)),
+            } => Some((to, target, port)),
             _ => None,
         });
-        for (service, port) in routes.chain(connections) {
+        for (to, service, port) in routes.chain(connections) {
+            let Some(m) = stack.machines.get(to).filter(|m| to != from && m.firewall.is_some()) else {
+                continue;
+            };
             let Some(p) = super::port_of(m, service, port, true) else {
                 continue;
             };
             let Some(source) = network::source_for(&stack.networks, &f.addresses, &m.addresses, p.bind) else {
                 continue;
             };
-            out.push(json!({ "source": source, "protocol": p.protocol.as_str(), "port": p.port }));
+            out.entry(to.as_str())
+                .or_default()
+                .push(json!({ "source": source, "protocol": p.protocol.as_str(), "port": p.port }));
         }
     }
     out

@@ -69,10 +69,16 @@ pub fn lower(stack: &mut Stack, locs: &mut Locs) -> Result<(), Vec<Diagnostic>> 
     }
     // Ports other machines reach read every machine's routes and roles;
     // openings, every machine's addresses and this one's listens.
+    let mut incoming = firewall::incoming(stack);
     let derived: Vec<_> = stack
         .machines
         .iter()
-        .map(|(mname, m)| (firewall::incoming(stack, mname), firewall::openings(stack, mname, m)))
+        .map(|(mname, m)| {
+            (
+                incoming.remove(mname.as_str()).unwrap_or_default(),
+                firewall::openings(stack, mname, m),
+            )
+        })
         .collect();
     for ((mname, m), (incoming, openings)) in stack.machines.iter_mut().zip(derived) {
         if let Some(fw) = &mut m.firewall {
