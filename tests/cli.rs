@@ -1014,6 +1014,56 @@ stackc.stack {
     );
 }
 
+/// `stackc plan` lists each connection between machines once, a service's
+/// declared connection (a database client's) among them.
+#[test]
+fn plan_lists_each_connection_between_machines_once() {
+    let tmp = TempDir::new("plan-connections");
+    let prod = tmp.path().join("prod.ncl");
+    std::fs::write(
+        &prod,
+        r#"let stackc = import "stackc.ncl" in
+stackc.stack {
+  name = "plan",
+  networks.lan = { cidr = "10.0.0.0/24" },
+  machines.edge = {
+    addresses.lan = "10.0.0.1",
+    proxy.sites."app.example.com" = {
+      routes = [{ paths = ["/api/*"], upstream = { machine = "app", service = "api", port = "http" } }],
+      upstream = { machine = "app", service = "api", port = "http" },
+    },
+  },
+  machines.app = {
+    addresses.lan = "10.0.0.2",
+    native.api = {
+      command = "/usr/bin/api",
+      ports.http = { port = 8080, bind = "0.0.0.0" },
+      environment.DB_PORT = "5432",
+      roles.db_clients.main = {
+        target = "db", target_machine = "data", target_port = "pg",
+        host.value = "10.0.0.3", port.env = "DB_PORT", database.value = "api", user.value = "api",
+      },
+    },
+  },
+  machines.data = {
+    addresses.lan = "10.0.0.3",
+    native.db = { command = "/usr/bin/db", ports.pg = { port = 5432, bind = "0.0.0.0" } },
+  },
+}
+"#,
+    )
+    .unwrap();
+    let o = stackc().args(["plan"]).arg(&prod).output().unwrap();
+    let (plan, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let route = "| edge | app (api) | tcp/8080 | `lan`: 10.0.0.1 → 10.0.0.2 | proxy site `app.example.com` |";
+    assert_eq!(plan.matches(route).count(), 1, "{plan}");
+    assert!(
+        plan.contains("| app | data (db) | tcp/5432 | `lan`: 10.0.0.2 → 10.0.0.3 | `main` of `api` |"),
+        "{plan}"
+    );
+}
+
 /// A container port bound to an IPv6 address is published as
 /// `[addr]:port:container_port`, which docker compose reads as that host
 /// address (found by a user writing a stack from the docs: the bare form

@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use crate::Compiled;
 use crate::check::split_site;
-use crate::model::{Listen, Machine, Stack};
+use crate::model::{Listen, Machine, Role, Stack};
 
 /// The network machine `from` reaches a port of machine `to` over, as the
 /// stdlib chooses it (`network.ncl` `source_for`): the network of the port's
@@ -84,20 +84,56 @@ pub fn markdown(c: &Compiled) -> String {
         out,
         "\n### Connections between machines\n\n| from | to | port | over | for |\n| --- | --- | --- | --- | --- |"
     );
+    // A row once: a site whose route and default upstream name the same
+    // port is one connection.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut row = |out: &mut String, from: &str, m: &Machine, to: &str, service: &str, port: &str, why: String| {
+        let target = stack.machines.get(to);
+        let bound = target.and_then(|t| t.listens.iter().find(|l| l.service == service && l.name == port));
+        let port = bound.map_or_else(|| "?".into(), |l| format!("{}/{}", l.protocol.as_str(), l.port));
+        let over = target.map_or("none shared".into(), |t| over(stack, m, t, bound));
+        let line = format!("| {from} | {to} ({service}) | {port} | {over} | {why} |");
+        if seen.insert(line.clone()) {
+            let _ = writeln!(out, "{line}");
+        }
+    };
     for (mname, m) in &stack.machines {
         for r in m.routes.iter().filter(|r| r.machine != *mname) {
-            let target = stack.machines.get(&r.machine);
-            let bound = target.and_then(|t| t.listens.iter().find(|l| l.service == r.service && l.name == r.port));
-            let port = bound.map(|l| format!("{}/{}", l.protocol.as_str(), l.port));
-            let over = target.map_or("none shared".into(), |t| over(stack, m, t, bound));
-            let _ = writeln!(
-                out,
-                "| {mname} | {} ({}) | {} | {over} | proxy site `{}` |",
-                r.machine,
-                r.service,
-                port.unwrap_or_else(|| "?".into()),
-                r.site
+            row(
+                &mut out,
+                mname,
+                m,
+                &r.machine,
+                &r.service,
+                &r.port,
+                format!("proxy site `{}`", r.site),
             );
+        }
+        // Connections a service declares to another machine's port (a
+        // database, a URL it calls): the firewall opens them like routes.
+        for role in &m.roles {
+            let (service, name, target, to, port) = match role {
+                Role::Endpoint {
+                    service,
+                    name,
+                    target,
+                    target_machine: Some(to),
+                    target_port: Some(port),
+                    ..
+                }
+                | Role::DbClient {
+                    service,
+                    name,
+                    target: Some(target),
+                    target_machine: Some(to),
+                    target_port: Some(port),
+                    ..
+                } => (service, name, target, to, port),
+                _ => continue,
+            };
+            if to != mname {
+                row(&mut out, mname, m, to, target, port, format!("`{name}` of `{service}`"));
+            }
         }
     }
     // Openings a machine's firewall gives another machine by name.
