@@ -172,7 +172,7 @@ pub struct Machine {
     pub file_overrides: BTreeMap<String, serde_json::Value>,
 }
 
-/// A machine's `firewall` options and what the stdlib derived for them.
+/// A machine's `firewall` options and what the ruleset is written from.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Firewall {

@@ -1,9 +1,11 @@
 //! A machine's nftables ruleset, its fallback and the unit that loads them,
-//! from its `firewall` options and the facts the stdlib derived: every
-//! public port, the ports other machines' proxies and clients reach
-//! (`incoming`), the host ports its containers reach (`container_access`).
-//! Sources name machines, networks, addresses or CIDRs; a machine is
-//! admitted by its address on the network it connects over (`network`).
+//! from its `firewall` options and the machine's facts: every public port,
+//! the ports other machines' proxies and clients reach (`incoming`, derived
+//! here from every machine's routes and roles), the host ports its
+//! containers reach (`container_access`, from the stdlib); and the
+//! `openings` the checks read. Sources name machines, networks, addresses
+//! or CIDRs; a machine is admitted by its address on the network it
+//! connects over (`network`).
 
 use std::collections::BTreeMap;
 

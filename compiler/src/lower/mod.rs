@@ -3,9 +3,11 @@
 //! options against their contracts and derives the facts the checks read;
 //! here, from those:
 //!
-//! - every native service's files (`native.rs`);
-//! - every machine's nftables ruleset, its fallback and their unit
-//!   (`firewall.rs`, with `network.rs`);
+//! - every native service's files, and the user's services' listens and
+//!   units (`native.rs`);
+//! - every machine's nftables ruleset, its fallback and their unit, the
+//!   ports other machines reach and the openings (`firewall.rs`, with
+//!   `network.rs`);
 //! - the block of every site of a proxy whose module leaves them to the
 //!   compiler, its route facts and handlers (`proxy.rs`; the handlers are
 //!   read back from the block, `site_handlers`).
