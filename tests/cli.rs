@@ -1014,6 +1014,41 @@ stackc.stack {
     );
 }
 
+/// The user's own `proxy.metrics.bind` wins over the one the stack's
+/// monitoring sets (a wildcard is reached too): it used to be a merge
+/// conflict naming neither option.
+#[test]
+fn a_proxy_metrics_bind_of_the_users_own_wins_over_the_monitorings() {
+    let tmp = TempDir::new("metrics-bind");
+    let prod = tmp.path().join("prod.ncl");
+    std::fs::write(
+        &prod,
+        r#"let stackc = import "stackc.ncl" in
+stackc.stack {
+  name = "mb",
+  networks.lan = { cidr = "10.0.0.0/24" },
+  monitoring = { machine = "mon" },
+  machines.web = {
+    addresses.lan = "10.0.0.1",
+    native.app = { command = "/usr/bin/app", ports.http = { port = 8080 } },
+    proxy = {
+      metrics = { port = 9181, bind = "0.0.0.0" },
+      sites."a.example.com".upstream = { service = "app", port = "http" },
+    },
+  },
+  machines.mon = { addresses.lan = "10.0.0.2" },
+}
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    build_with_placeholders(&prod, &out);
+    let caddyfile = std::fs::read_to_string(out.join("web/caddy/Caddyfile")).unwrap();
+    assert!(caddyfile.contains("http://:9181 {\n\tbind 0.0.0.0\n"), "{caddyfile}");
+    let prometheus = std::fs::read_to_string(out.join("mon/prometheus/prometheus.yml")).unwrap();
+    assert!(prometheus.contains("10.0.0.1:9181"), "{prometheus}");
+}
+
 /// `stackc plan` lists each connection between machines once, a service's
 /// declared connection (a database client's) among them.
 #[test]
