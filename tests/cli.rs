@@ -900,6 +900,44 @@ stackc.stack {{
     );
 }
 
+/// A proxy site's block merged on the result with `| force` replaces the
+/// one the compiler writes, as the docs promise for every computed value;
+/// the site's route facts still come from its options.
+#[test]
+fn a_forced_site_block_is_the_users() {
+    let tmp = TempDir::new("forced-block");
+    let prod = tmp.path().join("prod.ncl");
+    std::fs::write(
+        &prod,
+        r#"let stackc = import "stackc.ncl" in
+stackc.stack {
+  name = "forced",
+  machines.web = {
+    address = "10.0.0.1",
+    native.app = { command = "/usr/bin/app", ports.http = { port = 8080 } },
+    proxy.sites."a.example.com".upstream = { service = "app", port = "http" },
+    proxy.sites."b.example.com".upstream = { service = "app", port = "http" },
+  },
+}
+& {
+  machines.web.files."caddy/Caddyfile".content.sites."a.example.com" | force = [{ name = "respond", args = ["maintenance", "503"] }],
+}
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    build_with_placeholders(&prod, &out);
+    let caddyfile = std::fs::read_to_string(out.join("web/caddy/Caddyfile")).unwrap();
+    assert!(
+        caddyfile.contains("a.example.com {\n\trespond maintenance 503\n}\n"),
+        "{caddyfile}"
+    );
+    assert!(
+        caddyfile.contains("b.example.com {\n\treverse_proxy 127.0.0.1:8080\n}\n"),
+        "{caddyfile}"
+    );
+}
+
 /// A response body that spans lines (a `robots.txt`) is written as a Caddy
 /// heredoc, and Caddy reads back exactly the text given.
 #[test]

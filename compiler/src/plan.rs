@@ -11,8 +11,8 @@ use crate::Compiled;
 use crate::check::split_site;
 use crate::model::{Listen, Machine, Role, Stack};
 
-/// The network machine `from` reaches a port of machine `to` over, as the
-/// stdlib chooses it (`network.ncl` `source_for`): the network of the port's
+/// The network machine `from` reaches a port of machine `to` over, much as
+/// the firewall chooses it (`lower/network.rs` `source_for`): the network of the port's
 /// address when it is bound to one, else the shared network with the highest
 /// `prefer`, private before public, then by name — with both addresses.
 fn over(stack: &Stack, from: &Machine, to: &Machine, port: Option<&Listen>) -> String {

@@ -4,12 +4,10 @@
 //! reaches it, and the site gets its route facts (the checks) and its
 //! handlers (the router, read back from the block by `site_handlers`).
 
-use serde_json::Value;
-
 use super::PortOf;
 use super::network::{is_loopback, is_wildcard, via};
 use crate::eval::{Locs, file_ptr, pointer_escape};
-use crate::model::{Route, Select, SiteBlock, SiteTls, SiteUpstream, Stack, Upstream, UpstreamTarget};
+use crate::model::{FileSpec, Route, Select, Site, SiteBlock, SiteTls, SiteUpstream, Stack, Upstream, UpstreamTarget};
 
 /// Written where an upstream names no port the stack knows: the checks
 /// report the route (SC0206 and kin), and the block stays well-formed.
@@ -39,38 +37,25 @@ pub(super) fn sites(stack: &mut Stack, locs: &mut Locs) {
         .collect();
     for ((mname, m), addresses) in stack.machines.iter_mut().zip(addresses) {
         let Some(proxy) = &m.proxy else { continue };
-        let Some(file) = m.files.get_mut(&proxy.file) else {
-            continue;
-        };
         let mp = format!("/machines/{}", pointer_escape(mname));
-        let block_root = format!("{}/content/sites", file_ptr(mname, &proxy.file));
-        let mut routes = Vec::new();
-        let mut site_routes = Vec::new();
+        // The proxy's facts come first, as its module's part of the machine
+        // did (another proxy's, nginx's, follow): theirs move up first.
+        let upstreams: usize = proxy.sites.values().map(|s| s.upstreams().len()).sum();
+        super::shift(locs, &format!("{mp}/routes/"), upstreams, m.routes.len());
+        super::shift(
+            locs,
+            &format!("{mp}/site_routes/"),
+            proxy.sites.len(),
+            m.site_routes.len(),
+        );
+        let mut routes = Vec::with_capacity(upstreams + m.routes.len());
+        let mut site_routes = Vec::with_capacity(proxy.sites.len() + m.site_routes.len());
         for ((name, site), addresses) in proxy.sites.iter().zip(addresses) {
             let opt = format!("{mp}/proxy/sites/{}", pointer_escape(name));
-            let Some((block, origins)) = crate::render::site_block(file.format, site, &addresses) else {
-                continue;
-            };
-            if !file.content.is_object() {
-                file.content = Value::Object(Default::default());
+            if let Some(file) = m.files.get_mut(&proxy.file) {
+                write_block(mname, &proxy.file, file, name, site, &addresses, &opt, locs);
             }
-            let sites = file.content.as_object_mut().and_then(|c| {
-                c.entry("sites")
-                    .or_insert_with(|| Value::Object(Default::default()))
-                    .as_object_mut()
-            });
-            let Some(sites) = sites else { continue };
-            sites.insert(name.clone(), block);
-            let to = format!("{block_root}/{}", pointer_escape(name));
-            super::copy_loc(locs, &opt, &to);
-            for o in origins {
-                let (from, at) = (format!("{opt}{}", o.from), format!("{to}{}", o.to));
-                if o.whole {
-                    super::alias(locs, &from, &at);
-                } else {
-                    super::copy_loc(locs, &from, &at);
-                }
-            }
+            // The facts come from the options, whatever the file became.
             let mut targets = Vec::new();
             for ((up, at), address) in site.upstreams().into_iter().zip(addresses) {
                 let target = Upstream {
@@ -105,19 +90,47 @@ pub(super) fn sites(stack: &mut Stack, locs: &mut Locs) {
                 }),
             });
         }
-        // The proxy's facts come first, as its module's part of the machine
-        // did (another proxy's, nginx's, follow): their positions move up.
-        super::shift(locs, &format!("{mp}/routes/"), routes.len(), m.routes.len());
-        super::shift(
-            locs,
-            &format!("{mp}/site_routes/"),
-            site_routes.len(),
-            m.site_routes.len(),
-        );
         routes.append(&mut m.routes);
         m.routes = routes;
         site_routes.append(&mut m.site_routes);
         m.site_routes = site_routes;
+    }
+}
+
+/// Writes site `name`'s block where the stdlib left it to the compiler: a
+/// `null` under `content.sites`. A block the user merged on the result
+/// with `| force` replaced that, and stays; so does a `content` replaced
+/// whole, which has none.
+#[allow(clippy::too_many_arguments)]
+fn write_block(
+    mname: &str,
+    path: &str,
+    file: &mut FileSpec,
+    name: &str,
+    site: &Site,
+    addresses: &[String],
+    opt: &str,
+    locs: &mut Locs,
+) {
+    let Some(slot) = file.content.get_mut("sites").and_then(|s| s.get_mut(name)) else {
+        return;
+    };
+    if !slot.is_null() {
+        return;
+    }
+    let Some((block, origins)) = crate::render::site_block(file.format, site, addresses) else {
+        return;
+    };
+    *slot = block;
+    let to = format!("{}/content/sites/{}", file_ptr(mname, path), pointer_escape(name));
+    super::copy_loc(locs, opt, &to);
+    for o in origins {
+        let (from, at) = (format!("{opt}{}", o.from), format!("{to}{}", o.to));
+        if o.whole {
+            super::alias(locs, &from, &at);
+        } else {
+            super::copy_loc(locs, &from, &at);
+        }
     }
 }
 
