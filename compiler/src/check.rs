@@ -646,7 +646,11 @@ fn routes(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
 
 /// Listener `service`.`port` of machine `m`, or else every port `service`
 /// has there (none: no service of that name listens there).
-fn port_of<'a>(m: &'a crate::model::Machine, service: &str, port: &str) -> Result<&'a Listen, Vec<&'a Listen>> {
+pub(crate) fn port_of<'a>(
+    m: &'a crate::model::Machine,
+    service: &str,
+    port: &str,
+) -> Result<&'a Listen, Vec<&'a Listen>> {
     let of_service: Vec<&Listen> = m.listens.iter().filter(|l| l.service == service).collect();
     of_service.iter().find(|l| l.name == port).copied().ok_or(of_service)
 }
@@ -656,30 +660,20 @@ fn port_of<'a>(m: &'a crate::model::Machine, service: &str, port: &str) -> Resul
 /// client): the target's firewall opens that port to the caller, so a name
 /// that matches nothing would silently open nothing.
 fn connections(stack: &Stack, pos: &Positions, out: &mut Vec<Diagnostic>) {
-    use crate::model::Role;
     for (mname, m) in &stack.machines {
         for (i, role) in m.roles.iter().enumerate() {
-            let (service, name, target, machine, port) = match role {
-                Role::Endpoint {
-                    service,
-                    name,
-                    target,
-                    target_machine,
-                    target_port: Some(tp),
-                    ..
-                } => (service, name, target, target_machine, tp),
-                Role::DbClient {
-                    service,
-                    name,
-                    target: Some(target),
-                    target_machine,
-                    target_port: Some(tp),
-                    ..
-                } => (service, name, target, target_machine, tp),
-                _ => continue,
+            let Some(crate::model::Connection {
+                service,
+                name,
+                target,
+                machine,
+                port,
+            }) = role.connection()
+            else {
+                continue;
             };
             // Without `target_machine`, the caller's own.
-            let machine = machine.as_deref().unwrap_or(mname);
+            let machine = machine.unwrap_or(mname);
             let rp = format!("{}/roles/{i}", machine_ptr(mname));
             let Some(there) = stack.machines.get(machine) else {
                 let known: Vec<_> = stack.machines.keys().map(|k| format!("`{k}`")).collect();

@@ -288,7 +288,7 @@ pub fn dot(stack: &Stack) -> String {
         // upstream service, with its port and the network used.
         for r in &m.routes {
             let target = stack.machines.get(&r.machine);
-            let bound = target.and_then(|t| t.listens.iter().find(|l| l.service == r.service && l.name == r.port));
+            let bound = target.and_then(|t| crate::check::port_of(t, &r.service, &r.port).ok());
             let port = bound.map_or(r.port.clone(), |l| format!("{}/{}", l.protocol.as_str(), l.port));
             let mut label = format!("{} → {port}", split_site(&r.site).0);
             if r.machine != *mname
@@ -336,9 +336,7 @@ pub fn dot(stack: &Stack) -> String {
             if from == to {
                 continue;
             }
-            let bound = port
-                .as_ref()
-                .and_then(|p| tmach.listens.iter().find(|l| l.service == *target && l.name == *p));
+            let bound = port.as_ref().and_then(|p| crate::check::port_of(tmach, target, p).ok());
             let mut label = what.clone();
             if let Some(l) = bound {
                 label.push_str(&format!(" ({}/{})", l.protocol.as_str(), l.port));

@@ -555,6 +555,49 @@ impl Role {
             | Role::Lines { service, .. } => service,
         }
     }
+
+    /// A connection the service declares to a port of another service (an
+    /// endpoint, or a database client naming its `target`), when it names
+    /// the port (`target_port`): the firewall opens it, `plan` lists it,
+    /// the checks find the port.
+    pub fn connection(&self) -> Option<Connection<'_>> {
+        let (service, name, target, machine, port) = match self {
+            Role::Endpoint {
+                service,
+                name,
+                target,
+                target_machine,
+                target_port: Some(port),
+                ..
+            }
+            | Role::DbClient {
+                service,
+                name,
+                target: Some(target),
+                target_machine,
+                target_port: Some(port),
+                ..
+            } => (service, name, target, target_machine, port),
+            _ => return None,
+        };
+        Some(Connection {
+            service,
+            name,
+            target,
+            machine: machine.as_deref(),
+            port,
+        })
+    }
+}
+
+/// See `Role::connection`.
+pub struct Connection<'a> {
+    pub service: &'a str,
+    pub name: &'a str,
+    pub target: &'a str,
+    /// `target_machine`: the caller's own machine when `None`.
+    pub machine: Option<&'a str>,
+    pub port: &'a str,
 }
 
 #[derive(Debug, Deserialize)]

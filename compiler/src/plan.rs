@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use crate::Compiled;
 use crate::check::split_site;
-use crate::model::{Listen, Machine, Role, Stack};
+use crate::model::{Listen, Machine, Stack};
 
 /// The network machine `from` reaches a port of machine `to` over, much as
 /// the firewall chooses it (`lower/network.rs` `source_for`): the network of the port's
@@ -89,7 +89,7 @@ pub fn markdown(c: &Compiled) -> String {
     let mut seen = std::collections::BTreeSet::new();
     let mut row = |out: &mut String, from: &str, m: &Machine, to: &str, service: &str, port: &str, why: String| {
         let target = stack.machines.get(to);
-        let bound = target.and_then(|t| t.listens.iter().find(|l| l.service == service && l.name == port));
+        let bound = target.and_then(|t| crate::check::port_of(t, service, port).ok());
         let port = bound.map_or_else(|| "?".into(), |l| format!("{}/{}", l.protocol.as_str(), l.port));
         let over = target.map_or("none shared".into(), |t| over(stack, m, t, bound));
         let line = format!("| {from} | {to} ({service}) | {port} | {over} | {why} |");
@@ -111,28 +111,17 @@ pub fn markdown(c: &Compiled) -> String {
         }
         // Connections a service declares to another machine's port (a
         // database, a URL it calls): the firewall opens them like routes.
-        for role in &m.roles {
-            let (service, name, target, to, port) = match role {
-                Role::Endpoint {
-                    service,
-                    name,
-                    target,
-                    target_machine: Some(to),
-                    target_port: Some(port),
-                    ..
-                }
-                | Role::DbClient {
-                    service,
-                    name,
-                    target: Some(target),
-                    target_machine: Some(to),
-                    target_port: Some(port),
-                    ..
-                } => (service, name, target, to, port),
-                _ => continue,
-            };
-            if to != mname {
-                row(&mut out, mname, m, to, target, port, format!("`{name}` of `{service}`"));
+        for c in m.roles.iter().filter_map(|r| r.connection()) {
+            if let Some(to) = c.machine.filter(|to| to != mname) {
+                row(
+                    &mut out,
+                    mname,
+                    m,
+                    to,
+                    c.target,
+                    c.port,
+                    format!("`{}` of `{}`", c.name, c.service),
+                );
             }
         }
     }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::network;
-use crate::model::{FileSpec, Firewall, Format, Listen, Machine, Opening, Role, Stack};
+use crate::model::{FileSpec, Firewall, Format, Listen, Machine, Opening, Stack};
 
 /// The ports of each machine that other machines reach, as
 /// `{ source, protocol, port }`, by machine: the port of every proxy route
@@ -24,24 +24,21 @@ use crate::model::{FileSpec, Firewall, Format, Listen, Machine, Opening, Role, S
 pub(super) fn incoming(stack: &Stack) -> BTreeMap<&str, Vec<Value>> {
     let mut out: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     for (from, f) in &stack.machines {
-        let routes = f.routes.iter().map(|r| (&r.machine, &r.service, &r.port));
-        let connections = f.roles.iter().filter_map(|role| match role {
-            Role::Endpoint {
-                target,
-                target_machine: Some(to),
-                target_port: Some(port),
-                ..
-            }
-            | Role::DbClient {
-                target: Some(target),
-                target_machine: Some(to),
-                target_port: Some(port),
-                ..
-            } => Some((to, target, port)),
-            _ => None,
-        });
+        let routes = f
+            .routes
+            .iter()
+            .map(|r| (r.machine.as_str(), r.service.as_str(), r.port.as_str()));
+        let connections = f
+            .roles
+            .iter()
+            .filter_map(|r| r.connection())
+            .filter_map(|c| Some((c.machine?, c.target, c.port)));
         for (to, service, port) in routes.chain(connections) {
-            let Some(m) = stack.machines.get(to).filter(|m| to != from && m.firewall.is_some()) else {
+            let Some((to, m)) = stack
+                .machines
+                .get_key_value(to)
+                .filter(|(to, m)| *to != from && m.firewall.is_some())
+            else {
                 continue;
             };
             let Some(p) = super::port_of(m, service, port, true) else {
