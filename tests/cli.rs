@@ -905,10 +905,8 @@ stackc.stack {{
 /// the site's route facts still come from its options.
 #[test]
 fn a_forced_site_block_is_the_users() {
-    let tmp = TempDir::new("forced-block");
-    let prod = tmp.path().join("prod.ncl");
-    std::fs::write(
-        &prod,
+    let (_tmp, out) = built_with_placeholders(
+        "forced-block",
         r#"let stackc = import "stackc.ncl" in
 stackc.stack {
   name = "forced",
@@ -923,10 +921,7 @@ stackc.stack {
   machines.web.files."caddy/Caddyfile".content.sites."a.example.com" | force = [{ name = "respond", args = ["maintenance", "503"] }],
 }
 "#,
-    )
-    .unwrap();
-    let out = tmp.path().join("out");
-    build_with_placeholders(&prod, &out);
+    );
     let caddyfile = std::fs::read_to_string(out.join("web/caddy/Caddyfile")).unwrap();
     assert!(
         caddyfile.contains("a.example.com {\n\trespond maintenance 503\n}\n"),
@@ -946,11 +941,9 @@ fn a_response_that_spans_lines_reaches_caddy_as_written() {
         return;
     };
     let body = "User-agent: *\nDisallow: /private\n\n# BODY is not the end\n";
-    let tmp = TempDir::new("heredoc");
-    let prod = tmp.path().join("prod.ncl");
-    std::fs::write(
-        &prod,
-        format!(
+    let (_tmp, out) = built_with_placeholders(
+        "heredoc",
+        &format!(
             r#"let stackc = import "stackc.ncl" in
 stackc.stack {{
   name = "robots",
@@ -966,10 +959,7 @@ stackc.stack {{
 "#,
             serde_json::to_string(body).unwrap()
         ),
-    )
-    .unwrap();
-    let out = tmp.path().join("out");
-    build_with_placeholders(&prod, &out);
+    );
     let caddyfile = out.join("web/caddy/Caddyfile");
     let o = std::process::Command::new(caddy)
         .args(["adapt", "--adapter", "caddyfile", "--config"])
@@ -1007,10 +997,8 @@ stackc.stack {{
 /// brackets) or at the address a port is bound to.
 #[test]
 fn each_upstream_is_written_as_the_proxy_reaches_it() {
-    let tmp = TempDir::new("upstreams");
-    let prod = tmp.path().join("prod.ncl");
-    std::fs::write(
-        &prod,
+    let (_tmp, out) = built_with_placeholders(
+        "upstreams",
         r#"let stackc = import "stackc.ncl" in
 stackc.stack {
   name = "upstreams",
@@ -1036,10 +1024,7 @@ stackc.stack {
   },
 }
 "#,
-    )
-    .unwrap();
-    let out = tmp.path().join("out");
-    build_with_placeholders(&prod, &out);
+    );
     let caddyfile = std::fs::read_to_string(out.join("edge/caddy/Caddyfile")).unwrap();
     let sites = caddyfile.split_once("\n}\n\n").map_or("", |(_, s)| s);
     assert_eq!(
@@ -1057,10 +1042,8 @@ stackc.stack {
 /// conflict naming neither option.
 #[test]
 fn a_proxy_metrics_bind_of_the_users_own_wins_over_the_monitorings() {
-    let tmp = TempDir::new("metrics-bind");
-    let prod = tmp.path().join("prod.ncl");
-    std::fs::write(
-        &prod,
+    let (_tmp, out) = built_with_placeholders(
+        "metrics-bind",
         r#"let stackc = import "stackc.ncl" in
 stackc.stack {
   name = "mb",
@@ -1077,10 +1060,7 @@ stackc.stack {
   machines.mon = { addresses.lan = "10.0.0.2" },
 }
 "#,
-    )
-    .unwrap();
-    let out = tmp.path().join("out");
-    build_with_placeholders(&prod, &out);
+    );
     let caddyfile = std::fs::read_to_string(out.join("web/caddy/Caddyfile")).unwrap();
     assert!(caddyfile.contains("http://:9181 {\n\tbind 0.0.0.0\n"), "{caddyfile}");
     let prometheus = std::fs::read_to_string(out.join("mon/prometheus/prometheus.yml")).unwrap();
@@ -1156,10 +1136,8 @@ fn a_container_port_bound_to_ipv6_is_published_on_that_address() {
     ) else {
         return;
     };
-    let tmp = TempDir::new("ipv6-publish");
-    let prod = tmp.path().join("prod.ncl");
-    std::fs::write(
-        &prod,
+    let (tmp, out) = built_with_placeholders(
+        "ipv6-publish",
         r#"let stackc = import "stackc.ncl" in
 stackc.stack {
   name = "ipv6",
@@ -1170,10 +1148,7 @@ stackc.stack {
   },
 }
 "#,
-    )
-    .unwrap();
-    let out = tmp.path().join("out");
-    build_with_placeholders(&prod, &out);
+    );
     let file = out.join("app/compose.yaml");
     let yaml = std::fs::read_to_string(&file).unwrap();
     assert!(yaml.contains("[fd00::2]:8081:80"), "{yaml}");
@@ -1193,6 +1168,17 @@ stackc.stack {
         stdout.contains("host_ip: fd00::2") && stdout.contains("published: \"8081\"") && stdout.contains("target: 80"),
         "{stdout}"
     );
+}
+
+/// Writes `stack` as `prod.ncl` in a new folder and builds it there with
+/// placeholder secrets: the folder (removed when dropped) and the bundle.
+fn built_with_placeholders(tag: &str, stack: &str) -> (TempDir, std::path::PathBuf) {
+    let tmp = TempDir::new(tag);
+    let prod = tmp.path().join("prod.ncl");
+    std::fs::write(&prod, stack).unwrap();
+    let out = tmp.path().join("out");
+    build_with_placeholders(&prod, &out);
+    (tmp, out)
 }
 
 /// `stackc build --placeholder-secrets -o OUT ENTRY`, which must succeed.
